@@ -1,0 +1,180 @@
+//! Matrix products on row-major buffers, split across threads by output rows.
+
+use super::chunk_count;
+use crate::float::Float;
+use rayon::prelude::*;
+
+/// `C[m,n] = alpha * op(A) * op(B) + beta * C` for contiguous row-major
+/// buffers. `op(A)` is `m x k`: `A` is stored `m x k`, or `k x m` when
+/// `trans_a`. `op(B)` is `k x n`: `B` is stored `k x n`, or `n x k` when
+/// `trans_b`. With `beta == 0`, `C` is overwritten (NaNs in it are ignored).
+///
+/// Rows of `C` are split into chunks computed in parallel; each element's
+/// reduction over `k` is the same whatever the split.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Float>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    assert!(a.len() >= m * k, "gemm: A has {} elements, needs {}", a.len(), m * k);
+    assert!(b.len() >= k * n, "gemm: B has {} elements, needs {}", b.len(), k * n);
+    assert!(c.len() >= m * n, "gemm: C has {} elements, needs {}", c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let c = &mut c[..m * n];
+    if k == 0 {
+        if beta == T::ZERO {
+            c.fill(T::ZERO);
+        } else {
+            c.iter_mut().for_each(|v| *v *= beta);
+        }
+        return;
+    }
+    let chunks = chunk_count(m, 2 * n * k, 8);
+    let rows_per = m.div_ceil(chunks);
+    let run = |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
+    if chunks <= 1 {
+        run(0, c);
+    } else {
+        c.par_chunks_mut(rows_per * n).enumerate().for_each(|(i, cc)| run(i * rows_per, cc));
+    }
+}
+
+/// Serial part of [`gemm`]: computes rows `row0 .. row0 + cc.len() / n` of
+/// `C` into `cc`, on the calling thread. `m` is the full row count of op(A).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm_rows<T: Float>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    row0: usize,
+    cc: &mut [T],
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n, "gemm_rows: A or B too short");
+    let rows = cc.len() / n.max(1);
+    assert!(row0 + rows <= m, "gemm_rows: rows {row0}..{} beyond m = {m}", row0 + rows);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if beta == T::ZERO {
+            cc.fill(T::ZERO);
+        } else {
+            cc.iter_mut().for_each(|v| *v *= beta);
+        }
+        return;
+    }
+    {
+        // A's view starting at row `row0` of op(A).
+        let (a_off, rsa, csa) =
+            if trans_a { (row0, 1isize, m as isize) } else { (row0 * k, k as isize, 1isize) };
+        let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
+        // SAFETY: `a_off + (rows-1)*rsa + (k-1)*csa < m*k <= a.len()` for both
+        // layouts, B's view spans exactly `k*n <= b.len()` elements, and `cc`
+        // is an exclusive `rows x n` chunk of C, which cannot alias A or B
+        // because it is borrowed mutably while they are borrowed shared.
+        unsafe {
+            T::gemm_raw(
+                rows,
+                k,
+                n,
+                alpha,
+                a.as_ptr().add(a_off),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                beta,
+                cc.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn naive(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for p in 0..k {
+                    let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                    s += av * bv;
+                }
+                c[i * n + j] = s;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn all_layouts_match_naive() {
+        let mut r = Rng::new(0);
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (33, 17, 9), (130, 70, 300), (8, 1, 0)] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let a: Vec<f64> = (0..m * k).map(|_| r.normal()).collect();
+                    let b: Vec<f64> = (0..k * n).map(|_| r.normal()).collect();
+                    let c0: Vec<f64> = (0..m * n).map(|_| r.normal()).collect();
+                    let mut c = c0.clone();
+                    gemm(ta, tb, m, n, k, 2.0, &a, &b, 0.5, &mut c);
+                    let want = naive(ta, tb, m, n, k, &a, &b);
+                    for i in 0..m * n {
+                        let w = 2.0 * want[i] + 0.5 * c0[i];
+                        assert!((c[i] - w).abs() < 1e-9 * (1.0 + w.abs()), "{m}x{n}x{k} {ta} {tb}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn beta_zero_ignores_nan() {
+        let a = [1.0f32; 6];
+        let b = [1.0f32; 6];
+        let mut c = [f32::NAN; 4];
+        gemm(false, false, 2, 2, 3, 1.0, &a, &b, 0.0, &mut c);
+        assert_eq!(c, [3.0; 4]);
+    }
+
+    #[test]
+    fn result_independent_of_thread_count() {
+        let mut r = Rng::new(5);
+        let (m, n, k) = (256, 300, 500);
+        let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut c = vec![0.0f32; m * n];
+            pool.install(|| gemm(false, true, m, n, k, 1.0, &a, &b, 0.0, &mut c));
+            c
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+}

@@ -1,0 +1,179 @@
+//! Fully connected layer, `y = act(x W^T + b)`, with `W` stored `(out, in)`
+//! as in `torch.nn.Linear`. A following elementwise activation whose
+//! derivative is a function of its output (ReLU, LeakyReLU, Sigmoid, Tanh) is
+//! fused: applied in the matrix product's output pass, and differentiated in
+//! the same pass that reduces the bias gradient.
+
+use super::{numel, Ctx, Layer, ParamDecl};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::activation::Act;
+use crate::kernels::gemm::{gemm, gemm_rows};
+use crate::kernels::par_rows;
+use crate::kernels::reduce::{act_backward_bias, col_sums};
+use crate::rng::Rng;
+
+/// Weight initialisation scheme. Biases always start at zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// He (Kaiming) normal: `N(0, 2 / in_features)`; for ReLU networks.
+    He,
+    /// Xavier (Glorot) uniform: `U(-a, a)`, `a = sqrt(6 / (in + out))`.
+    Xavier,
+    /// LeCun normal: `N(0, 1 / in_features)`.
+    Lecun,
+    /// All zeros.
+    Zeros,
+}
+
+impl Init {
+    /// Parses `"he"`, `"xavier"`, `"lecun"` or `"zeros"`.
+    pub fn parse(name: &str) -> Result<Init> {
+        match name {
+            "he" => Ok(Init::He),
+            "xavier" => Ok(Init::Xavier),
+            "lecun" => Ok(Init::Lecun),
+            "zeros" => Ok(Init::Zeros),
+            other => Err(Error::value(format!(
+                "unknown init {other:?}; expected one of \"he\", \"xavier\", \"lecun\", \"zeros\""
+            ))),
+        }
+    }
+}
+
+/// A dense (linear) layer.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub init: Init,
+    /// Activation fused into the output pass (`Identity` when none).
+    pub act: Act,
+}
+
+impl Dense {
+    pub fn new(in_features: usize, out_features: usize, bias: bool, init: Init) -> Self {
+        Dense { in_features, out_features, bias, init, act: Act::Identity }
+    }
+
+    fn weight_len(&self) -> usize {
+        self.in_features * self.out_features
+    }
+}
+
+impl<T: Float> Layer<T> for Dense {
+    fn name(&self) -> &'static str {
+        "Dense"
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        let mut v = vec![ParamDecl { name: "weight", shape: vec![self.out_features, self.in_features] }];
+        if self.bias {
+            v.push(ParamDecl { name: "bias", shape: vec![self.out_features] });
+        }
+        v
+    }
+
+    fn init_params(&self, params: &mut [T], rng: &mut Rng) {
+        let (w, b) = params.split_at_mut(self.weight_len());
+        let fan_in = self.in_features as f64;
+        let fan_out = self.out_features as f64;
+        match self.init {
+            Init::He | Init::Lecun => {
+                let gain = if self.init == Init::He { 2.0 } else { 1.0 };
+                let std = (gain / fan_in).sqrt();
+                w.iter_mut().for_each(|v| *v = T::from_f64(rng.normal() * std));
+            }
+            Init::Xavier => {
+                let a = (6.0 / (fan_in + fan_out)).sqrt();
+                w.iter_mut().for_each(|v| *v = T::from_f64((2.0 * rng.uniform() - 1.0) * a));
+            }
+            Init::Zeros => w.fill(T::ZERO),
+        }
+        b.fill(T::ZERO);
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match input.last() {
+            Some(&f) if f == self.in_features => {
+                let mut out = input.to_vec();
+                if let Some(last) = out.last_mut() {
+                    *last = self.out_features;
+                }
+                Ok(out)
+            }
+            _ => Err(Error::shape(format!(
+                "Dense({}, {}) expects inputs whose last dimension is {}, got per-sample shape {:?}",
+                self.in_features, self.out_features, self.in_features, input
+            ))),
+        }
+    }
+
+    fn forward(&self, _ctx: Ctx, p: &[T], x: &[T], y: &mut [T], n: usize, shape: &[usize]) {
+        // Leading per-sample dimensions act as extra rows.
+        let rows = n * numel(&shape[..shape.len().saturating_sub(1)]);
+        let (fi, fo) = (self.in_features, self.out_features);
+        let (w, b) = p.split_at(self.weight_len());
+        let act = self.act;
+        let bias = self.bias;
+        par_rows(&mut y[..rows * fo], fo, 2 * fi * fo, 8, |r0, yc| {
+            let beta = if bias {
+                for row in yc.chunks_exact_mut(fo) {
+                    row.copy_from_slice(b);
+                }
+                T::ONE
+            } else {
+                T::ZERO
+            };
+            gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, beta, r0, yc);
+            if act != Act::Identity {
+                yc.iter_mut().for_each(|v| *v = act.apply(*v));
+            }
+        });
+    }
+
+    fn backward(
+        &self,
+        _ctx: Ctx,
+        p: &[T],
+        g: &mut [T],
+        x: &[T],
+        y: &[T],
+        dy: &mut [T],
+        dx: Option<&mut [T]>,
+        n: usize,
+        shape: &[usize],
+        accumulate: bool,
+    ) {
+        let rows = n * numel(&shape[..shape.len().saturating_sub(1)]);
+        let (fi, fo) = (self.in_features, self.out_features);
+        let (gw, gb) = g.split_at_mut(self.weight_len());
+        let gb = if self.bias { Some(gb) } else { None };
+        let dz = &mut dy[..rows * fo];
+        if self.act == Act::Identity {
+            if let Some(gb) = gb {
+                col_sums(dz, rows, fo, gb, accumulate);
+            }
+        } else {
+            act_backward_bias(self.act, y, dz, rows, fo, gb, accumulate);
+        }
+        let dz = &*dz;
+        let beta = if accumulate { T::ONE } else { T::ZERO };
+        // dW (out x in) (+)= dz^T (out x rows) . x (rows x in)
+        gemm(true, false, fo, fi, rows, T::ONE, dz, x, beta, gw);
+        if let Some(dx) = dx {
+            // dx (rows x in) = dz (rows x out) . W (out x in)
+            gemm(false, false, rows, fi, fo, T::ONE, dz, &p[..self.weight_len()], T::ZERO, dx);
+        }
+    }
+
+    fn fuse_activation(&mut self, act: Act) -> bool {
+        if self.act == Act::Identity && act.derivative_from_output() {
+            self.act = act;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Inverted dropout: in training each element is zeroed with probability `p`
+//! and the survivors are scaled by `1 / (1 - p)`; in evaluation it is the
+//! identity. The mask is a pure function of the pass's random key and the
+//! element index, so any thread computes any element and backward recomputes
+//! it instead of storing it.
+
+use super::{Ctx, Layer};
+use crate::error::Result;
+use crate::float::Float;
+use crate::kernels::par_elems;
+use crate::rng::counter_unit;
+
+/// Dropout with drop probability `p` in `[0, 1)`.
+#[derive(Clone, Debug)]
+pub struct Dropout {
+    pub p: f64,
+}
+
+impl Dropout {
+    pub fn new(p: f64) -> Self {
+        Dropout { p }
+    }
+
+    /// Multiplier for element `i` under `key`: `0` or `1 / (1 - p)`.
+    #[inline(always)]
+    fn factor<T: Float>(&self, key: u64, i: usize, scale: T) -> T {
+        if counter_unit(key, i as u64) < self.p {
+            T::ZERO
+        } else {
+            scale
+        }
+    }
+
+    fn apply<T: Float>(&self, ctx: Ctx, src: &[T], dst: &mut [T]) {
+        let len = src.len();
+        if !ctx.training || self.p == 0.0 {
+            dst[..len].copy_from_slice(src);
+            return;
+        }
+        let scale = T::from_f64(1.0 / (1.0 - self.p));
+        par_elems(&mut dst[..len], 4, |off, c| {
+            for (j, (v, &s)) in c.iter_mut().zip(&src[off..]).enumerate() {
+                *v = s * self.factor(ctx.key, off + j, scale);
+            }
+        });
+    }
+}
+
+impl<T: Float> Layer<T> for Dropout {
+    fn name(&self) -> &'static str {
+        "Dropout"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+
+    fn forward(&self, ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], _n: usize, _shape: &[usize]) {
+        self.apply(ctx, x, y);
+    }
+
+    fn backward(
+        &self,
+        ctx: Ctx,
+        _p: &[T],
+        _g: &mut [T],
+        x: &[T],
+        _y: &[T],
+        dy: &mut [T],
+        dx: Option<&mut [T]>,
+        _n: usize,
+        _shape: &[usize],
+        _accumulate: bool,
+    ) {
+        if let Some(dx) = dx {
+            self.apply(ctx, &dy[..x.len()], dx);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Softmax over the last dimension, like `torch.nn.Softmax(dim=-1)`.
+
+use super::{numel, Ctx, Layer};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::par_rows;
+
+/// `y_i = exp(x_i) / sum_j exp(x_j)` along the last dimension.
+#[derive(Clone, Debug)]
+pub struct Softmax;
+
+/// Row-wise stable softmax of `x` into `y` (`cols` per row).
+pub fn softmax_rows<T: Float>(x: &[T], y: &mut [T], cols: usize) {
+    par_rows(y, cols, 8 * cols, 1, |r0, yc| {
+        for (i, row) in yc.chunks_exact_mut(cols).enumerate() {
+            let xr = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
+            let m = xr.iter().copied().fold(xr[0], T::max);
+            let mut s = T::ZERO;
+            for (v, &xi) in row.iter_mut().zip(xr) {
+                *v = (xi - m).exp();
+                s += *v;
+            }
+            let inv = T::ONE / s;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    });
+}
+
+impl<T: Float> Layer<T> for Softmax {
+    fn name(&self) -> &'static str {
+        "Softmax"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        if input.is_empty() {
+            return Err(Error::shape("Softmax needs at least one feature dimension, got a scalar per sample"));
+        }
+        Ok(input.to_vec())
+    }
+
+    fn forward(&self, _ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], n: usize, shape: &[usize]) {
+        let cols = shape.last().copied().unwrap_or(1);
+        let len = n * numel(shape);
+        softmax_rows(&x[..len], &mut y[..len], cols);
+    }
+
+    fn backward(
+        &self,
+        _ctx: Ctx,
+        _p: &[T],
+        _g: &mut [T],
+        _x: &[T],
+        y: &[T],
+        dy: &mut [T],
+        dx: Option<&mut [T]>,
+        n: usize,
+        shape: &[usize],
+        _accumulate: bool,
+    ) {
+        let Some(dx) = dx else { return };
+        let cols = shape.last().copied().unwrap_or(1);
+        let len = n * numel(shape);
+        let dy = &*dy;
+        par_rows(&mut dx[..len], cols, 4 * cols, 1, |r0, dc| {
+            for (i, row) in dc.chunks_exact_mut(cols).enumerate() {
+                let o = (r0 + i) * cols;
+                let (yr, gr) = (&y[o..o + cols], &dy[o..o + cols]);
+                let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
+                for ((v, &yi), &gi) in row.iter_mut().zip(yr).zip(gr) {
+                    *v = yi * (gi - dot);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,50 @@
+//! ferrograd's core: a CPU backpropagation engine with no Python in it.
+//!
+//! - [`kernels`]: matrix products, activations and reductions over slices,
+//!   parallel over disjoint output chunks, deterministic for any thread count.
+//! - [`layers`]: one file per layer, registered in [`layers::LayerSpec`].
+//! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
+//! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
+//! - [`model`]: [`Sequential`], which owns the parameters and the buffers and
+//!   runs the fused training step.
+//!
+//! ```
+//! use ferrograd::{Sequential, LayerSpec, Init, Loss, Target, Features};
+//! use ferrograd::optim::{OptimConfig, Optimizer};
+//! let specs = vec![
+//!     LayerSpec::Dense { in_features: 2, out_features: 8, bias: true, init: Init::He },
+//!     LayerSpec::Tanh,
+//!     LayerSpec::Dense { in_features: 8, out_features: 2, bias: true, init: Init::Xavier },
+//! ];
+//! let mut model = Sequential::<f32>::new(specs, 0).unwrap();
+//! let x = [0.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0];
+//! let y = [0i64, 1, 1, 0];
+//! let ranges = model.entries().iter().map(|e| e.range.clone()).collect();
+//! let cfg = OptimConfig::Adam { lr: 0.05, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+//! let mut opt = Optimizer::new(cfg, ranges).unwrap();
+//! for epoch in 0..300 {
+//!     model.train_epoch(&Features::F32(&x), 4, &[2], Target::Labels(&y), Loss::CrossEntropy,
+//!                       &mut opt, 4, false, epoch, &mut |_| Ok(())).unwrap();
+//! }
+//! let t = model.evaluate(&Features::F32(&x), 4, &[2], Target::Labels(&y), Loss::CrossEntropy, 4).unwrap();
+//! assert_eq!(t.accuracy(), 1.0);
+//! ```
+
+pub mod data;
+pub mod error;
+pub mod float;
+pub mod kernels;
+pub mod layers;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod threads;
+
+pub use data::{Features, Rows};
+pub use error::{Error, ErrorKind, Result};
+pub use float::Float;
+pub use layers::{Init, LayerSpec};
+pub use loss::{Loss, LossTotals, Target};
+pub use model::{GradCheck, ParamEntry, Progress, Sequential};
+pub use optim::{OptimConfig, Optimizer};

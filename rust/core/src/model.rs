@@ -1,0 +1,678 @@
+//! `Sequential`: a stack of layers with one flat parameter buffer, one flat
+//! gradient buffer and activation buffers reused from batch to batch.
+
+use crate::data::{Features, Rows};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::layers::{numel, Ctx, Layer, LayerSpec};
+use crate::loss::{loss_grad, validate_target, Loss, LossTotals, RowStat, Target};
+use crate::optim::Optimizer;
+use crate::rng::{mix64, Rng};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// A named parameter: `"<layer index>.<weight|bias>"` as in `torch.nn.Sequential`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Where it lives in the flat parameter and gradient buffers.
+    pub range: Range<usize>,
+}
+
+struct Op<T: Float> {
+    layer: Box<dyn Layer<T>>,
+    /// Index of the spec this op came from (for messages).
+    spec: usize,
+    prange: Range<usize>,
+}
+
+/// Buffers sized for one input shape and a batch capacity; reused until
+/// either grows.
+struct Workspace<T> {
+    /// Per-sample shape at each op boundary: `shapes[0]` is the input.
+    shapes: Vec<Vec<usize>>,
+    cap: usize,
+    acts: Vec<Vec<T>>,
+    d_a: Vec<T>,
+    d_b: Vec<T>,
+    stats: Vec<RowStat>,
+    labels: Vec<i64>,
+    targets: Vec<T>,
+    order: Vec<usize>,
+}
+
+impl<T> Default for Workspace<T> {
+    fn default() -> Self {
+        Workspace {
+            shapes: Vec::new(),
+            cap: 0,
+            acts: Vec::new(),
+            d_a: Vec::new(),
+            d_b: Vec::new(),
+            stats: Vec::new(),
+            labels: Vec::new(),
+            targets: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+/// What the last training-mode forward pass left for `backward`.
+#[derive(Clone, Copy, Debug)]
+struct Cache {
+    n: usize,
+    key: u64,
+}
+
+/// Progress of a training epoch, reported between steps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Steps done in this epoch.
+    pub step: usize,
+    /// Steps in the epoch.
+    pub steps: usize,
+    /// Samples seen in this epoch.
+    pub samples: usize,
+    /// Running totals (loss, accuracy) over this epoch so far.
+    pub totals: LossTotals,
+}
+
+/// One parameter's result of [`Sequential::gradcheck`].
+#[derive(Clone, Debug)]
+pub struct GradCheck {
+    pub name: String,
+    /// Worst `|analytic - numeric| / max(|analytic|, |numeric|)` over the
+    /// elements where either exceeds `1e-7` (0 when none does).
+    pub max_rel_error: f64,
+    /// Worst `|analytic - numeric|`.
+    pub max_abs_error: f64,
+}
+
+/// A feed-forward stack of layers, like `torch.nn.Sequential`.
+pub struct Sequential<T: Float> {
+    specs: Vec<LayerSpec>,
+    ops: Vec<Op<T>>,
+    params: Vec<T>,
+    grads: Vec<T>,
+    entries: Vec<ParamEntry>,
+    rng: Rng,
+    ws: Workspace<T>,
+    cache: Option<Cache>,
+    /// How often `train_epoch` reports progress.
+    pub report_every: Duration,
+}
+
+impl<T: Float> Sequential<T> {
+    /// Builds and initialises the model; `seed` fixes weights, shuffling and dropout.
+    pub fn new(specs: Vec<LayerSpec>, seed: u64) -> Result<Self> {
+        if specs.is_empty() {
+            return Err(Error::value("Sequential needs at least one layer"));
+        }
+        check_chain(&specs)?;
+        let mut ops: Vec<Op<T>> = Vec::new();
+        let mut entries = Vec::new();
+        let mut total = 0usize;
+        let mut i = 0;
+        while i < specs.len() {
+            let mut layer = specs[i].build::<T>()?;
+            let start = total;
+            for d in layer.params() {
+                let len = d.numel();
+                entries.push(ParamEntry { name: format!("{i}.{}", d.name), shape: d.shape, range: total..total + len });
+                total += len;
+            }
+            let spec = i;
+            i += 1;
+            // Fold a following activation into the layer when it supports it.
+            if let Some(act) = specs.get(i).and_then(LayerSpec::activation) {
+                if layer.fuse_activation(act) {
+                    i += 1;
+                }
+            }
+            ops.push(Op { layer, spec, prange: start..total });
+        }
+        let mut rng = Rng::new(seed);
+        let mut params = vec![T::ZERO; total];
+        for op in &ops {
+            op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
+        }
+        Ok(Sequential {
+            specs,
+            ops,
+            params,
+            grads: vec![T::ZERO; total],
+            entries,
+            rng,
+            ws: Workspace::default(),
+            cache: None,
+            report_every: Duration::from_millis(100),
+        })
+    }
+
+    /// The layer specifications, as given.
+    pub fn specs(&self) -> &[LayerSpec] {
+        &self.specs
+    }
+
+    /// Named parameters in `state_dict` order.
+    pub fn entries(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    /// Total number of parameter elements.
+    pub fn num_params(&self) -> usize {
+        self.params.len()
+    }
+
+    /// The flat parameter buffer.
+    pub fn params(&self) -> &[T] {
+        &self.params
+    }
+
+    /// The flat gradient buffer.
+    pub fn grads(&self) -> &[T] {
+        &self.grads
+    }
+
+    /// Sets the gradients to zero.
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(T::ZERO);
+    }
+
+    /// The random generator's state (weights init, shuffling, dropout).
+    pub fn rng_state(&self) -> [u64; 4] {
+        self.rng.state()
+    }
+
+    /// Restores a state from [`Sequential::rng_state`].
+    pub fn set_rng_state(&mut self, s: [u64; 4]) {
+        self.rng = Rng::from_state(s);
+    }
+
+    /// Replaces parameters by name, all or nothing: every entry must name a
+    /// parameter, have its element count and be finite, and every parameter
+    /// must be given, or nothing changes.
+    pub fn load_params(&mut self, values: &[(String, Vec<usize>, Vec<T>)]) -> Result<()> {
+        let mut seen = vec![false; self.entries.len()];
+        for (name, shape, v) in values {
+            let Some(i) = self.entries.iter().position(|e| &e.name == name) else {
+                let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+                return Err(Error::value(format!("unexpected key {name:?} in state_dict; expected keys {names:?}")));
+            };
+            let e = &self.entries[i];
+            if *shape != e.shape || v.len() != e.range.len() {
+                return Err(Error::shape(format!(
+                    "state_dict entry {name:?} has shape {shape:?}, expected {:?}",
+                    e.shape
+                )));
+            }
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::non_finite(format!(
+                    "state_dict entry {name:?} contains NaN or inf (flat index {j})"
+                )));
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(Error::value(format!("state_dict entry {name:?} given twice")));
+            }
+        }
+        if let Some(i) = seen.iter().position(|s| !s) {
+            return Err(Error::value(format!("missing key {:?} in state_dict", self.entries[i].name)));
+        }
+        for (name, _, v) in values {
+            if let Some(e) = self.entries.iter().find(|e| &e.name == name) {
+                self.params[e.range.clone()].copy_from_slice(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-sample output shape of every spec (layer) for a per-sample input shape.
+    pub fn layer_shapes(&self, input: &[usize]) -> Result<Vec<Vec<usize>>> {
+        let mut shape = input.to_vec();
+        let mut out = Vec::with_capacity(self.specs.len());
+        for (i, s) in self.specs.iter().enumerate() {
+            shape = s
+                .build::<T>()?
+                .output_shape(&shape)
+                .map_err(|e| Error::shape(format!("layer {i} ({}): {}", s.display_name(), e.message)))?;
+            out.push(shape.clone());
+        }
+        Ok(out)
+    }
+
+    /// Per-sample output shape for a per-sample input shape.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(self.layer_shapes(input)?.pop().unwrap_or_default())
+    }
+
+    /// Sizes the workspace for `n` samples of per-sample shape `input`.
+    fn plan(&mut self, input: &[usize], n: usize) -> Result<()> {
+        let ws = &mut self.ws;
+        let same = ws.shapes.first().is_some_and(|s| s == input);
+        if !same {
+            let mut shapes = vec![input.to_vec()];
+            for op in &self.ops {
+                let next = op.layer.output_shape(shapes.last().map(|v| v.as_slice()).unwrap_or(&[])).map_err(|e| {
+                    Error::shape(format!("layer {} ({}): {}", op.spec, self.specs[op.spec].display_name(), e.message))
+                })?;
+                shapes.push(next);
+            }
+            ws.shapes = shapes;
+            ws.cap = 0;
+            ws.acts = vec![Vec::new(); self.ops.len() + 1];
+            self.cache = None;
+        }
+        if n > ws.cap {
+            let cap = n;
+            for (a, s) in ws.acts.iter_mut().zip(&ws.shapes) {
+                a.resize(cap * numel(s), T::ZERO);
+            }
+            let widest = ws.shapes.iter().map(|s| numel(s)).max().unwrap_or(0);
+            ws.d_a.resize(cap * widest, T::ZERO);
+            ws.d_b.resize(cap * widest, T::ZERO);
+            ws.stats.resize(cap, RowStat::default());
+            ws.cap = cap;
+        }
+        Ok(())
+    }
+
+    fn in_len(&self) -> usize {
+        numel(&self.ws.shapes[0])
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        self.ws.shapes.last().map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    fn out_len(&self) -> usize {
+        numel(self.out_shape())
+    }
+
+    /// Checks an input array against the model: its size, and that it is finite.
+    pub fn check_input(&mut self, x: &Features<'_>, n: usize, shape: &[usize], what: &str) -> Result<()> {
+        if n == 0 {
+            return Err(Error::value(format!("{what} is empty (0 samples)")));
+        }
+        if x.len() != n * numel(shape) {
+            return Err(Error::shape(format!(
+                "{what} has {} elements, expected {} for {n} samples of shape {shape:?}",
+                x.len(),
+                n * numel(shape)
+            )));
+        }
+        self.plan(shape, 1)?;
+        x.check_finite(what, numel(shape))
+    }
+
+    /// Runs the layers on the first `n` samples already in `acts[0]`.
+    fn forward_loaded(&mut self, n: usize, training: bool) {
+        let key = if training { self.rng.next_u64() } else { 0 };
+        for (i, op) in self.ops.iter().enumerate() {
+            let (lo, hi) = self.ws.acts.split_at_mut(i + 1);
+            let shape = &self.ws.shapes[i];
+            let x = &lo[i][..n * numel(shape)];
+            let y = &mut hi[0][..n * numel(&self.ws.shapes[i + 1])];
+            let ctx = Ctx { training, key: key ^ mix64(i as u64) };
+            op.layer.forward(ctx, &self.params[op.prange.clone()], x, y, n, shape);
+        }
+        self.cache = if training { Some(Cache { n, key }) } else { None };
+    }
+
+    /// Backpropagates `ws.d_a` (holding dL/d output) through all layers.
+    fn backward_loaded(&mut self, n: usize, key: u64, accumulate: bool) {
+        for (i, op) in self.ops.iter().enumerate().rev() {
+            let ws = &mut self.ws;
+            let shape = &ws.shapes[i];
+            let in_len = n * numel(shape);
+            let out_len = n * numel(&ws.shapes[i + 1]);
+            let ctx = Ctx { training: true, key: key ^ mix64(i as u64) };
+            let dx = if i > 0 { Some(&mut ws.d_b[..in_len]) } else { None };
+            op.layer.backward(
+                ctx,
+                &self.params[op.prange.clone()],
+                &mut self.grads[op.prange.clone()],
+                &ws.acts[i][..in_len],
+                &ws.acts[i + 1][..out_len],
+                &mut ws.d_a[..out_len],
+                dx,
+                n,
+                shape,
+                accumulate,
+            );
+            std::mem::swap(&mut ws.d_a, &mut ws.d_b);
+        }
+    }
+
+    /// Forward pass on `n` samples; returns the output (`n x` output shape).
+    /// In training mode it keeps what [`Sequential::backward`] needs.
+    pub fn forward(&mut self, x: &Features<'_>, n: usize, shape: &[usize], training: bool) -> Result<&[T]> {
+        self.check_input(x, n, shape, "input")?;
+        self.plan(shape, n)?;
+        let in_len = self.in_len();
+        x.gather(Rows::Range(0, n), in_len, &mut self.ws.acts[0]);
+        self.forward_loaded(n, training);
+        let len = n * self.out_len();
+        Ok(&self.ws.acts[self.ops.len()][..len])
+    }
+
+    /// Adds the gradients of the last training-mode forward pass, given the
+    /// gradient of the loss with respect to its output.
+    pub fn backward(&mut self, dout: &[T]) -> Result<()> {
+        let Some(cache) = self.cache else {
+            return Err(Error::state("backward() needs a preceding forward(x, training=True) on this model"));
+        };
+        let want = cache.n * self.out_len();
+        if dout.len() != want {
+            return Err(Error::shape(format!(
+                "gradient has {} elements, expected {} (output shape ({}, {}))",
+                dout.len(),
+                want,
+                cache.n,
+                self.out_shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if let Some(i) = dout.iter().position(|v| !v.is_finite()) {
+            return Err(Error::non_finite(format!("gradient contains NaN or inf (flat index {i})")));
+        }
+        self.ws.d_a[..want].copy_from_slice(dout);
+        self.backward_loaded(cache.n, cache.key, true);
+        Ok(())
+    }
+
+    /// Applies one optimizer step to the parameters with the current gradients.
+    pub fn optimizer_step(&mut self, opt: &mut Optimizer<T>) -> Result<()> {
+        opt.step(&mut self.params, &self.grads)
+    }
+
+    /// Checks that targets fit `n` samples of this model's output for `loss`.
+    fn check_target(&mut self, loss: Loss, y: Target<'_, T>, n: usize) -> Result<usize> {
+        let out = self.out_shape().to_vec();
+        let cols = numel(&out);
+        if loss == Loss::CrossEntropy && out.len() != 1 {
+            return Err(Error::shape(format!(
+                "cross_entropy expects a model output of shape (N, C), got per-sample shape {out:?}"
+            )));
+        }
+        validate_target(loss, y, n, cols)?;
+        Ok(cols)
+    }
+
+    fn gather_target(&mut self, y: Target<'_, T>, rows: Rows<'_>, cols: usize) {
+        let ws = &mut self.ws;
+        match y {
+            Target::Labels(l) => {
+                ws.labels.clear();
+                ws.labels.extend((0..rows.len()).map(|i| l[rows.get(i)]));
+            }
+            Target::Values(v) => {
+                ws.targets.resize(ws.cap.max(rows.len()) * cols, T::ZERO);
+                T::as_features(v).gather(rows, cols, &mut ws.targets);
+            }
+        }
+    }
+
+
+
+    /// One epoch of minibatch training, fused: gather, forward, loss and its
+    /// gradient, backward, optimizer update, with no allocation per step.
+    /// `progress` is called about every [`Sequential::report_every`] and at
+    /// the end; an error from it stops the epoch (the model stays usable).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_epoch(
+        &mut self,
+        x: &Features<'_>,
+        n: usize,
+        shape: &[usize],
+        y: Target<'_, T>,
+        loss: Loss,
+        opt: &mut Optimizer<T>,
+        batch_size: usize,
+        shuffle: bool,
+        epoch: usize,
+        progress: &mut dyn FnMut(&Progress) -> Result<()>,
+    ) -> Result<LossTotals> {
+        if batch_size == 0 {
+            return Err(Error::value("batch_size must be >= 1, got 0"));
+        }
+        if opt.ranges().last().is_some_and(|r| r.end > self.params.len()) {
+            return Err(Error::value("the optimizer was built for a different model"));
+        }
+        self.check_input(x, n, shape, "X")?;
+        let cols = self.check_target(loss, y, n)?;
+        let bs = batch_size.min(n);
+        self.plan(shape, bs)?;
+        opt.prepare();
+        let mut order = std::mem::take(&mut self.ws.order);
+        order.clear();
+        order.extend(0..n);
+        if shuffle {
+            self.rng.shuffle(&mut order);
+        }
+        let steps = n.div_ceil(bs);
+        let in_len = self.in_len();
+        let mut totals = LossTotals::default();
+        let mut last_report = Instant::now();
+        let mut result = Ok(());
+        for step in 0..steps {
+            let idx = &order[step * bs..((step + 1) * bs).min(n)];
+            let rows = Rows::Index(idx);
+            let m = idx.len();
+            x.gather(rows, in_len, &mut self.ws.acts[0]);
+            self.gather_target(y, rows, cols);
+            self.forward_loaded(m, true);
+            let key = self.cache.map(|c| c.key).unwrap_or(0);
+            let out = &self.ws.acts[self.ops.len()][..m * cols];
+            let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
+            let t = match loss_grad(loss, out, m, cols, bt, Some(&mut self.ws.d_a), &mut self.ws.stats) {
+                Ok(t) => t,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if !t.mean().is_finite() {
+                result = Err(Error::non_finite(format!(
+                    "training loss became {} at epoch {epoch}, step {} (of {steps}); \
+                     try a lower learning rate or check the data",
+                    t.mean(),
+                    step + 1
+                )));
+                break;
+            }
+            self.backward_loaded(m, key, false);
+            if let Err(e) = opt.step(&mut self.params, &self.grads) {
+                result = Err(e);
+                break;
+            }
+            totals.add(&t);
+            if last_report.elapsed() >= self.report_every || step + 1 == steps {
+                last_report = Instant::now();
+                let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
+                if let Err(e) = progress(&p) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.ws.order = order;
+        self.cache = None;
+        result.map(|_| totals)
+    }
+
+    /// Inference in batches of `batch_size` into `out` (`n x` output elements).
+    pub fn predict_into(
+        &mut self,
+        x: &Features<'_>,
+        n: usize,
+        shape: &[usize],
+        batch_size: usize,
+        out: &mut [T],
+    ) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::value("batch_size must be >= 1, got 0"));
+        }
+        self.check_input(x, n, shape, "X")?;
+        let bs = batch_size.min(n);
+        self.plan(shape, bs)?;
+        let (in_len, out_len) = (self.in_len(), self.out_len());
+        if out.len() != n * out_len {
+            return Err(Error::shape(format!("output buffer has {} elements, expected {}", out.len(), n * out_len)));
+        }
+        for (b, chunk) in out.chunks_mut(bs * out_len).enumerate() {
+            let m = chunk.len() / out_len;
+            x.gather(Rows::Range(b * bs, m), in_len, &mut self.ws.acts[0]);
+            self.forward_loaded(m, false);
+            chunk.copy_from_slice(&self.ws.acts[self.ops.len()][..m * out_len]);
+        }
+        Ok(())
+    }
+
+    /// Loss and accuracy totals over a dataset, in batches, in inference mode.
+    pub fn evaluate(
+        &mut self,
+        x: &Features<'_>,
+        n: usize,
+        shape: &[usize],
+        y: Target<'_, T>,
+        loss: Loss,
+        batch_size: usize,
+    ) -> Result<LossTotals> {
+        if batch_size == 0 {
+            return Err(Error::value("batch_size must be >= 1, got 0"));
+        }
+        self.check_input(x, n, shape, "X")?;
+        let cols = self.check_target(loss, y, n)?;
+        let bs = batch_size.min(n);
+        self.plan(shape, bs)?;
+        let in_len = self.in_len();
+        let mut totals = LossTotals::default();
+        let mut start = 0;
+        while start < n {
+            let m = bs.min(n - start);
+            let rows = Rows::Range(start, m);
+            x.gather(rows, in_len, &mut self.ws.acts[0]);
+            self.gather_target(y, rows, cols);
+            self.forward_loaded(m, false);
+            let out = &self.ws.acts[self.ops.len()][..m * cols];
+            let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
+            let t = loss_grad(loss, out, m, cols, bt, None, &mut self.ws.stats)?;
+            totals.add(&t);
+            start += m;
+        }
+        Ok(totals)
+    }
+
+    /// Mean loss and its gradient of a training-mode pass with a fixed
+    /// random key (so dropout masks repeat), on the loaded batch.
+    fn loss_at(&mut self, n: usize, key: u64, loss: Loss, y: Target<'_, T>, cols: usize) -> Result<f64> {
+        for (i, op) in self.ops.iter().enumerate() {
+            let (lo, hi) = self.ws.acts.split_at_mut(i + 1);
+            let shape = &self.ws.shapes[i];
+            let ctx = Ctx { training: true, key: key ^ mix64(i as u64) };
+            op.layer.forward(
+                ctx,
+                &self.params[op.prange.clone()],
+                &lo[i][..n * numel(shape)],
+                &mut hi[0][..n * numel(&self.ws.shapes[i + 1])],
+                n,
+                shape,
+            );
+        }
+        let out = &self.ws.acts[self.ops.len()][..n * cols];
+        Ok(loss_grad(loss, out, n, cols, y, None, &mut self.ws.stats)?.mean())
+    }
+
+    /// Compares backprop gradients with central finite differences (step
+    /// `eps`) for every parameter element. Needs a float64 model. Parameters,
+    /// gradients and the random state are left as they were.
+    pub fn gradcheck(
+        &mut self,
+        x: &Features<'_>,
+        n: usize,
+        shape: &[usize],
+        y: Target<'_, T>,
+        loss: Loss,
+        eps: f64,
+    ) -> Result<Vec<GradCheck>> {
+        if T::NAME != "float64" {
+            return Err(Error::value(format!(
+                "gradcheck needs a float64 model, this one is {}: float32 finite differences carry \
+                 errors near 1e-3, too coarse to check gradients; build the model with dtype=\"float64\"",
+                T::NAME
+            )));
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::value(format!("eps must be a finite value > 0, got {eps}")));
+        }
+        self.check_input(x, n, shape, "X")?;
+        let cols = self.check_target(loss, y, n)?;
+        self.plan(shape, n)?;
+        let in_len = self.in_len();
+        x.gather(Rows::Range(0, n), in_len, &mut self.ws.acts[0]);
+        let key = 0x5eed_0f_9c4e_c4ed_u64;
+        let saved_grads = self.grads.clone();
+        // Analytic gradient, with the same fixed key (dropout masks) as below.
+        self.loss_at(n, key, loss, y, cols)?;
+        let out = &self.ws.acts[self.ops.len()][..n * cols];
+        loss_grad(loss, out, n, cols, y, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
+        self.grads.fill(T::ZERO);
+        self.backward_loaded(n, key, true);
+        let analytic = std::mem::replace(&mut self.grads, saved_grads);
+        let mut report = Vec::new();
+        for e in self.entries.clone() {
+            let (mut rel, mut abs) = (0.0f64, 0.0f64);
+            for j in e.range.clone() {
+                let orig = self.params[j];
+                self.params[j] = T::from_f64(orig.to_f64() + eps);
+                let lp = self.loss_at(n, key, loss, y, cols)?;
+                self.params[j] = T::from_f64(orig.to_f64() - eps);
+                let lm = self.loss_at(n, key, loss, y, cols)?;
+                self.params[j] = orig;
+                let num = (lp - lm) / (2.0 * eps);
+                let a = analytic[j].to_f64();
+                let d = (a - num).abs();
+                abs = abs.max(d);
+                let scale = a.abs().max(num.abs());
+                if scale > 1e-7 {
+                    rel = rel.max(d / scale);
+                }
+            }
+            report.push(GradCheck { name: e.name, max_rel_error: rel, max_abs_error: abs });
+        }
+        self.cache = None;
+        Ok(report)
+    }
+}
+
+/// The gathered batch targets, of the same kind as `y`.
+fn batch_target<'a, T>(y: Target<'_, T>, labels: &'a [i64], values: &'a [T]) -> Target<'a, T> {
+    match y {
+        Target::Labels(_) => Target::Labels(labels),
+        Target::Values(_) => Target::Values(values),
+    }
+}
+
+/// Checks statically known feature counts between consecutive dense layers.
+fn check_chain(specs: &[LayerSpec]) -> Result<()> {
+    let mut prev: Option<(usize, usize)> = None; // (spec index, out features)
+    for (i, s) in specs.iter().enumerate() {
+        s.validate().map_err(|e| Error::value(format!("layer {i}: {}", e.message)))?;
+        match *s {
+            LayerSpec::Dense { in_features, out_features, .. } => {
+                if let Some((j, f)) = prev {
+                    if f != in_features {
+                        return Err(Error::shape(format!(
+                            "layer sizes do not chain: layer {i} (Dense({in_features}, {out_features})) expects \
+                             {in_features} input features, but layer {j} produces {f}"
+                        )));
+                    }
+                }
+                prev = Some((i, out_features));
+            }
+            LayerSpec::Flatten => prev = None,
+            _ => {}
+        }
+    }
+    Ok(())
+}
