@@ -74,7 +74,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $gemm:path, $erf:path, $feat:ident) => {
+    ($t:ty, $name:expr, $erf:path, $feat:ident) => {
         impl Float for $t {
             fn as_features(s: &[Self]) -> crate::data::Features<'_> {
                 crate::data::Features::$feat(s)
@@ -150,12 +150,36 @@ macro_rules! impl_float {
                 rsc: isize,
                 csc: isize,
             ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+                // SAFETY: forwarded from the caller's contract. `gemm` computes
+                // dst = alpha' * dst + beta' * lhs * rhs, reading dst only
+                // when `read_dst`, so ours maps to alpha' = beta, beta' = alpha.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c,
+                        csc,
+                        rsc,
+                        beta != 0.0,
+                        a,
+                        csa,
+                        rsa,
+                        b,
+                        csb,
+                        rsb,
+                        beta,
+                        alpha,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
             }
         }
     };
 }
 
-impl_float!(f32, "float32", matrixmultiply::sgemm, libm::erff, F32);
-impl_float!(f64, "float64", matrixmultiply::dgemm, libm::erf, F64);
+impl_float!(f32, "float32", libm::erff, F32);
+impl_float!(f64, "float64", libm::erf, F64);

@@ -24,7 +24,7 @@
 //! let mut opt = Optimizer::new(cfg, ranges).unwrap();
 //! for epoch in 0..300 {
 //!     model.train_epoch(&Features::F32(&x), 4, &[2], Target::Labels(&y), Loss::CrossEntropy,
-//!                       &mut opt, 4, false, epoch, &mut |_| Ok(())).unwrap();
+//!                       &mut opt, 4, false, epoch, true, &mut |_| Ok(())).unwrap();
 //! }
 //! let t = model.evaluate(&Features::F32(&x), 4, &[2], Target::Labels(&y), Loss::CrossEntropy, 4).unwrap();
 //! assert_eq!(t.accuracy(), 1.0);

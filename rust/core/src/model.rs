@@ -414,10 +414,26 @@ impl<T: Float> Sequential<T> {
 
 
 
+    /// Checks features and targets against the model and `loss` without
+    /// computing anything.
+    pub fn validate_data(
+        &mut self,
+        x: &Features<'_>,
+        n: usize,
+        shape: &[usize],
+        y: Target<'_, T>,
+        loss: Loss,
+    ) -> Result<()> {
+        self.check_input(x, n, shape, "X")?;
+        self.check_target(loss, y, n).map(|_| ())
+    }
+
     /// One epoch of minibatch training, fused: gather, forward, loss and its
     /// gradient, backward, optimizer update, with no allocation per step.
     /// `progress` is called about every [`Sequential::report_every`] and at
     /// the end; an error from it stops the epoch (the model stays usable).
+    /// With `check` false the data is trusted to have passed
+    /// [`Sequential::validate_data`] already (later epochs skip the scan).
     #[allow(clippy::too_many_arguments)]
     pub fn train_epoch(
         &mut self,
@@ -430,6 +446,7 @@ impl<T: Float> Sequential<T> {
         batch_size: usize,
         shuffle: bool,
         epoch: usize,
+        check: bool,
         progress: &mut dyn FnMut(&Progress) -> Result<()>,
     ) -> Result<LossTotals> {
         if batch_size == 0 {
@@ -438,8 +455,13 @@ impl<T: Float> Sequential<T> {
         if opt.ranges().last().is_some_and(|r| r.end > self.params.len()) {
             return Err(Error::value("the optimizer was built for a different model"));
         }
-        self.check_input(x, n, shape, "X")?;
-        let cols = self.check_target(loss, y, n)?;
+        if check {
+            self.validate_data(x, n, shape, y, loss)?;
+        } else if n == 0 || x.len() != n * numel(shape) {
+            return Err(Error::shape(format!("X has {} elements, expected {n} samples of shape {shape:?}", x.len())));
+        }
+        self.plan(shape, 1)?;
+        let cols = self.out_len();
         let bs = batch_size.min(n);
         self.plan(shape, bs)?;
         opt.prepare();

@@ -39,7 +39,7 @@ pub fn gemm<T: Float>(
         }
         return;
     }
-    let chunks = chunk_count(m, 2 * n * k, 8);
+    let chunks = chunk_count(m, 2 * n * k, min_chunk_rows(n));
     let rows_per = m.div_ceil(chunks);
     let run = |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
     if chunks <= 1 {
@@ -47,6 +47,15 @@ pub fn gemm<T: Float>(
     } else {
         c.par_chunks_mut(rows_per * n).enumerate().for_each(|(i, cc)| run(i * rows_per, cc));
     }
+}
+
+/// The fewest rows a parallel chunk of an `n`-column product may have. A
+/// chunk keeps more than 256 outputs: below that the gemm crate switches to
+/// a kernel with another summation order, and results would then depend on
+/// the thread count.
+#[inline]
+pub fn min_chunk_rows(n: usize) -> usize {
+    8usize.max(257usize.div_ceil(n.max(1)))
 }
 
 /// Serial part of [`gemm`]: computes rows `row0 .. row0 + cc.len() / n` of

@@ -8,7 +8,7 @@ use super::{numel, Ctx, Layer, ParamDecl};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::Act;
-use crate::kernels::gemm::{gemm, gemm_rows};
+use crate::kernels::gemm::{gemm, gemm_rows, min_chunk_rows};
 use crate::kernels::par_rows;
 use crate::kernels::reduce::{act_backward_bias, col_sums};
 use crate::rng::Rng;
@@ -117,7 +117,7 @@ impl<T: Float> Layer<T> for Dense {
         let (w, b) = p.split_at(self.weight_len());
         let act = self.act;
         let bias = self.bias;
-        par_rows(&mut y[..rows * fo], fo, 2 * fi * fo, 8, |r0, yc| {
+        par_rows(&mut y[..rows * fo], fo, 2 * fi * fo, min_chunk_rows(fo), |r0, yc| {
             let beta = if bias {
                 for row in yc.chunks_exact_mut(fo) {
                     row.copy_from_slice(b);
