@@ -11,8 +11,6 @@ so a custom loop reads like PyTorch::
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
 from . import _core
@@ -99,7 +97,7 @@ _ALIASES = {
 }
 
 
-def get(loss: Union[str, Loss]) -> Loss:
+def get(loss: str | Loss) -> Loss:
     """A loss from an instance, a class, or a name (``"mse"``,
     ``"cross_entropy"``, ``"binary_cross_entropy"``)."""
     if isinstance(loss, Loss):

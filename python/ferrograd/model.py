@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def _dtype_name(dtype: Any) -> str:
     except TypeError:
         name = str(dtype)
     if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected \"float32\" or \"float64\"")
+        raise ValueError(f'unknown dtype {dtype!r}; expected "float32" or "float64"')
     return name
 
 
@@ -124,7 +124,7 @@ class Sequential:
 
     def __init__(
         self,
-        layers: Union[Sequence[Layer], Layer],
+        layers: Sequence[Layer] | Layer,
         *more: Layer,
         seed: int | None = None,
         dtype: Any = "float32",
@@ -192,7 +192,9 @@ class Sequential:
                 v = v.detach().cpu().numpy()
             arr = np.asarray(v)
             if arr.dtype.kind not in "biuf":
-                raise TypeError(f"state_dict entry {name!r} has dtype {arr.dtype}, expected numbers")
+                raise TypeError(
+                    f"state_dict entry {name!r} has dtype {arr.dtype}, expected numbers"
+                )
             items.append((name, np.ascontiguousarray(arr, dtype=self.dtype)))
         self._core.load_params(items)
 
@@ -250,8 +252,8 @@ class Sequential:
         self,
         X: Any,
         y: Any,
-        loss: Union[str, losses.Loss],
-        optimizer: Union[str, _optim.Optimizer],
+        loss: str | losses.Loss,
+        optimizer: str | _optim.Optimizer,
         epochs: int = 1,
         batch_size: int = 32,
         shuffle: bool = True,
@@ -302,7 +304,9 @@ class Sequential:
         try:
             validation_split = float(validation_split)
         except (TypeError, ValueError):
-            raise TypeError(f"validation_split must be a number, got {validation_split!r}") from None
+            raise TypeError(
+                f"validation_split must be a number, got {validation_split!r}"
+            ) from None
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_split and validation_data is not None:
@@ -342,8 +346,15 @@ class Sequential:
             progress = EpochProgress(epoch, epochs, verbose, stream)
             try:
                 train_loss, train_acc = self._core.train_epoch(
-                    xa, ya, loss_fn.name, opt._core, batch_size, bool(shuffle), epoch,
-                    False, progress.update if progress.live else None,
+                    xa,
+                    ya,
+                    loss_fn.name,
+                    opt._core,
+                    batch_size,
+                    bool(shuffle),
+                    epoch,
+                    False,
+                    progress.update if progress.live else None,
                 )
             except BaseException:
                 progress.abort()
@@ -364,7 +375,7 @@ class Sequential:
         self,
         X: Any,
         y: Any,
-        loss: Union[str, losses.Loss],
+        loss: str | losses.Loss,
         metrics: Sequence[str] | None = None,
         batch_size: int = DEFAULT_EVAL_BATCH,
     ) -> dict[str, float]:
@@ -401,7 +412,9 @@ class Sequential:
         return [tuple(s) for s in self._core.layer_shapes(list(shape))]
 
     def summary(
-        self, input_shape: Sequence[int] | None = None, print_fn: Callable[[str], Any] | None = print
+        self,
+        input_shape: Sequence[int] | None = None,
+        print_fn: Callable[[str], Any] | None = print,
     ) -> str:
         """A table of layers, output shapes and parameter counts; printed
         with ``print_fn`` (pass ``None`` to only return it).
@@ -440,7 +453,7 @@ class Sequential:
 
 
 def gradcheck(
-    model: Sequential, loss: Union[str, losses.Loss], X: Any, y: Any, eps: float = 1e-6
+    model: Sequential, loss: str | losses.Loss, X: Any, y: Any, eps: float = 1e-6
 ) -> dict[str, float]:
     """Checks backpropagation against central finite differences.
 

@@ -12,7 +12,7 @@ between steps (``opt.lr = 0.01``) for schedules.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 
@@ -94,10 +94,10 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent, as ``torch.optim.SGD``::
 
-        g = grad + weight_decay * p
-        b = g (first step) | momentum * b + (1 - dampening) * g
-        g = g + momentum * b (nesterov) | b (momentum > 0)
-        p = p - lr * g
+    g = grad + weight_decay * p
+    b = g (first step) | momentum * b + (1 - dampening) * g
+    g = g + momentum * b (nesterov) | b (momentum > 0)
+    p = p - lr * g
     """
 
     kind = "SGD"
@@ -140,9 +140,9 @@ def _adam_config(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> dict[str, 
 class Adam(Optimizer):
     """Adam, as ``torch.optim.Adam`` (weight decay as an L2 term)::
 
-        g = grad + weight_decay * p
-        m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
-        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    g = grad + weight_decay * p
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+    p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
     """
 
     kind = "Adam"
@@ -178,11 +178,11 @@ class AdamW(Optimizer):
 class RMSprop(Optimizer):
     """RMSprop, as ``torch.optim.RMSprop``::
 
-        g = grad + weight_decay * p
-        v = alpha * v + (1 - alpha) * g^2
-        avg = sqrt(v - ga^2) + eps (centered, ga = running mean of g) | sqrt(v) + eps
-        b = momentum * b + g / avg;  p = p - lr * b   (momentum > 0)
-        p = p - lr * g / avg                            (otherwise)
+    g = grad + weight_decay * p
+    v = alpha * v + (1 - alpha) * g^2
+    avg = sqrt(v - ga^2) + eps (centered, ga = running mean of g) | sqrt(v) + eps
+    b = momentum * b + g / avg;  p = p - lr * b   (momentum > 0)
+    p = p - lr * g / avg                            (otherwise)
     """
 
     kind = "RMSprop"
@@ -218,7 +218,7 @@ _BY_NAME: dict[str, type[Optimizer]] = {
 }
 
 
-def get(optimizer: Union[str, Optimizer], params: Iterable[Parameter]) -> Optimizer:
+def get(optimizer: str | Optimizer, params: Iterable[Parameter]) -> Optimizer:
     """An optimizer instance, or one built by name with default settings
     (``"sgd"`` uses ``lr=0.01``)."""
     if isinstance(optimizer, Optimizer):
