@@ -74,5 +74,9 @@ def as_target(y: Any, loss_name: str, dtype: np.dtype, n: int | None = None) -> 
                     f"class labels must be integers, got {arr[i]!r} at index {i}; for "
                     "probability targets pass y of shape (N, C)"
                 )
+            huge = np.abs(arr) >= 2.0**62  # would not survive the cast to int64
+            if np.any(huge):
+                i = int(np.argmax(huge))
+                raise ValueError(f"class label {arr[i]!r} at index {i} is out of range")
         return np.require(arr.astype(np.int64, copy=False), requirements=["C", "A"])
     return np.require(arr.astype(dtype, copy=False), requirements=["C", "A"])

@@ -49,21 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an MLP on MNIST, print the test accuracy and save the weights.",
     )
     m.add_argument("--epochs", type=_positive(int), default=12, help="epochs (default 12)")
-    m.add_argument("--batch-size", type=_positive(int), default=128, help="minibatch size (default 128)")
+    m.add_argument(
+        "--batch-size", type=_positive(int), default=128, help="minibatch size (default 128)"
+    )
     m.add_argument(
         "--hidden", type=_hidden, default=[512, 256], help="hidden layer sizes (default 512,256)"
     )
     m.add_argument(
-        "--lr", type=_positive(float), default=1e-3, help="Adam learning rate; cosine-decayed (default 1e-3)"
+        "--lr",
+        type=_positive(float),
+        default=1e-3,
+        help="Adam learning rate; cosine-decayed (default 1e-3)",
     )
-    m.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (default 0.2)")
+    m.add_argument(
+        "--dropout", type=float, default=0.2, help="dropout after each hidden layer (default 0.2)"
+    )
     m.add_argument(
         "--data",
         default=None,
         help="folder containing mnist/ (default: $FERROGRAD_DATA, else ~/.cache/ferrograd; downloads if missing)",
     )
-    m.add_argument("--out", default="mnist_mlp.npz", help="where to save the weights (default mnist_mlp.npz)")
-    m.add_argument("--threads", type=_positive(int), default=None, help="worker threads (default: all cores)")
+    m.add_argument(
+        "--out", default="mnist_mlp.npz", help="where to save the weights (default mnist_mlp.npz)"
+    )
+    m.add_argument(
+        "--threads", type=_positive(int), default=None, help="worker threads (default: all cores)"
+    )
     m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     m.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
     return p
@@ -98,8 +109,14 @@ def run_mnist(args: argparse.Namespace) -> float:
         # Cosine decay from lr to ~0 over the run.
         opt.lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         hist = model.fit(
-            x_train, y_train, "cross_entropy", opt, epochs=1, batch_size=args.batch_size,
-            validation_data=(x_test, y_test), verbose=0,
+            x_train,
+            y_train,
+            "cross_entropy",
+            opt,
+            epochs=1,
+            batch_size=args.batch_size,
+            validation_data=(x_test, y_test),
+            verbose=0,
         )
         h = {k: v[-1] for k, v in hist.history.items()}
         print(
@@ -110,7 +127,9 @@ def run_mnist(args: argparse.Namespace) -> float:
         )
     acc = model.evaluate(x_test, y_test, "cross_entropy")["accuracy"]
     elapsed = time.perf_counter() - start
-    print(f"test accuracy: {acc:.4f} ({elapsed:.1f}s, {args.epochs * len(x_train) / elapsed:,.0f} samples/s)")
+    print(
+        f"test accuracy: {acc:.4f} ({elapsed:.1f}s, {args.epochs * len(x_train) / elapsed:,.0f} samples/s)"
+    )
     np.savez(args.out, **model.state_dict())
     print(f"saved weights to {args.out}")
     return acc

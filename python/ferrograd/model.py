@@ -25,6 +25,8 @@ DEFAULT_EVAL_BATCH = 1024
 
 
 def _dtype_name(dtype: Any) -> str:
+    if dtype is None:
+        raise ValueError('dtype must be "float32" or "float64", got None')
     try:
         name = np.dtype(dtype).name
     except TypeError:
@@ -140,6 +142,8 @@ class Sequential:
         if seed is None:
             seed = secrets.randbits(63)
         seed = _int_arg("seed", seed, 0)
+        if seed >= 2**64:
+            raise ValueError(f"seed must be < 2**64, got {seed}")
         self.layers: list[Layer] = layer_list
         self.seed = seed
         self.dtype = _DTYPES[_dtype_name(dtype)]
@@ -195,7 +199,7 @@ class Sequential:
                 raise TypeError(
                     f"state_dict entry {name!r} has dtype {arr.dtype}, expected numbers"
                 )
-            items.append((name, np.ascontiguousarray(arr, dtype=self.dtype)))
+            items.append((name, np.require(arr, dtype=self.dtype, requirements=["C", "A"])))
         self._core.load_params(items)
 
     def zero_grad(self) -> None:
@@ -386,6 +390,7 @@ class Sequential:
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa, ya = self._prepare(X, y, loss_fn, "X")
         value, acc = self._core.evaluate(xa, ya, loss_fn.name, batch_size)
+        self._input_shape = tuple(xa.shape[1:])
         out = {"loss": value}
         if "accuracy" in metric_names and acc is not None:
             out["accuracy"] = acc
@@ -395,7 +400,9 @@ class Sequential:
         """The model's output for ``X`` in inference mode, computed in batches."""
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa = as_features(X, self.dtype, "X")
-        return self._core.predict(xa, batch_size)
+        out = self._core.predict(xa, batch_size)
+        self._input_shape = tuple(xa.shape[1:])
+        return out
 
     # ------------------------------------------------------------ display
 
@@ -458,8 +465,11 @@ def gradcheck(
     """Checks backpropagation against central finite differences.
 
     Returns, per parameter name, the worst relative error
-    ``|analytic - numeric| / max(|analytic|, |numeric|)`` over its elements
-    (elements where both are below 1e-7 are skipped). Needs a float64 model:
+    ``|analytic - numeric| / max(|analytic|, |numeric|, f)`` over its
+    elements, where ``f`` is 1e-3 times that parameter's largest gradient
+    element (at least 1e-7): elements far below the gradient's scale are
+    judged against that scale, since their finite differences are rounding
+    noise. Below 1e-6 is a pass for float64. Needs a float64 model:
     float32 differences are too coarse and raise ``ValueError``. The model is
     left unchanged; dropout masks are held fixed during the check. Cost: two
     forward passes per parameter element, so use a small model and batch.

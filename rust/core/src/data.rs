@@ -90,6 +90,23 @@ impl Features<'_> {
         }
     }
 
+    /// Fails if float64 values are too large for float32 (they would become inf).
+    pub fn check_fits_f32(&self, what: &str, row_len: usize) -> Result<()> {
+        if let Features::F64(v) = self {
+            let max = f32::MAX as f64;
+            if let Some(i) = v.par_iter().position_first(|x| x.abs() > max) {
+                return Err(Error::non_finite(format!(
+                    "{what} has a value ({:e}) at sample {}, feature {} that overflows float32 (becomes inf); \
+                     rescale the data or use a float64 model",
+                    v[i],
+                    i / row_len.max(1),
+                    i % row_len.max(1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Copies the selected rows (`row_len` elements each), converted to `T`,
     /// into `out` (which must hold `rows.len() * row_len` elements).
     pub fn gather<T: Float>(&self, rows: Rows<'_>, row_len: usize, out: &mut [T]) {

@@ -117,7 +117,8 @@ pub fn validate_target<T: Float>(loss: Loss, target: Target<'_, T>, rows: usize,
             if labels.len() != rows {
                 return Err(Error::shape(format!("expected {rows} labels, got {}", labels.len())));
             }
-            if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l as u64 >= cols as u64) {
+            if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l as u64 >= cols as u64)
+            {
                 return Err(Error::value(format!(
                     "class label {l} at index {i} is out of range: labels must be in [0, {cols}) for a model with {cols} outputs"
                 )));
@@ -132,7 +133,9 @@ pub fn validate_target<T: Float>(loss: Loss, target: Target<'_, T>, rows: usize,
                 )));
             }
             if let Some(i) = v.par_iter().position_first(|x| !x.is_finite()) {
-                return Err(Error::non_finite(format!("targets contain NaN or inf (first at flat index {i})")));
+                return Err(Error::non_finite(format!(
+                    "targets contain NaN or inf (first at flat index {i})"
+                )));
             }
             if loss == Loss::BinaryCrossEntropy {
                 if let Some(i) = v.par_iter().position_first(|&x| x < T::ZERO || x > T::ONE) {
@@ -296,7 +299,10 @@ pub fn loss_grad<T: Float>(
         }
         None => {
             if parallel {
-                stats.par_iter_mut().enumerate().for_each(|(i, s)| *s = row(loss, x_row(i), row_target(i), None, scale));
+                stats
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(i, s)| *s = row(loss, x_row(i), row_target(i), None, scale));
             } else {
                 for (i, s) in stats.iter_mut().enumerate() {
                     *s = row(loss, x_row(i), row_target(i), None, scale);
@@ -350,16 +356,33 @@ mod tests {
     fn known_values() {
         let mut st = vec![RowStat::default(); 2];
         // log(1 + e) = 1.3132616875182228 (torch.nn.functional.cross_entropy([[0,1]], [0]))
-        let t = loss_grad(Loss::CrossEntropy, &[0.0f64, 1.0, 0.0, 1.0], 2, 2, Target::Labels(&[0, 1]), None, &mut st)
-            .unwrap();
+        let t = loss_grad(
+            Loss::CrossEntropy,
+            &[0.0f64, 1.0, 0.0, 1.0],
+            2,
+            2,
+            Target::Labels(&[0, 1]),
+            None,
+            &mut st,
+        )
+        .unwrap();
         let want = (1.313_261_687_518_222_8 + 0.313_261_687_518_222_8) / 2.0;
         assert!((t.mean() - want).abs() < 1e-12);
         assert_eq!(t.correct, 1);
         // BCE of logit 0 is ln 2 whatever the target.
-        let t = loss_grad(Loss::BinaryCrossEntropy, &[0.0f64, 0.0], 1, 2, Target::Values(&[1.0, 0.0]), None, &mut st)
-            .unwrap();
+        let t = loss_grad(
+            Loss::BinaryCrossEntropy,
+            &[0.0f64, 0.0],
+            1,
+            2,
+            Target::Values(&[1.0, 0.0]),
+            None,
+            &mut st,
+        )
+        .unwrap();
         assert!((t.mean() - std::f64::consts::LN_2).abs() < 1e-12);
-        let t = loss_grad(Loss::Mse, &[1.0f64, 3.0], 1, 2, Target::Values(&[0.0, 0.0]), None, &mut st).unwrap();
+        let t =
+            loss_grad(Loss::Mse, &[1.0f64, 3.0], 1, 2, Target::Values(&[0.0, 0.0]), None, &mut st).unwrap();
         assert_eq!(t.mean(), 5.0);
     }
 
@@ -367,8 +390,16 @@ mod tests {
     fn huge_logits_stay_finite() {
         let mut st = vec![RowStat::default(); 1];
         let mut g = [0.0f32; 2];
-        let t = loss_grad(Loss::CrossEntropy, &[1000.0f32, -1000.0], 1, 2, Target::Labels(&[1]), Some(&mut g), &mut st)
-            .unwrap();
+        let t = loss_grad(
+            Loss::CrossEntropy,
+            &[1000.0f32, -1000.0],
+            1,
+            2,
+            Target::Labels(&[1]),
+            Some(&mut g),
+            &mut st,
+        )
+        .unwrap();
         assert!((t.mean() - 2000.0).abs() < 1e-3 && g.iter().all(|v| v.is_finite()));
     }
 

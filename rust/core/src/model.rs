@@ -82,8 +82,10 @@ pub struct Progress {
 #[derive(Clone, Debug)]
 pub struct GradCheck {
     pub name: String,
-    /// Worst `|analytic - numeric| / max(|analytic|, |numeric|)` over the
-    /// elements where either exceeds `1e-7` (0 when none does).
+    /// Worst `|analytic - numeric| / max(|analytic|, |numeric|, f)` over the
+    /// parameter's elements, where `f` is `1e-3` times the parameter's
+    /// largest gradient element (at least `1e-7`), so elements far below the
+    /// gradient's scale do not report rounding noise as error.
     pub max_rel_error: f64,
     /// Worst `|analytic - numeric|`.
     pub max_abs_error: f64,
@@ -118,9 +120,14 @@ impl<T: Float> Sequential<T> {
             let mut layer = specs[i].build::<T>()?;
             let start = total;
             for d in layer.params() {
-                let len = d.numel();
-                entries.push(ParamEntry { name: format!("{i}.{}", d.name), shape: d.shape, range: total..total + len });
-                total += len;
+                let len = d.shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(too_big)?;
+                let end = total.checked_add(len).ok_or_else(too_big)?;
+                entries.push(ParamEntry {
+                    name: format!("{i}.{}", d.name),
+                    shape: d.shape,
+                    range: total..end,
+                });
+                total = end;
             }
             let spec = i;
             i += 1;
@@ -133,7 +140,8 @@ impl<T: Float> Sequential<T> {
             ops.push(Op { layer, spec, prange: start..total });
         }
         let mut rng = Rng::new(seed);
-        let mut params = vec![T::ZERO; total];
+        let mut params = zeros::<T>(total, "the model's parameters")?;
+        let grads = zeros::<T>(total, "the model's gradients")?;
         for op in &ops {
             op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
         }
@@ -141,7 +149,7 @@ impl<T: Float> Sequential<T> {
             specs,
             ops,
             params,
-            grads: vec![T::ZERO; total],
+            grads,
             entries,
             rng,
             ws: Workspace::default(),
@@ -198,7 +206,9 @@ impl<T: Float> Sequential<T> {
         for (name, shape, v) in values {
             let Some(i) = self.entries.iter().position(|e| &e.name == name) else {
                 let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
-                return Err(Error::value(format!("unexpected key {name:?} in state_dict; expected keys {names:?}")));
+                return Err(Error::value(format!(
+                    "unexpected key {name:?} in state_dict; expected keys {names:?}"
+                )));
             };
             let e = &self.entries[i];
             if *shape != e.shape || v.len() != e.range.len() {
@@ -253,9 +263,17 @@ impl<T: Float> Sequential<T> {
         if !same {
             let mut shapes = vec![input.to_vec()];
             for op in &self.ops {
-                let next = op.layer.output_shape(shapes.last().map(|v| v.as_slice()).unwrap_or(&[])).map_err(|e| {
-                    Error::shape(format!("layer {} ({}): {}", op.spec, self.specs[op.spec].display_name(), e.message))
-                })?;
+                let next = op
+                    .layer
+                    .output_shape(shapes.last().map(|v| v.as_slice()).unwrap_or(&[]))
+                    .map_err(|e| {
+                        Error::shape(format!(
+                            "layer {} ({}): {}",
+                            op.spec,
+                            self.specs[op.spec].display_name(),
+                            e.message
+                        ))
+                    })?;
                 shapes.push(next);
             }
             ws.shapes = shapes;
@@ -265,12 +283,14 @@ impl<T: Float> Sequential<T> {
         }
         if n > ws.cap {
             let cap = n;
+            let sized = |s: &[usize]| cap.checked_mul(numel(s)).ok_or_else(too_big);
             for (a, s) in ws.acts.iter_mut().zip(&ws.shapes) {
-                a.resize(cap * numel(s), T::ZERO);
+                grow(a, sized(s)?)?;
             }
             let widest = ws.shapes.iter().map(|s| numel(s)).max().unwrap_or(0);
-            ws.d_a.resize(cap * widest, T::ZERO);
-            ws.d_b.resize(cap * widest, T::ZERO);
+            grow(&mut ws.d_a, sized(&[widest])?)?;
+            grow(&mut ws.d_b, sized(&[widest])?)?;
+            ws.stats.try_reserve(cap.saturating_sub(ws.stats.len())).map_err(|_| oom(cap * 16))?;
             ws.stats.resize(cap, RowStat::default());
             ws.cap = cap;
         }
@@ -289,7 +309,8 @@ impl<T: Float> Sequential<T> {
         numel(self.out_shape())
     }
 
-    /// Checks an input array against the model: its size, and that it is finite.
+    /// Checks an input array against the model: its size, that it is finite,
+    /// and that float64 values fit a float32 model.
     pub fn check_input(&mut self, x: &Features<'_>, n: usize, shape: &[usize], what: &str) -> Result<()> {
         if n == 0 {
             return Err(Error::value(format!("{what} is empty (0 samples)")));
@@ -302,7 +323,11 @@ impl<T: Float> Sequential<T> {
             )));
         }
         self.plan(shape, 1)?;
-        x.check_finite(what, numel(shape))
+        x.check_finite(what, numel(shape))?;
+        if T::NAME == "float32" {
+            x.check_fits_f32(what, numel(shape))?;
+        }
+        Ok(())
     }
 
     /// Runs the layers on the first `n` samples already in `acts[0]`.
@@ -357,19 +382,18 @@ impl<T: Float> Sequential<T> {
     }
 
     /// Adds the gradients of the last training-mode forward pass, given the
-    /// gradient of the loss with respect to its output.
-    pub fn backward(&mut self, dout: &[T]) -> Result<()> {
+    /// gradient of the loss with respect to its output, of shape `shape`
+    /// (which must be the output's, batch first).
+    pub fn backward(&mut self, dout: &[T], shape: &[usize]) -> Result<()> {
         let Some(cache) = self.cache else {
             return Err(Error::state("backward() needs a preceding forward(x, training=True) on this model"));
         };
+        let mut want_shape = vec![cache.n];
+        want_shape.extend_from_slice(self.out_shape());
         let want = cache.n * self.out_len();
-        if dout.len() != want {
+        if shape != want_shape.as_slice() || dout.len() != want {
             return Err(Error::shape(format!(
-                "gradient has {} elements, expected {} (output shape ({}, {}))",
-                dout.len(),
-                want,
-                cache.n,
-                self.out_shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                "gradient has shape {shape:?}, expected the output's shape {want_shape:?}"
             )));
         }
         if let Some(i) = dout.iter().position(|v| !v.is_finite()) {
@@ -411,8 +435,6 @@ impl<T: Float> Sequential<T> {
             }
         }
     }
-
-
 
     /// Checks features and targets against the model and `loss` without
     /// computing anything.
@@ -458,7 +480,10 @@ impl<T: Float> Sequential<T> {
         if check {
             self.validate_data(x, n, shape, y, loss)?;
         } else if n == 0 || x.len() != n * numel(shape) {
-            return Err(Error::shape(format!("X has {} elements, expected {n} samples of shape {shape:?}", x.len())));
+            return Err(Error::shape(format!(
+                "X has {} elements, expected {n} samples of shape {shape:?}",
+                x.len()
+            )));
         }
         self.plan(shape, 1)?;
         let cols = self.out_len();
@@ -539,7 +564,11 @@ impl<T: Float> Sequential<T> {
         self.plan(shape, bs)?;
         let (in_len, out_len) = (self.in_len(), self.out_len());
         if out.len() != n * out_len {
-            return Err(Error::shape(format!("output buffer has {} elements, expected {}", out.len(), n * out_len)));
+            return Err(Error::shape(format!(
+                "output buffer has {} elements, expected {}",
+                out.len(),
+                n * out_len
+            )));
         }
         for (b, chunk) in out.chunks_mut(bs * out_len).enumerate() {
             let m = chunk.len() / out_len;
@@ -632,7 +661,7 @@ impl<T: Float> Sequential<T> {
         self.plan(shape, n)?;
         let in_len = self.in_len();
         x.gather(Rows::Range(0, n), in_len, &mut self.ws.acts[0]);
-        let key = 0x5eed_0f_9c4e_c4ed_u64;
+        let key = 0x5eed_0f9c_4ec4_ed00_u64;
         let saved_grads = self.grads.clone();
         // Analytic gradient, with the same fixed key (dropout masks) as below.
         self.loss_at(n, key, loss, y, cols)?;
@@ -643,7 +672,7 @@ impl<T: Float> Sequential<T> {
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
         let mut report = Vec::new();
         for e in self.entries.clone() {
-            let (mut rel, mut abs) = (0.0f64, 0.0f64);
+            let mut numeric = Vec::with_capacity(e.range.len());
             for j in e.range.clone() {
                 let orig = self.params[j];
                 self.params[j] = T::from_f64(orig.to_f64() + eps);
@@ -651,20 +680,57 @@ impl<T: Float> Sequential<T> {
                 self.params[j] = T::from_f64(orig.to_f64() - eps);
                 let lm = self.loss_at(n, key, loss, y, cols)?;
                 self.params[j] = orig;
-                let num = (lp - lm) / (2.0 * eps);
-                let a = analytic[j].to_f64();
-                let d = (a - num).abs();
+                numeric.push((lp - lm) / (2.0 * eps));
+            }
+            let a = &analytic[e.range.clone()];
+            // Elements far smaller than the parameter's largest gradient are
+            // judged against 1e-3 of that, not their own size: their finite
+            // differences are rounding noise over a tiny value.
+            let gmax = a.iter().map(|v| v.to_f64().abs()).fold(0.0f64, f64::max);
+            let floor = (1e-3 * gmax).max(1e-7);
+            let (mut rel, mut abs) = (0.0f64, 0.0f64);
+            for (&av, &num) in a.iter().zip(&numeric) {
+                let av = av.to_f64();
+                let d = (av - num).abs();
                 abs = abs.max(d);
-                let scale = a.abs().max(num.abs());
-                if scale > 1e-7 {
-                    rel = rel.max(d / scale);
-                }
+                rel = rel.max(d / av.abs().max(num.abs()).max(floor));
             }
             report.push(GradCheck { name: e.name, max_rel_error: rel, max_abs_error: abs });
         }
         self.cache = None;
         Ok(report)
     }
+}
+
+fn too_big() -> Error {
+    Error::value("sizes overflow: the model or batch is too large to address")
+}
+
+fn oom(bytes: usize) -> Error {
+    Error::value(format!(
+        "cannot allocate {:.1} GB for the model or batch; use smaller layers or batches",
+        bytes as f64 / 1e9
+    ))
+}
+
+/// A zeroed buffer, or an error instead of an abort when memory runs out.
+fn zeros<T: Float>(len: usize, _what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    grow(&mut v, len)?;
+    Ok(v)
+}
+
+/// Resizes `v` to at least `len` elements (zero-filled), failing cleanly.
+fn grow<T: Float>(v: &mut Vec<T>, len: usize) -> Result<()> {
+    if len > v.len() {
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        if len > isize::MAX as usize / std::mem::size_of::<T>() {
+            return Err(oom(bytes));
+        }
+        v.try_reserve_exact(len - v.len()).map_err(|_| oom(bytes))?;
+        v.resize(len, T::ZERO);
+    }
+    Ok(())
 }
 
 /// The gathered batch targets, of the same kind as `y`.

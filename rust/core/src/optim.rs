@@ -84,12 +84,14 @@ impl OptimConfig {
         Ok(())
     }
 
-    /// Per-element state slots.
+    /// Per-element state slots (always allocated together; a slot a
+    /// configuration does not use is never touched, so its zeroed pages cost
+    /// no memory).
     fn slots(&self) -> usize {
         match *self {
-            OptimConfig::Sgd { momentum, .. } => (momentum != 0.0) as usize,
+            OptimConfig::Sgd { .. } => 1,
             OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => 2,
-            OptimConfig::RmsProp { momentum, centered, .. } => 1 + (momentum != 0.0) as usize + centered as usize,
+            OptimConfig::RmsProp { .. } => 3,
         }
     }
 }
@@ -215,23 +217,31 @@ impl<T: Float> Optimizer<T> {
         }
         self.prepare();
         let sc = self.scalars();
-        let slots = self.config.slots();
-        let cfg = self.config.clone();
-        let mut state_off = 0;
+        let len = self.len;
+        // State slots are stored one after the other, each `len` long.
+        let (s0, rest) = self.state.split_at_mut(len);
+        let (s1, s2) = if rest.is_empty() { (&mut [][..], &mut [][..]) } else { rest.split_at_mut(len) };
+        let mut off = 0;
         for r in &self.ranges {
+            let n = r.len();
             let p = &mut params[r.clone()];
             let g = &grads[r.clone()];
-            let s = &mut self.state[state_off * slots..(state_off + r.len()) * slots];
-            state_off += r.len();
-            if p.len() * 8 < crate::kernels::PAR_MIN_WORK || rayon::current_num_threads() <= 1 {
-                update(&cfg, sc, slots, p, g, s);
-            } else if slots == 0 {
-                p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(p, g)| update(&cfg, sc, 0, p, g, &mut []));
-            } else {
-                p.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(s.par_chunks_mut(CHUNK * slots))
-                    .for_each(|((p, g), s)| update(&cfg, sc, slots, p, g, s));
+            let a = &mut s0[off..off + n];
+            let b = if s1.is_empty() { &mut [][..] } else { &mut s1[off..off + n] };
+            let c = if s2.is_empty() { &mut [][..] } else { &mut s2[off..off + n] };
+            off += n;
+            match self.config {
+                OptimConfig::Sgd { momentum, nesterov, .. } => {
+                    let (first, has_m) = (sc.first, momentum != 0.0);
+                    zip3(p, g, a, &|p, g, buf| sgd(sc, has_m, first, nesterov, p, g, buf));
+                }
+                OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => {
+                    zip4(p, g, a, b, &|p, g, m, v| adam(sc, p, g, m, v));
+                }
+                OptimConfig::RmsProp { momentum, centered, .. } => {
+                    let has_m = momentum != 0.0;
+                    zip5(p, g, a, b, c, &|p, g, v, buf, ga| rmsprop(sc, has_m, centered, p, g, v, buf, ga));
+                }
             }
         }
         self.steps += 1;
@@ -239,62 +249,151 @@ impl<T: Float> Optimizer<T> {
     }
 }
 
-/// The update of one chunk. `s` holds `slots` interleaved state values per element.
+const PAR_MIN: usize = 1 << 13;
+
+fn par_ok(n: usize) -> bool {
+    n >= PAR_MIN && rayon::current_num_threads() > 1
+}
+
+type F3<'f, T> = &'f (dyn Fn(&mut [T], &[T], &mut [T]) + Sync);
+
+fn zip3<T: Float>(p: &mut [T], g: &[T], a: &mut [T], f: F3<'_, T>) {
+    if !par_ok(p.len()) {
+        return f(p, g, a);
+    }
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(a.par_chunks_mut(CHUNK))
+        .for_each(|((p, g), a)| f(p, g, a));
+}
+
+type F4<'f, T> = &'f (dyn Fn(&mut [T], &[T], &mut [T], &mut [T]) + Sync);
+
+fn zip4<T: Float>(p: &mut [T], g: &[T], a: &mut [T], b: &mut [T], f: F4<'_, T>) {
+    if !par_ok(p.len()) {
+        return f(p, g, a, b);
+    }
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(a.par_chunks_mut(CHUNK))
+        .zip(b.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), a), b)| f(p, g, a, b));
+}
+
+type F5<'f, T> = &'f (dyn Fn(&mut [T], &[T], &mut [T], &mut [T], &mut [T]) + Sync);
+
+fn zip5<T: Float>(p: &mut [T], g: &[T], a: &mut [T], b: &mut [T], c: &mut [T], f: F5<'_, T>) {
+    if !par_ok(p.len()) {
+        return f(p, g, a, b, c);
+    }
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(a.par_chunks_mut(CHUNK))
+        .zip(b.par_chunks_mut(CHUNK))
+        .zip(c.par_chunks_mut(CHUNK))
+        .for_each(|((((p, g), a), b), c)| f(p, g, a, b, c));
+}
+
+// The update loops below hoist every branch out of the element loop so the
+// compiler vectorizes them; each follows torch.optim's documented equations.
+
 #[inline]
-fn update<T: Float>(cfg: &OptimConfig, sc: StepScalars<T>, slots: usize, p: &mut [T], g: &[T], s: &mut [T]) {
+fn sgd<T: Float>(
+    sc: StepScalars<T>,
+    has_m: bool,
+    first: bool,
+    nesterov: bool,
+    p: &mut [T],
+    g: &[T],
+    buf: &mut [T],
+) {
+    let (lr, wd, mom, damp) = (sc.lr, sc.wd, sc.a, sc.b);
+    if !has_m {
+        for (p, &g) in p.iter_mut().zip(g) {
+            *p -= lr * (g + wd * *p);
+        }
+        return;
+    }
+    let it = p.iter_mut().zip(g).zip(buf.iter_mut());
+    match (first, nesterov) {
+        (true, false) => it.for_each(|((p, &g), b)| {
+            let d = g + wd * *p;
+            *b = d;
+            *p -= lr * d;
+        }),
+        (true, true) => it.for_each(|((p, &g), b)| {
+            let d = g + wd * *p;
+            *b = d;
+            *p -= lr * (d + mom * d);
+        }),
+        (false, false) => it.for_each(|((p, &g), b)| {
+            let d = g + wd * *p;
+            *b = mom * *b + damp * d;
+            *p -= lr * *b;
+        }),
+        (false, true) => it.for_each(|((p, &g), b)| {
+            let d = g + wd * *p;
+            *b = mom * *b + damp * d;
+            *p -= lr * (d + mom * *b);
+        }),
+    }
+}
+
+#[inline]
+fn adam<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
     let one = T::ONE;
-    match *cfg {
-        OptimConfig::Sgd { momentum, .. } => {
-            if momentum == 0.0 {
-                for (p, &g) in p.iter_mut().zip(g) {
-                    let d = g + sc.wd * *p;
-                    *p -= sc.lr * d;
-                }
-            } else {
-                for ((p, &g), buf) in p.iter_mut().zip(g).zip(s.iter_mut()) {
-                    let d = g + sc.wd * *p;
-                    *buf = if sc.first { d } else { sc.a * *buf + sc.b * d };
-                    let d = if sc.flag { d + sc.a * *buf } else { *buf };
-                    *p -= sc.lr * d;
-                }
-            }
-        }
-        OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => {
-            let decoupled = sc.flag;
-            let shrink = one - sc.lr * sc.wd;
-            for ((p, &g), st) in p.iter_mut().zip(g).zip(s.chunks_exact_mut(2)) {
-                let d = if decoupled {
-                    *p *= shrink;
-                    g
-                } else {
-                    g + sc.wd * *p
-                };
-                // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-                st[0] += (one - sc.a) * (d - st[0]);
-                st[1] = st[1] * sc.b + (one - sc.b) * d * d;
-                let denom = st[1].sqrt() / sc.d + sc.eps;
-                *p -= sc.c * (st[0] / denom);
-            }
-        }
-        OptimConfig::RmsProp { momentum, centered, .. } => {
-            let has_mom = momentum != 0.0;
-            for ((p, &g), st) in p.iter_mut().zip(g).zip(s.chunks_exact_mut(slots)) {
-                let d = g + sc.wd * *p;
-                st[0] = st[0] * sc.a + (one - sc.a) * d * d;
-                let avg = if centered {
-                    let ga = &mut st[slots - 1];
-                    *ga += (one - sc.a) * (d - *ga);
-                    (st[0] - st[slots - 1] * st[slots - 1]).sqrt() + sc.eps
-                } else {
-                    st[0].sqrt() + sc.eps
-                };
-                if has_mom {
-                    st[1] = st[1] * sc.b + d / avg;
-                    *p -= sc.lr * st[1];
-                } else {
-                    *p -= sc.lr * (d / avg);
-                }
-            }
+    let (b1c, b2, b2c) = (one - sc.a, sc.b, one - sc.b);
+    let (step, bc2, eps) = (sc.c, sc.d, sc.eps);
+    let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
+    if sc.flag {
+        // AdamW: decoupled decay, then the Adam step on the raw gradient.
+        let shrink = one - sc.lr * sc.wd;
+        it.for_each(|(((p, &d), m), v)| {
+            *p *= shrink;
+            // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+            *m += b1c * (d - *m);
+            *v = *v * b2 + b2c * d * d;
+            *p -= step * (*m / ((*v).sqrt() / bc2 + eps));
+        });
+    } else {
+        let wd = sc.wd;
+        it.for_each(|(((p, &g), m), v)| {
+            let d = g + wd * *p;
+            *m += b1c * (d - *m);
+            *v = *v * b2 + b2c * d * d;
+            *p -= step * (*m / ((*v).sqrt() / bc2 + eps));
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn rmsprop<T: Float>(
+    sc: StepScalars<T>,
+    has_m: bool,
+    centered: bool,
+    p: &mut [T],
+    g: &[T],
+    v: &mut [T],
+    buf: &mut [T],
+    ga: &mut [T],
+) {
+    let one = T::ONE;
+    let (lr, wd, alpha, ac, mom, eps) = (sc.lr, sc.wd, sc.a, one - sc.a, sc.b, sc.eps);
+    for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
+        let d = g + wd * *p;
+        v[i] = v[i] * alpha + ac * d * d;
+        let avg = if centered {
+            ga[i] += ac * (d - ga[i]);
+            (v[i] - ga[i] * ga[i]).sqrt() + eps
+        } else {
+            v[i].sqrt() + eps
+        };
+        if has_m {
+            buf[i] = buf[i] * mom + d / avg;
+            *p -= lr * buf[i];
+        } else {
+            *p -= lr * (d / avg);
         }
     }
 }

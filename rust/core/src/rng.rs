@@ -25,8 +25,7 @@ pub fn counter_unit(key: u64, index: u64) -> f64 {
 /// Counter-based uniform in [0, 1) as f32 (24 random bits), for the f32 path.
 #[inline(always)]
 pub fn counter_unit_f32(key: u64, index: u64) -> f32 {
-    (mix64(key ^ mix64(index.wrapping_add(0x9e37_79b9_7f4a_7c15))) >> 40) as f32
-        * (1.0 / (1u32 << 24) as f32)
+    (mix64(key ^ mix64(index.wrapping_add(0x9e37_79b9_7f4a_7c15))) >> 40) as f32 * (1.0 / (1u32 << 24) as f32)
 }
 
 /// xoshiro256** seeded through SplitMix64.

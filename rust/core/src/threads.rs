@@ -22,7 +22,7 @@ pub fn default_num_threads() -> usize {
     if let Ok(v) = std::env::var("FERROGRAD_NUM_THREADS") {
         if let Ok(n) = v.trim().parse::<usize>() {
             if n > 0 {
-                return n;
+                return n.min(MAX_THREADS);
             }
         }
     }
@@ -57,10 +57,13 @@ fn pool() -> Result<Arc<rayon::ThreadPool>> {
     }
 }
 
-/// Sets the number of worker threads (>= 1) for all later work.
+/// The most worker threads the library will start.
+pub const MAX_THREADS: usize = 1024;
+
+/// Sets the number of worker threads (1 ..= [`MAX_THREADS`]) for all later work.
 pub fn set_num_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::value("number of threads must be >= 1, got 0"));
+    if n == 0 || n > MAX_THREADS {
+        return Err(Error::value(format!("number of threads must be in [1, {MAX_THREADS}], got {n}")));
     }
     let pool = build(n)?;
     let mut guard = POOL.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,7 +4,9 @@
 
 use ferrograd::loss::{loss_grad, validate_target, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
-use ferrograd::{threads, Error, ErrorKind, Features, Float, Init, LayerSpec, Loss, LossTotals, Sequential, Target};
+use ferrograd::{
+    threads, Error, ErrorKind, Features, Float, Init, LayerSpec, Loss, LossTotals, Sequential, Target,
+};
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -14,10 +16,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pyo3::create_exception!(_core, ShapeError, PyValueError, "An array's shape does not fit the model, loss or state_dict.");
-pyo3::create_exception!(_core, NonFiniteError, PyValueError, "NaN or infinity in data, or a training loss that became non-finite.");
-pyo3::create_exception!(_core, StateError, PyValueError, "A call that is not valid in the object's current state.");
-pyo3::create_exception!(_core, InternalError, PyRuntimeError, "A bug in ferrograd (a Rust panic caught at the boundary).");
+pyo3::create_exception!(
+    _core,
+    ShapeError,
+    PyValueError,
+    "An array's shape does not fit the model, loss or state_dict."
+);
+pyo3::create_exception!(
+    _core,
+    NonFiniteError,
+    PyValueError,
+    "NaN or infinity in data, or a training loss that became non-finite."
+);
+pyo3::create_exception!(
+    _core,
+    StateError,
+    PyValueError,
+    "A call that is not valid in the object's current state."
+);
+pyo3::create_exception!(
+    _core,
+    InternalError,
+    PyRuntimeError,
+    "A bug in ferrograd (a Rust panic caught at the boundary)."
+);
 
 fn to_py(e: Error) -> PyErr {
     match e.kind {
@@ -171,7 +193,9 @@ fn get<'py, V: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str, layer:
 }
 
 fn parse_spec(item: &Bound<'_, PyAny>) -> PyResult<LayerSpec> {
-    let t = item.cast::<PyTuple>().map_err(|_| PyTypeError::new_err("layer spec must be a (name, dict) tuple"))?;
+    let t = item
+        .cast::<PyTuple>()
+        .map_err(|_| PyTypeError::new_err("layer spec must be a (name, dict) tuple"))?;
     let name: String = t.get_item(0)?.extract()?;
     let cfg = t.get_item(1)?;
     let d = cfg.cast::<PyDict>().map_err(|_| PyTypeError::new_err("layer spec config must be a dict"))?;
@@ -229,11 +253,17 @@ struct PyModel {
     net: Net,
 }
 
-fn new_array<'py, T: Element + Float>(py: Python<'py>, data: &[T], shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+fn new_array<'py, T: Element + Float>(
+    py: Python<'py>,
+    data: &[T],
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyAny>> {
     let a = PyArrayDyn::<T>::zeros(py, shape, false);
     {
         let mut w = a.readwrite();
-        w.as_slice_mut().map_err(|_| PyRuntimeError::new_err("fresh array not contiguous"))?.copy_from_slice(data);
+        w.as_slice_mut()
+            .map_err(|_| PyRuntimeError::new_err("fresh array not contiguous"))?
+            .copy_from_slice(data);
     }
     Ok(a.into_any())
 }
@@ -290,14 +320,26 @@ fn train_impl<T: Element + Float>(
                 let stop = &stop;
                 catch_unwind(AssertUnwindSafe(|| {
                     threads::install(|| {
-                        m.train_epoch(&f, n, &shape, target, loss, opt, batch_size, shuffle, epoch, check, &mut |p| {
-                            let _ = tx.send(*p);
-                            if stop.load(Ordering::Relaxed) {
-                                Err(Error::interrupted("training interrupted"))
-                            } else {
-                                Ok(())
-                            }
-                        })
+                        m.train_epoch(
+                            &f,
+                            n,
+                            &shape,
+                            target,
+                            loss,
+                            opt,
+                            batch_size,
+                            shuffle,
+                            epoch,
+                            check,
+                            &mut |p| {
+                                let _ = tx.send(*p);
+                                if stop.load(Ordering::Relaxed) {
+                                    Err(Error::interrupted("training interrupted"))
+                                } else {
+                                    Ok(())
+                                }
+                            },
+                        )
                     })
                 }))
             });
@@ -343,16 +385,22 @@ impl PyModel {
     #[pyo3(signature = (specs, dtype="float32", seed=0))]
     fn new(specs: &Bound<'_, PyList>, dtype: &str, seed: u64) -> PyResult<Self> {
         let specs: Vec<LayerSpec> = specs.iter().map(|s| parse_spec(&s)).collect::<PyResult<_>>()?;
-        let net = match dtype {
-            "float32" => Net::F32(Sequential::new(specs, seed).map_err(to_py)?),
-            "float64" => Net::F64(Sequential::new(specs, seed).map_err(to_py)?),
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown dtype {other:?}; expected \"float32\" or \"float64\""
-                )))
-            }
+        let build = || -> ferrograd::Result<Net> {
+            Ok(match dtype {
+                "float32" => Net::F32(Sequential::new(specs, seed)?),
+                "float64" => Net::F64(Sequential::new(specs, seed)?),
+                other => {
+                    return Err(Error::value(format!(
+                        "unknown dtype {other:?}; expected \"float32\" or \"float64\""
+                    )))
+                }
+            })
         };
-        Ok(PyModel { net })
+        match catch_unwind(AssertUnwindSafe(build)) {
+            Ok(Ok(net)) => Ok(PyModel { net }),
+            Ok(Err(e)) => Err(to_py(e)),
+            Err(p) => Err(panic_err(p)),
+        }
     }
 
     /// The element type, "float32" or "float64".
@@ -416,7 +464,12 @@ impl PyModel {
     }
 
     /// Forward pass; in training mode it keeps what `backward` needs.
-    fn forward<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, training: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn forward<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        training: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let xa = in_array(x, "x")?;
         let (f, n, shape) = xa.batch("x")?;
         with_net!(&mut self.net, m, _T, {
@@ -432,16 +485,25 @@ impl PyModel {
     fn backward(&mut self, py: Python<'_>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
         with_net!(&mut self.net, m, T, {
             let g = grad.cast::<PyArrayDyn<T>>().map_err(|_| {
-                PyTypeError::new_err(format!("the gradient must be a {} array like the model output", T::NAME))
+                PyTypeError::new_err(format!(
+                    "the gradient must be a {} array like the model output",
+                    T::NAME
+                ))
             })?;
             let g = g.readonly();
             let s = g.as_slice().map_err(|_| slice_err("the gradient"))?;
-            compute(py, || m.backward(s))
+            let shape = g.shape().to_vec();
+            compute(py, || m.backward(s, &shape))
         })
     }
 
     /// Inference in batches; returns a new array.
-    fn predict<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, batch_size: usize) -> PyResult<Bound<'py, PyAny>> {
+    fn predict<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
         with_net!(&mut self.net, m, _T, predict_impl(py, m, x, batch_size))
     }
 
@@ -490,14 +552,24 @@ impl PyModel {
         }
         let mut me = slf.try_borrow_mut()?;
         match (&mut me.net, &mut o.opt) {
-            (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, loss, batch_size, shuffle, epoch, check, callback),
-            (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, loss, batch_size, shuffle, epoch, check, callback),
+            (Net::F32(m), Opt::F32(opt)) => {
+                train_impl(py, m, opt, x, y, loss, batch_size, shuffle, epoch, check, callback)
+            }
+            (Net::F64(m), Opt::F64(opt)) => {
+                train_impl(py, m, opt, x, y, loss, batch_size, shuffle, epoch, check, callback)
+            }
             _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
         }
     }
 
     /// Checks data against the model and loss without computing anything.
-    fn validate(&mut self, py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>, loss: &str) -> PyResult<()> {
+    fn validate(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+    ) -> PyResult<()> {
         let loss = Loss::parse(loss).map_err(to_py)?;
         let xa = in_array(x, "X")?;
         let (f, n, shape) = xa.batch("X")?;
@@ -595,7 +667,12 @@ impl PyOptimizer {
     /// `kind` is "SGD", "Adam", "AdamW" or "RMSprop"; `params` are indices
     /// into the model's parameter list.
     #[new]
-    fn new(model: &Bound<'_, PyModel>, kind: &str, config: &Bound<'_, PyDict>, params: Vec<usize>) -> PyResult<Self> {
+    fn new(
+        model: &Bound<'_, PyModel>,
+        kind: &str,
+        config: &Bound<'_, PyDict>,
+        params: Vec<usize>,
+    ) -> PyResult<Self> {
         let cfg = parse_optim(kind, config)?;
         let m = model.try_borrow()?;
         let opt = with_net!(&m.net, net, T, {
@@ -686,7 +763,9 @@ fn loss_impl<'py, T: Element + Float>(
         return Err(ShapeError::new_err("the output must have a batch dimension, got a 0-d array"));
     }
     if loss == Loss::CrossEntropy && shape.len() != 2 {
-        return Err(ShapeError::new_err(format!("cross_entropy expects outputs of shape (N, C), got {shape:?}")));
+        return Err(ShapeError::new_err(format!(
+            "cross_entropy expects outputs of shape (N, C), got {shape:?}"
+        )));
     }
     let n = shape[0];
     if n == 0 {
@@ -735,11 +814,13 @@ fn loss_value<'py>(
 
 /// Sets the number of worker threads (>= 1).
 #[pyfunction]
-fn set_num_threads(n: i64) -> PyResult<()> {
+fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
+    // Extract as i128 so huge values give a ValueError, not an OverflowError.
+    let n: i128 = n.extract().map_err(|_| PyTypeError::new_err("number of threads must be an int"))?;
     if n < 1 {
         return Err(PyValueError::new_err(format!("number of threads must be >= 1, got {n}")));
     }
-    threads::set_num_threads(n as usize).map_err(to_py)
+    threads::set_num_threads(usize::try_from(n).unwrap_or(usize::MAX)).map_err(to_py)
 }
 
 /// The number of worker threads.

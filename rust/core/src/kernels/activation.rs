@@ -69,9 +69,7 @@ impl Act {
             }
             Act::Sigmoid => sigmoid(x),
             Act::Tanh => x.tanh(),
-            Act::Gelu => {
-                T::from_f64(0.5) * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf())
-            }
+            Act::Gelu => T::from_f64(0.5) * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf()),
         }
     }
 

@@ -49,13 +49,25 @@ pub fn gemm<T: Float>(
     }
 }
 
-/// The fewest rows a parallel chunk of an `n`-column product may have. A
-/// chunk keeps more than 256 outputs: below that the gemm crate switches to
-/// a kernel with another summation order, and results would then depend on
-/// the thread count.
+/// The fewest rows a parallel chunk of an `n`-column product may have.
+///
+/// Results must not depend on how rows are split across threads, and the
+/// gemm crate (0.19) picks its summation order from the shape of each call:
+/// products with at most 256 outputs use a dot-product kernel, and products
+/// with both sides at most 64 block the `k` reduction differently (`kc =
+/// min(k, 512)` instead of a balanced split). A chunk therefore keeps more
+/// than 256 outputs and, when `n <= 64`, more than 64 rows, so every chunk
+/// takes the same path as the unsplit product would (an unsplit product too
+/// small for that is never split). `result_independent_of_thread_count`
+/// checks this on shapes that straddle each limit.
 #[inline]
 pub fn min_chunk_rows(n: usize) -> usize {
-    8usize.max(257usize.div_ceil(n.max(1)))
+    let by_outputs = 257usize.div_ceil(n.max(1));
+    if n <= 64 {
+        by_outputs.max(65)
+    } else {
+        by_outputs.max(8)
+    }
 }
 
 /// Serial part of [`gemm`]: computes rows `row0 .. row0 + cc.len() / n` of
@@ -173,17 +185,22 @@ mod tests {
     #[test]
     fn result_independent_of_thread_count() {
         let mut r = Rng::new(5);
-        let (m, n, k) = (256, 300, 500);
-        let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
-        let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut c = vec![0.0f32; m * n];
-            pool.install(|| gemm(false, true, m, n, k, 1.0, &a, &b, 0.0, &mut c));
-            c
-        };
-        let one = run(1);
-        assert_eq!(one, run(2));
-        assert_eq!(one, run(3));
+        // Shapes around the gemm crate's kernel switches: n <= 64 with
+        // k > 512, few outputs per chunk, and plain large products.
+        for &(m, n, k) in &[(256, 300, 500), (128, 20, 600), (600, 3, 700), (130, 64, 1030), (90, 10, 784)] {
+            for (ta, tb) in [(false, true), (true, false), (false, false)] {
+                let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
+                let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut c = vec![0.0f32; m * n];
+                    pool.install(|| gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut c));
+                    c
+                };
+                let one = run(1);
+                assert_eq!(one, run(2), "{m}x{n}x{k} {ta} {tb}");
+                assert_eq!(one, run(3), "{m}x{n}x{k} {ta} {tb}");
+            }
+        }
     }
 }

@@ -87,7 +87,7 @@ mod tests {
             let mut dy = dy0.clone();
             let mut gb = vec![0.0; cols];
             act_backward_bias(Act::Relu, &y, &mut dy, rows, cols, Some(&mut gb), false);
-            for c in 0..cols {
+            for (c, &g) in gb.iter().enumerate() {
                 let mut s = 0.0;
                 for r in 0..rows {
                     let i = r * cols + c;
@@ -95,7 +95,7 @@ mod tests {
                     assert_eq!(dy[i], want);
                     s += want;
                 }
-                assert_eq!(gb[c], s);
+                assert_eq!(g, s);
             }
         }
     }

@@ -115,12 +115,10 @@ impl LayerSpec {
     /// Checks the configuration's values.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            LayerSpec::Dense { in_features, out_features, .. } => {
-                if in_features == 0 || out_features == 0 {
-                    return Err(Error::value(format!(
-                        "Dense: in_features and out_features must be >= 1, got ({in_features}, {out_features})"
-                    )));
-                }
+            LayerSpec::Dense { in_features, out_features, .. } if in_features == 0 || out_features == 0 => {
+                return Err(Error::value(format!(
+                    "Dense: in_features and out_features must be >= 1, got ({in_features}, {out_features})"
+                )));
             }
             LayerSpec::LeakyReLU { negative_slope } if !negative_slope.is_finite() => {
                 return Err(Error::value(format!(

@@ -33,7 +33,9 @@ impl<T: Float> Layer<T> for Softmax {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         if input.is_empty() {
-            return Err(Error::shape("Softmax needs at least one feature dimension, got a scalar per sample"));
+            return Err(Error::shape(
+                "Softmax needs at least one feature dimension, got a scalar per sample",
+            ));
         }
         Ok(input.to_vec())
     }

@@ -1,0 +1,361 @@
+"""Full-epoch MNIST training benchmark: ferrograd against JAX, PyTorch and
+scikit-learn (whichever import), run interleaved in fresh processes.
+
+Each run trains one full epoch of MNIST (60,000 samples, float32, inputs
+scaled to [0, 1]) from a fresh model and then measures test accuracy, so
+speed is never bought with wrong math. Reports medians over ``--repeats``
+runs: samples/s, ratio to each peer, GFLOPS and percent of numpy's float32
+matmul speed measured in the same run (the practical roofline), peak RSS,
+import time and test accuracy.
+
+    python benches/bench_train.py                 # all configs, 3 repeats
+    python benches/bench_train.py --configs small --repeats 5 --frameworks ferrograd,jax
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIGS = {
+    # name: (hidden sizes, batch size, optimizer)
+    "small": ([128], 32, "sgd"),
+    "medium": ([512, 512], 128, "adam"),
+    "large": ([1024, 1024], 256, "adam"),
+}
+LR = {"sgd": 0.01, "adam": 1e-3}
+MOMENTUM = 0.9
+
+
+def train_flops_per_sample(hidden: list[int]) -> int:
+    """Forward 2*in*out, weight gradient 2*in*out, input gradient 2*in*out
+    except for the first layer (its input needs no gradient)."""
+    sizes = [784, *hidden, 10]
+    total = 0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        total += 4 * a * b + (2 * a * b if i > 0 else 0)
+    return total
+
+
+def load_data():
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "python"))
+    from ferrograd.datasets import load_mnist
+
+    root = os.environ.get("FERROGRAD_DATA", str(REPO.parent / "shared" / "datasets"))
+    (xt, yt), (xs, ys) = load_mnist(root=root, download=False)
+    f = np.float32
+    return (
+        (xt.reshape(-1, 784).astype(f) / f(255)),
+        yt.astype(np.int64),
+        (xs.reshape(-1, 784).astype(f) / f(255)),
+        ys.astype(np.int64),
+    )
+
+
+# ---------------------------------------------------------------- workers
+
+
+def run_ferrograd(hidden, batch, opt_name, data, threads):
+    t0 = time.perf_counter()
+    import ferrograd as fg
+    from ferrograd import layers as L
+
+    import_s = time.perf_counter() - t0
+    if threads:
+        fg.set_num_threads(threads)
+    xt, yt, xs, ys = data
+    stack, width = [], 784
+    for h in hidden:
+        stack += [L.Dense(width, h), L.ReLU()]
+        width = h
+    stack.append(L.Dense(width, 10))
+    model = fg.Sequential(stack, seed=0)
+    if opt_name == "sgd":
+        opt = fg.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
+    else:
+        opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
+    start = time.perf_counter()
+    model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0)
+    elapsed = time.perf_counter() - start
+    acc = model.evaluate(xs, ys, "cross_entropy")["accuracy"]
+    return elapsed, acc, import_s
+
+
+def run_jax(hidden, batch, opt_name, data, threads):
+    t0 = time.perf_counter()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import_s = time.perf_counter() - t0
+    xt, yt, xs, ys = data
+    sizes = [784, *hidden, 10]
+    key = jax.random.PRNGKey(0)
+    params = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        key, k = jax.random.split(key)
+        params.append((jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), jnp.zeros(b)))
+
+    def forward(p, x):
+        for w, b in p[:-1]:
+            x = jax.nn.relu(x @ w + b)
+        w, b = p[-1]
+        return x @ w + b
+
+    def loss_fn(p, x, y):
+        logits = forward(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    tx = optax.sgd(LR["sgd"], momentum=MOMENTUM) if opt_name == "sgd" else optax.adam(LR["adam"])
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, x, y):
+        g = jax.grad(loss_fn)(p, x, y)
+        updates, s = tx.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    n = len(xt)
+    perm = np.random.default_rng(0).permutation(n)
+    # Warm up the compilation for the full and the last partial batch size.
+    for m in {batch, n % batch or batch}:
+        jax.block_until_ready(step(params, state, xt[:m], yt[:m]))
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        idx = perm[i : i + batch]
+        params, state = step(params, state, xt[idx], yt[idx])
+    jax.block_until_ready(params)
+    elapsed = time.perf_counter() - start
+    pred = np.asarray(jax.jit(forward)(params, xs)).argmax(1)
+    return elapsed, float((pred == ys).mean()), import_s
+
+
+def run_torch(hidden, batch, opt_name, data, threads):
+    t0 = time.perf_counter()
+    import numpy as np
+    import torch
+
+    import_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
+    xt, yt, xs, ys = (torch.from_numpy(a) for a in data)
+    sizes = [784, *hidden, 10]
+    mods = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        mods.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods)
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=LR["adam"])
+    lossf = torch.nn.CrossEntropyLoss()
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(xt)))
+    start = time.perf_counter()
+    for i in range(0, len(xt), batch):
+        idx = perm[i : i + batch]
+        opt.zero_grad()
+        lossf(model(xt[idx]), yt[idx]).backward()
+        opt.step()
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        acc = (model(xs).argmax(1) == ys).float().mean().item()
+    return elapsed, acc, import_s
+
+
+def run_sklearn(hidden, batch, opt_name, data, threads):
+    import warnings
+
+    t0 = time.perf_counter()
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    import_s = time.perf_counter() - t0
+    xt, yt, xs, ys = data
+    clf = MLPClassifier(
+        hidden_layer_sizes=tuple(hidden),
+        batch_size=batch,
+        max_iter=1,
+        random_state=0,
+        solver="sgd" if opt_name == "sgd" else "adam",
+        learning_rate_init=LR[opt_name],
+        momentum=MOMENTUM,
+        nesterovs_momentum=False,
+        alpha=0.0,
+        shuffle=True,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(xt, yt)
+    elapsed = time.perf_counter() - start
+    return elapsed, float(clf.score(xs, ys)), import_s
+
+
+RUNNERS = {"ferrograd": run_ferrograd, "jax": run_jax, "torch": run_torch, "sklearn": run_sklearn}
+MODULES = {"ferrograd": "ferrograd", "jax": "optax", "torch": "torch", "sklearn": "sklearn"}
+
+
+def worker(fw: str, config: str, threads: int) -> None:
+    import resource
+
+    hidden, batch, opt_name = CONFIGS[config]
+    data = load_data()
+    elapsed, acc, import_s = RUNNERS[fw](hidden, batch, opt_name, data, threads)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"elapsed": elapsed, "acc": acc, "import_s": import_s, "rss_mb": rss_mb}))
+
+
+# ---------------------------------------------------------------- driver
+
+
+def matmul_gflops(repeats: int = 7) -> float:
+    """numpy float32 matmul speed (2048^3), median of `repeats`."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t)
+    return 2 * 2048**3 / statistics.median(times) / 1e9
+
+
+def import_time(module: str, repeats: int = 3) -> float:
+    """Median wall time of `python -c "import module"` in a fresh process, minus bare startup."""
+
+    def once(code: str) -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        return time.perf_counter() - t
+
+    base = statistics.median(once("pass") for _ in range(repeats))
+    return statistics.median(once(f"import {module}") for _ in range(repeats)) - base
+
+
+def available(fw: str) -> bool:
+    code = f"import {MODULES[fw]}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--frameworks", default="ferrograd,jax,torch,sklearn")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads for every framework (0: default)"
+    )
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker[0], args.worker[1], args.threads)
+        return
+    env = dict(os.environ)
+    if args.threads:
+        t = str(args.threads)
+        env.update(
+            FERROGRAD_NUM_THREADS=t,
+            OMP_NUM_THREADS=t,
+            OPENBLAS_NUM_THREADS=t,
+            XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={t}",
+        )
+    fws = [f for f in args.frameworks.split(",") if f]
+    missing = [f for f in fws if not available(f)]
+    fws = [f for f in fws if f not in missing]
+    if missing:
+        print(f"not installed, skipped: {', '.join(missing)}")
+    configs = [c for c in args.configs.split(",") if c]
+    roof = [matmul_gflops()]
+    results: dict[tuple[str, str], list[dict]] = {}
+    for rep in range(args.repeats):
+        for config in configs:
+            for fw in fws:  # interleaved: every framework once per round
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    fw,
+                    config,
+                    "--threads",
+                    str(args.threads),
+                ]
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    print(f"{fw}/{config} failed:\n{out.stderr[-2000:]}")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results.setdefault((config, fw), []).append(r)
+                print(
+                    f"  round {rep + 1} {config:>6} {fw:>9}: {60000 / r['elapsed']:>9,.0f} samples/s"
+                    f"  acc {r['acc']:.4f}  rss {r['rss_mb']:.0f} MB",
+                    flush=True,
+                )
+        roof.append(matmul_gflops())
+    roofline = statistics.median(roof)
+    print(f"\nnumpy float32 matmul (2048^3), median over the run: {roofline:.0f} GFLOPS")
+    print(f"threads: {args.threads or 'default'}; cpu count {os.cpu_count()}\n")
+    header = "| config | framework | samples/s (median) | vs ferrograd | GFLOPS | % roofline | test acc | peak RSS MB |"
+    print(header)
+    print("|" + "---|" * 8)
+    rows = []
+    for config in configs:
+        hidden, batch, opt_name = CONFIGS[config]
+        flops = train_flops_per_sample(hidden)
+        name = f"784-{'-'.join(map(str, hidden))}-10 b{batch} {opt_name}"
+        speeds = {
+            fw: 60000 / statistics.median(r["elapsed"] for r in results[(config, fw)])
+            for fw in fws
+            if (config, fw) in results
+        }
+        ours = speeds.get("ferrograd")
+        for fw, sps in speeds.items():
+            rs = results[(config, fw)]
+            acc = statistics.median(r["acc"] for r in rs)
+            rss = statistics.median(r["rss_mb"] for r in rs)
+            gf = sps * flops / 1e9
+            ratio = f"{ours / sps:.2f}x" if ours and fw != "ferrograd" else "-"
+            print(
+                f"| {name} | {fw} | {sps:,.0f} | {ratio} | {gf:.0f} | {100 * gf / roofline:.0f}% | "
+                f"{acc:.4f} | {rss:.0f} |"
+            )
+            rows.append(
+                {
+                    "config": config,
+                    "framework": fw,
+                    "samples_per_s": sps,
+                    "gflops": gf,
+                    "acc": acc,
+                    "rss_mb": rss,
+                    "runs": rs,
+                }
+            )
+    print("\nimport time (fresh process, median of 3, minus bare interpreter start):")
+    for fw in fws:
+        print(f"  import {MODULES[fw]:>9}: {import_time(MODULES[fw]):.3f} s")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"roofline_gflops": roofline, "rows": rows}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
