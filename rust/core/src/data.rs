@@ -7,6 +7,58 @@ use crate::float::Float;
 use crate::kernels::par_rows;
 use rayon::prelude::*;
 
+const SCAN_CHUNK: usize = 1 << 15;
+
+crate::multiversion! {
+    /// Whether any element of `v` is NaN or infinite (branch-free, vectorizes).
+    fn any_non_finite<T: Float>(v: &[T], out: &mut bool) {
+        let mut bad = false;
+        for &x in v {
+            bad |= !x.is_finite();
+        }
+        *out = bad;
+    }
+}
+
+crate::multiversion! {
+    /// Whether any element of `v` is beyond float32's range.
+    fn any_beyond_f32<T: Float>(v: &[T], out: &mut bool) {
+        let max = T::from_f64(f32::MAX as f64);
+        let mut bad = false;
+        for &x in v {
+            bad |= x.abs() > max;
+        }
+        *out = bad;
+    }
+}
+
+fn beyond_f32<T: Float>(v: &[T]) -> bool {
+    let mut b = false;
+    any_beyond_f32(v, &mut b);
+    b
+}
+
+fn non_finite<T: Float>(v: &[T]) -> bool {
+    let mut b = false;
+    any_non_finite(v, &mut b);
+    b
+}
+
+/// Index of the first element of `v` in a chunk for which `chunk_bad` holds
+/// and that is itself bad by the same test. Chunks are scanned in parallel
+/// with a vectorized test; only a bad chunk is searched element by element.
+fn first_where<T: Float>(v: &[T], chunk_bad: fn(&[T]) -> bool) -> Option<usize> {
+    let chunk = v.par_chunks(SCAN_CHUNK).position_first(chunk_bad)?;
+    let start = chunk * SCAN_CHUNK;
+    let c = &v[start..(start + SCAN_CHUNK).min(v.len())];
+    c.iter().position(|x| chunk_bad(std::slice::from_ref(x))).map(|i| start + i)
+}
+
+/// Index of the first NaN or infinite element of `v`, if any.
+pub fn first_non_finite<T: Float>(v: &[T]) -> Option<usize> {
+    first_where(v, non_finite)
+}
+
 /// A borrowed, contiguous, batch-first feature array.
 #[derive(Clone, Copy, Debug)]
 pub enum Features<'a> {
@@ -77,8 +129,8 @@ impl Features<'_> {
     pub fn check_finite(&self, what: &str, row_len: usize) -> Result<()> {
         let bad = match self {
             Features::U8(_) => None,
-            Features::F32(v) => v.par_iter().position_first(|x| !x.is_finite()),
-            Features::F64(v) => v.par_iter().position_first(|x| !x.is_finite()),
+            Features::F32(v) => first_non_finite(v),
+            Features::F64(v) => first_non_finite(v),
         };
         match bad {
             None => Ok(()),
@@ -93,8 +145,7 @@ impl Features<'_> {
     /// Fails if float64 values are too large for float32 (they would become inf).
     pub fn check_fits_f32(&self, what: &str, row_len: usize) -> Result<()> {
         if let Features::F64(v) = self {
-            let max = f32::MAX as f64;
-            if let Some(i) = v.par_iter().position_first(|x| x.abs() > max) {
+            if let Some(i) = first_where(v, beyond_f32) {
                 return Err(Error::non_finite(format!(
                     "{what} has a value ({:e}) at sample {}, feature {} that overflows float32 (becomes inf); \
                      rescale the data or use a float64 model",

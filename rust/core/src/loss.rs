@@ -132,7 +132,7 @@ pub fn validate_target<T: Float>(loss: Loss, target: Target<'_, T>, rows: usize,
                     rows * cols
                 )));
             }
-            if let Some(i) = v.par_iter().position_first(|x| !x.is_finite()) {
+            if let Some(i) = crate::data::first_non_finite(v) {
                 return Err(Error::non_finite(format!(
                     "targets contain NaN or inf (first at flat index {i})"
                 )));

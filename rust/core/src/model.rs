@@ -344,15 +344,18 @@ impl<T: Float> Sequential<T> {
         self.cache = if training { Some(Cache { n, key }) } else { None };
     }
 
-    /// Backpropagates `ws.d_a` (holding dL/d output) through all layers.
+    /// Backpropagates `ws.d_a` (holding dL/d output) down to the first layer
+    /// with parameters; layers below it need no gradient (e.g. `Flatten` or
+    /// `Rescaling` at the input), so none is computed for them.
     fn backward_loaded(&mut self, n: usize, key: u64, accumulate: bool) {
-        for (i, op) in self.ops.iter().enumerate().rev() {
+        let first = self.ops.iter().position(|op| !op.prange.is_empty()).unwrap_or(self.ops.len());
+        for (i, op) in self.ops.iter().enumerate().skip(first).rev() {
             let ws = &mut self.ws;
             let shape = &ws.shapes[i];
             let in_len = n * numel(shape);
             let out_len = n * numel(&ws.shapes[i + 1]);
             let ctx = Ctx { training: true, key: key ^ mix64(i as u64) };
-            let dx = if i > 0 { Some(&mut ws.d_b[..in_len]) } else { None };
+            let dx = if i > first { Some(&mut ws.d_b[..in_len]) } else { None };
             op.layer.backward(
                 ctx,
                 &self.params[op.prange.clone()],

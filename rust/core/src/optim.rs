@@ -233,14 +233,14 @@ impl<T: Float> Optimizer<T> {
             match self.config {
                 OptimConfig::Sgd { momentum, nesterov, .. } => {
                     let (first, has_m) = (sc.first, momentum != 0.0);
-                    zip3(p, g, a, &|p, g, buf| sgd(sc, has_m, first, nesterov, p, g, buf));
+                    zip3(p, g, a, |p, g, buf| sgd(sc, has_m, first, nesterov, p, g, buf));
                 }
                 OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => {
-                    zip4(p, g, a, b, &|p, g, m, v| adam(sc, p, g, m, v));
+                    zip4(p, g, a, b, |p, g, m, v| adam(sc, p, g, m, v));
                 }
                 OptimConfig::RmsProp { momentum, centered, .. } => {
                     let has_m = momentum != 0.0;
-                    zip5(p, g, a, b, c, &|p, g, v, buf, ga| rmsprop(sc, has_m, centered, p, g, v, buf, ga));
+                    zip5(p, g, a, b, c, |p, g, v, buf, ga| rmsprop(sc, has_m, centered, p, g, v, buf, ga));
                 }
             }
         }
@@ -255,9 +255,7 @@ fn par_ok(n: usize) -> bool {
     n >= PAR_MIN && rayon::current_num_threads() > 1
 }
 
-type F3<'f, T> = &'f (dyn Fn(&mut [T], &[T], &mut [T]) + Sync);
-
-fn zip3<T: Float>(p: &mut [T], g: &[T], a: &mut [T], f: F3<'_, T>) {
+fn zip3<T: Float>(p: &mut [T], g: &[T], a: &mut [T], f: impl Fn(&mut [T], &[T], &mut [T]) + Sync) {
     if !par_ok(p.len()) {
         return f(p, g, a);
     }
@@ -267,9 +265,13 @@ fn zip3<T: Float>(p: &mut [T], g: &[T], a: &mut [T], f: F3<'_, T>) {
         .for_each(|((p, g), a)| f(p, g, a));
 }
 
-type F4<'f, T> = &'f (dyn Fn(&mut [T], &[T], &mut [T], &mut [T]) + Sync);
-
-fn zip4<T: Float>(p: &mut [T], g: &[T], a: &mut [T], b: &mut [T], f: F4<'_, T>) {
+fn zip4<T: Float>(
+    p: &mut [T],
+    g: &[T],
+    a: &mut [T],
+    b: &mut [T],
+    f: impl Fn(&mut [T], &[T], &mut [T], &mut [T]) + Sync,
+) {
     if !par_ok(p.len()) {
         return f(p, g, a, b);
     }
@@ -280,9 +282,14 @@ fn zip4<T: Float>(p: &mut [T], g: &[T], a: &mut [T], b: &mut [T], f: F4<'_, T>) 
         .for_each(|(((p, g), a), b)| f(p, g, a, b));
 }
 
-type F5<'f, T> = &'f (dyn Fn(&mut [T], &[T], &mut [T], &mut [T], &mut [T]) + Sync);
-
-fn zip5<T: Float>(p: &mut [T], g: &[T], a: &mut [T], b: &mut [T], c: &mut [T], f: F5<'_, T>) {
+fn zip5<T: Float>(
+    p: &mut [T],
+    g: &[T],
+    a: &mut [T],
+    b: &mut [T],
+    c: &mut [T],
+    f: impl Fn(&mut [T], &[T], &mut [T], &mut [T], &mut [T]) + Sync,
+) {
     if !par_ok(p.len()) {
         return f(p, g, a, b, c);
     }
@@ -297,7 +304,7 @@ fn zip5<T: Float>(p: &mut [T], g: &[T], a: &mut [T], b: &mut [T], c: &mut [T], f
 // The update loops below hoist every branch out of the element loop so the
 // compiler vectorizes them; each follows torch.optim's documented equations.
 
-#[inline]
+crate::multiversion! {
 fn sgd<T: Float>(
     sc: StepScalars<T>,
     has_m: bool,
@@ -338,8 +345,9 @@ fn sgd<T: Float>(
         }),
     }
 }
+}
 
-#[inline]
+crate::multiversion! {
 fn adam<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
     let one = T::ONE;
     let (b1c, b2, b2c) = (one - sc.a, sc.b, one - sc.b);
@@ -365,9 +373,9 @@ fn adam<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut
         });
     }
 }
+}
 
-#[allow(clippy::too_many_arguments)]
-#[inline]
+crate::multiversion! {
 fn rmsprop<T: Float>(
     sc: StepScalars<T>,
     has_m: bool,
@@ -396,4 +404,5 @@ fn rmsprop<T: Float>(
             *p -= lr * (d / avg);
         }
     }
+}
 }

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod gemm;
 pub mod reduce;
+pub mod simd;
 
 use rayon::prelude::*;
 
