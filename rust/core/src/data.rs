@@ -158,6 +158,32 @@ impl Features<'_> {
         Ok(())
     }
 
+    /// Hints the CPU to start loading the selected rows into cache (the next
+    /// batch's, while this one computes). Has no effect on results.
+    pub fn prefetch(&self, rows: Rows<'_>, row_len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            let (base, elem) = match self {
+                Features::U8(v) => (v.as_ptr() as *const i8, 1),
+                Features::F32(v) => (v.as_ptr() as *const i8, 4),
+                Features::F64(v) => (v.as_ptr() as *const i8, 8),
+            };
+            let bytes = row_len * elem;
+            for i in 0..rows.len() {
+                let start = rows.get(i) * bytes;
+                if start + bytes > self.len() * elem {
+                    continue;
+                }
+                for off in (0..bytes).step_by(64) {
+                    // SAFETY: `start + off` lies inside the borrowed buffer
+                    // (checked above), and a prefetch never faults or writes.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(start + off)) };
+                }
+            }
+        }
+    }
+
     /// Copies the selected rows (`row_len` elements each), converted to `T`,
     /// into `out` (which must hold `rows.len() * row_len` elements).
     pub fn gather<T: Float>(&self, rows: Rows<'_>, row_len: usize, out: &mut [T]) {

@@ -509,6 +509,10 @@ impl<T: Float> Sequential<T> {
             let rows = Rows::Index(idx);
             let m = idx.len();
             x.gather(rows, in_len, &mut self.ws.acts[0]);
+            if step + 1 < steps {
+                let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
+                x.prefetch(Rows::Index(next), in_len);
+            }
             self.gather_target(y, rows, cols);
             self.forward_loaded(m, true);
             let key = self.cache.map(|c| c.key).unwrap_or(0);

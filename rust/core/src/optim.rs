@@ -249,7 +249,7 @@ impl<T: Float> Optimizer<T> {
     }
 }
 
-const PAR_MIN: usize = 1 << 13;
+const PAR_MIN: usize = 1 << 17;
 
 fn par_ok(n: usize) -> bool {
     n >= PAR_MIN && rayon::current_num_threads() > 1

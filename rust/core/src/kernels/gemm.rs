@@ -1,6 +1,6 @@
 //! Matrix products on row-major buffers, split across threads by output rows.
 
-use super::chunk_count;
+use super::{chunk_count_for, GEMM_PAR_MIN_FLOPS};
 use crate::float::Float;
 use rayon::prelude::*;
 
@@ -39,7 +39,7 @@ pub fn gemm<T: Float>(
         }
         return;
     }
-    let chunks = chunk_count(m, 2 * n * k, min_chunk_rows(n));
+    let chunks = chunk_count_for(m, 2 * n * k, min_chunk_rows(n), GEMM_PAR_MIN_FLOPS);
     let rows_per = m.div_ceil(chunks);
     let run = |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
     if chunks <= 1 {

@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::Act;
 use crate::kernels::gemm::{gemm, gemm_rows, min_chunk_rows};
-use crate::kernels::par_rows;
 use crate::kernels::reduce::{act_backward_bias, col_sums};
+use crate::kernels::{par_rows_for, GEMM_PAR_MIN_FLOPS};
 use crate::rng::Rng;
 
 /// Weight initialisation scheme. Biases always start at zero.
@@ -117,20 +117,27 @@ impl<T: Float> Layer<T> for Dense {
         let (w, b) = p.split_at(self.weight_len());
         let act = self.act;
         let bias = self.bias;
-        par_rows(&mut y[..rows * fo], fo, 2 * fi * fo, min_chunk_rows(fo), |r0, yc| {
-            let beta = if bias {
-                for row in yc.chunks_exact_mut(fo) {
-                    row.copy_from_slice(b);
+        par_rows_for(
+            &mut y[..rows * fo],
+            fo,
+            2 * fi * fo,
+            min_chunk_rows(fo),
+            GEMM_PAR_MIN_FLOPS,
+            |r0, yc| {
+                let beta = if bias {
+                    for row in yc.chunks_exact_mut(fo) {
+                        row.copy_from_slice(b);
+                    }
+                    T::ONE
+                } else {
+                    T::ZERO
+                };
+                gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, beta, r0, yc);
+                if act != Act::Identity {
+                    yc.iter_mut().for_each(|v| *v = act.apply(*v));
                 }
-                T::ONE
-            } else {
-                T::ZERO
-            };
-            gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, beta, r0, yc);
-            if act != Act::Identity {
-                yc.iter_mut().for_each(|v| *v = act.apply(*v));
-            }
-        });
+            },
+        );
     }
 
     fn backward(
