@@ -49,7 +49,9 @@ pub trait Float:
         Self::from_f64(v as f64)
     }
 
-    /// Single-threaded `C = alpha * A * B + beta * C` over strided views.
+    /// `C = alpha * A * B + beta * C` over strided views, on the calling
+    /// thread (`threads <= 1`) or split by the gemm crate over `threads`
+    /// workers of the current rayon pool.
     ///
     /// # Safety
     /// The pointers and strides must describe valid `m x k`, `k x n` and
@@ -70,6 +72,7 @@ pub trait Float:
         c: *mut Self,
         rsc: isize,
         csc: isize,
+        threads: usize,
     );
 }
 
@@ -149,6 +152,7 @@ macro_rules! impl_float {
                 c: *mut Self,
                 rsc: isize,
                 csc: isize,
+                threads: usize,
             ) {
                 // SAFETY: forwarded from the caller's contract. `gemm` computes
                 // dst = alpha' * dst + beta' * lhs * rhs, reading dst only
@@ -173,7 +177,7 @@ macro_rules! impl_float {
                         false,
                         false,
                         false,
-                        gemm::Parallelism::None,
+                        if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
                     )
                 }
             }

@@ -11,6 +11,9 @@ use crate::rng::{mix64, Rng};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+/// Largest batch (in input elements) whose successor is prefetched.
+const PREFETCH_MAX_ELEMS: usize = 1 << 16;
+
 /// A named parameter: `"<layer index>.<weight|bias>"` as in `torch.nn.Sequential`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamEntry {
@@ -509,7 +512,9 @@ impl<T: Float> Sequential<T> {
             let rows = Rows::Index(idx);
             let m = idx.len();
             x.gather(rows, in_len, &mut self.ws.acts[0]);
-            if step + 1 < steps {
+            // Small batches: start loading the next one while this one computes
+            // (a large batch would only push the weights out of cache).
+            if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
                 let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
                 x.prefetch(Rows::Index(next), in_len);
             }

@@ -39,6 +39,14 @@ pub fn gemm<T: Float>(
         }
         return;
     }
+    let threads = rayon::current_num_threads();
+    if threads >= CRATE_SPLIT_MIN_THREADS && 2 * m * n * k >= CRATE_SPLIT_MIN_FLOPS {
+        // Many threads: let the gemm crate tile the output in two dimensions
+        // and share its packed panels (a row split would pack the whole right
+        // operand once per thread). Its k loop stays serial and in order, so
+        // results do not depend on the thread count either.
+        return gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, 0, c, threads);
+    }
     let chunks = chunk_count_for(m, 2 * n * k, min_chunk_rows(n), GEMM_PAR_MIN_FLOPS);
     let rows_per = m.div_ceil(chunks);
     let run = |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
@@ -70,6 +78,11 @@ pub fn min_chunk_rows(n: usize) -> usize {
     }
 }
 
+/// From this many threads on, large products are split by the gemm crate.
+pub const CRATE_SPLIT_MIN_THREADS: usize = 4;
+/// Least work for the gemm crate's own split.
+pub const CRATE_SPLIT_MIN_FLOPS: usize = 1 << 26;
+
 /// Serial part of [`gemm`]: computes rows `row0 .. row0 + cc.len() / n` of
 /// `C` into `cc`, on the calling thread. `m` is the full row count of op(A).
 #[allow(clippy::too_many_arguments)]
@@ -86,6 +99,25 @@ pub fn gemm_rows<T: Float>(
     beta: T,
     row0: usize,
     cc: &mut [T],
+) {
+    gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc, 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn gemm_rows_with<T: Float>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    row0: usize,
+    cc: &mut [T],
+    threads: usize,
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n, "gemm_rows: A or B too short");
     let rows = cc.len() / n.max(1);
@@ -126,6 +158,7 @@ pub fn gemm_rows<T: Float>(
                 cc.as_mut_ptr(),
                 n as isize,
                 1,
+                threads,
             );
         }
     }
@@ -187,7 +220,10 @@ mod tests {
         let mut r = Rng::new(5);
         // Shapes around the gemm crate's kernel switches: n <= 64 with
         // k > 512, few outputs per chunk, and plain large products.
-        for &(m, n, k) in &[(256, 300, 500), (128, 20, 600), (600, 3, 700), (130, 64, 1030), (90, 10, 784)] {
+        // (256, 512, 512) is large enough for the gemm crate's own split at 4 threads.
+        for &(m, n, k) in
+            &[(256, 300, 500), (128, 20, 600), (600, 3, 700), (130, 64, 1030), (90, 10, 784), (256, 512, 512)]
+        {
             for (ta, tb) in [(false, true), (true, false), (false, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
                 let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();
@@ -200,6 +236,7 @@ mod tests {
                 let one = run(1);
                 assert_eq!(one, run(2), "{m}x{n}x{k} {ta} {tb}");
                 assert_eq!(one, run(3), "{m}x{n}x{k} {ta} {tb}");
+                assert_eq!(one, run(4), "{m}x{n}x{k} {ta} {tb}");
             }
         }
     }
