@@ -45,7 +45,8 @@ def train_flops_per_sample(hidden: list[int]) -> int:
     return total
 
 
-def load_data():
+def load_data(raw: bool = False):
+    """MNIST as float32 in [0, 1], flattened; with ``raw``, the uint8 pixels."""
     import numpy as np
 
     sys.path.insert(0, str(REPO / "python"))
@@ -53,6 +54,8 @@ def load_data():
 
     root = os.environ.get("FERROGRAD_DATA", str(REPO.parent / "shared" / "datasets"))
     (xt, yt), (xs, ys) = load_mnist(root=root, download=False)
+    if raw:
+        return xt.reshape(-1, 784), yt.astype(np.int64), xs.reshape(-1, 784), ys.astype(np.int64)
     f = np.float32
     return (
         (xt.reshape(-1, 784).astype(f) / f(255)),
@@ -65,7 +68,7 @@ def load_data():
 # ---------------------------------------------------------------- workers
 
 
-def run_ferrograd(hidden, batch, opt_name, data, threads):
+def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False):
     t0 = time.perf_counter()
     import ferrograd as fg
     from ferrograd import layers as L
@@ -74,7 +77,8 @@ def run_ferrograd(hidden, batch, opt_name, data, threads):
     if threads:
         fg.set_num_threads(threads)
     xt, yt, xs, ys = data
-    stack, width = [], 784
+    # raw: uint8 pixels in, scaled per batch by the model (no float copy of the data).
+    stack, width = ([L.Rescaling(1 / 255)] if raw else []), 784
     for h in hidden:
         stack += [L.Dense(width, h), L.ReLU()]
         width = h
@@ -205,15 +209,31 @@ def run_sklearn(hidden, batch, opt_name, data, threads):
     return elapsed, float(clf.score(xs, ys)), import_s
 
 
-RUNNERS = {"ferrograd": run_ferrograd, "jax": run_jax, "torch": run_torch, "sklearn": run_sklearn}
-MODULES = {"ferrograd": "ferrograd", "jax": "optax", "torch": "torch", "sklearn": "sklearn"}
+def run_ferrograd_u8(hidden, batch, opt_name, data, threads):
+    return run_ferrograd(hidden, batch, opt_name, data, threads, raw=True)
+
+
+RUNNERS = {
+    "ferrograd": run_ferrograd,
+    "ferrograd-u8": run_ferrograd_u8,
+    "jax": run_jax,
+    "torch": run_torch,
+    "sklearn": run_sklearn,
+}
+MODULES = {
+    "ferrograd": "ferrograd",
+    "ferrograd-u8": "ferrograd",
+    "jax": "optax",
+    "torch": "torch",
+    "sklearn": "sklearn",
+}
 
 
 def worker(fw: str, config: str, threads: int) -> None:
     import resource
 
     hidden, batch, opt_name = CONFIGS[config]
-    data = load_data()
+    data = load_data(raw=fw == "ferrograd-u8")
     elapsed, acc, import_s = RUNNERS[fw](hidden, batch, opt_name, data, threads)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"elapsed": elapsed, "acc": acc, "import_s": import_s, "rss_mb": rss_mb}))
@@ -258,7 +278,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--frameworks", default="ferrograd,jax,torch,sklearn")
+    ap.add_argument("--frameworks", default="ferrograd,ferrograd-u8,jax,torch,sklearn")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--threads", type=int, default=0, help="threads for every framework (0: default)"
@@ -332,7 +352,7 @@ def main() -> None:
             acc = statistics.median(r["acc"] for r in rs)
             rss = statistics.median(r["rss_mb"] for r in rs)
             gf = sps * flops / 1e9
-            ratio = f"{ours / sps:.2f}x" if ours and fw != "ferrograd" else "-"
+            ratio = f"{ours / sps:.2f}x" if ours and not fw.startswith("ferrograd") else "-"
             print(
                 f"| {name} | {fw} | {sps:,.0f} | {ratio} | {gf:.0f} | {100 * gf / roofline:.0f}% | "
                 f"{acc:.4f} | {rss:.0f} |"
@@ -349,8 +369,8 @@ def main() -> None:
                 }
             )
     print("\nimport time (fresh process, median of 3, minus bare interpreter start):")
-    for fw in fws:
-        print(f"  import {MODULES[fw]:>9}: {import_time(MODULES[fw]):.3f} s")
+    for mod in dict.fromkeys(MODULES[fw] for fw in fws):
+        print(f"  import {mod:>9}: {import_time(mod):.3f} s")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"roofline_gflops": roofline, "rows": rows}, indent=1)

@@ -262,17 +262,22 @@ pub fn loss_grad<T: Float>(
     if cols == 0 || rows == 0 {
         return Ok(LossTotals::default());
     }
-    if let Target::Labels(l) = target {
-        if loss != Loss::CrossEntropy || l.len() < rows {
-            return validate_target(loss, target, rows, cols).map(|_| LossTotals::default());
+    // Cheap checks that keep every index below in bounds; the full
+    // validation (finiteness, ranges) is `validate_target`'s, done once per dataset.
+    match target {
+        Target::Labels(l) => {
+            if loss != Loss::CrossEntropy || l.len() < rows {
+                validate_target(loss, target, rows, cols)?;
+                return Err(Error::shape(format!("expected {rows} labels, got {}", l.len())));
+            }
+            if let Some(&bad) = l[..rows].iter().find(|&&v| v < 0 || v as u64 >= cols as u64) {
+                return Err(Error::value(format!("class label {bad} is out of range [0, {cols})")));
+            }
         }
-        if let Some(&bad) = l[..rows].iter().find(|&&v| v < 0 || v as u64 >= cols as u64) {
-            return Err(Error::value(format!("class label {bad} is out of range [0, {cols})")));
+        Target::Values(v) if v.len() < rows * cols => {
+            return Err(Error::shape(format!("targets have {} elements, expected {}", v.len(), rows * cols)));
         }
-    } else if let Target::Values(v) = target {
-        if v.len() < rows * cols {
-            return validate_target(loss, target, rows, cols).map(|_| LossTotals::default());
-        }
+        Target::Values(_) => {}
     }
     let units = if loss == Loss::CrossEntropy { rows } else { rows * cols };
     let acc_units = if loss == Loss::BinaryCrossEntropy { rows * cols } else { rows };

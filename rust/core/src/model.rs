@@ -143,8 +143,8 @@ impl<T: Float> Sequential<T> {
             ops.push(Op { layer, spec, prange: start..total });
         }
         let mut rng = Rng::new(seed);
-        let mut params = zeros::<T>(total, "the model's parameters")?;
-        let grads = zeros::<T>(total, "the model's gradients")?;
+        let mut params = zeros::<T>(total)?;
+        let grads = zeros::<T>(total)?;
         for op in &ops {
             op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
         }
@@ -333,9 +333,16 @@ impl<T: Float> Sequential<T> {
         Ok(())
     }
 
-    /// Runs the layers on the first `n` samples already in `acts[0]`.
+    /// Runs the layers on the first `n` samples already in `acts[0]`; in
+    /// training mode with a fresh random key, kept for `backward`.
     fn forward_loaded(&mut self, n: usize, training: bool) {
         let key = if training { self.rng.next_u64() } else { 0 };
+        self.run_layers(n, training, key);
+        self.cache = if training { Some(Cache { n, key }) } else { None };
+    }
+
+    /// The forward pass proper, with an explicit random key.
+    fn run_layers(&mut self, n: usize, training: bool, key: u64) {
         for (i, op) in self.ops.iter().enumerate() {
             let (lo, hi) = self.ws.acts.split_at_mut(i + 1);
             let shape = &self.ws.shapes[i];
@@ -344,7 +351,6 @@ impl<T: Float> Sequential<T> {
             let ctx = Ctx { training, key: key ^ mix64(i as u64) };
             op.layer.forward(ctx, &self.params[op.prange.clone()], x, y, n, shape);
         }
-        self.cache = if training { Some(Cache { n, key }) } else { None };
     }
 
     /// Backpropagates `ws.d_a` (holding dL/d output) down to the first layer
@@ -629,19 +635,7 @@ impl<T: Float> Sequential<T> {
     /// Mean loss and its gradient of a training-mode pass with a fixed
     /// random key (so dropout masks repeat), on the loaded batch.
     fn loss_at(&mut self, n: usize, key: u64, loss: Loss, y: Target<'_, T>, cols: usize) -> Result<f64> {
-        for (i, op) in self.ops.iter().enumerate() {
-            let (lo, hi) = self.ws.acts.split_at_mut(i + 1);
-            let shape = &self.ws.shapes[i];
-            let ctx = Ctx { training: true, key: key ^ mix64(i as u64) };
-            op.layer.forward(
-                ctx,
-                &self.params[op.prange.clone()],
-                &lo[i][..n * numel(shape)],
-                &mut hi[0][..n * numel(&self.ws.shapes[i + 1])],
-                n,
-                shape,
-            );
-        }
+        self.run_layers(n, true, key);
         let out = &self.ws.acts[self.ops.len()][..n * cols];
         Ok(loss_grad(loss, out, n, cols, y, None, &mut self.ws.stats)?.mean())
     }
@@ -726,7 +720,7 @@ fn oom(bytes: usize) -> Error {
 }
 
 /// A zeroed buffer, or an error instead of an abort when memory runs out.
-fn zeros<T: Float>(len: usize, _what: &str) -> Result<Vec<T>> {
+fn zeros<T: Float>(len: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
     grow(&mut v, len)?;
     Ok(v)

@@ -268,6 +268,22 @@ fn new_array<'py, T: Element + Float>(
     Ok(a.into_any())
 }
 
+/// Borrows `x` and `y` as batch-first features and targets checked against
+/// the model's output shape, and runs `f` with them.
+fn with_xy<'py, T: Element + Float, R>(
+    m: &mut Sequential<T>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    f: impl FnOnce(&mut Sequential<T>, &Features<'_>, usize, &[usize], Target<'_, T>) -> PyResult<R>,
+) -> PyResult<R> {
+    let xa = in_array(x, "X")?;
+    let (feats, n, shape) = xa.batch("X")?;
+    let out_shape = m.output_shape(&shape).map_err(to_py)?;
+    let ya = target_array::<T>(y)?;
+    let target = ya.target(n, &out_shape)?;
+    f(m, &feats, n, &shape, target)
+}
+
 fn predict_impl<'py, T: Element + Float>(
     py: Python<'py>,
     m: &mut Sequential<T>,
@@ -517,14 +533,11 @@ impl PyModel {
         batch_size: usize,
     ) -> PyResult<(f64, Option<f64>)> {
         let loss = Loss::parse(loss).map_err(to_py)?;
-        let xa = in_array(x, "X")?;
-        let (f, n, shape) = xa.batch("X")?;
-        with_net!(&mut self.net, m, T, {
-            let out_shape = m.output_shape(&shape).map_err(to_py)?;
-            let ya = target_array::<T>(y)?;
-            let target = ya.target(n, &out_shape)?;
-            let t = compute(py, || m.evaluate(&f, n, &shape, target, loss, batch_size))?;
-            Ok(totals_tuple(&t, loss))
+        with_net!(&mut self.net, m, _T, {
+            with_xy(m, x, y, |m, f, n, shape, target| {
+                let t = compute(py, || m.evaluate(f, n, shape, target, loss, batch_size))?;
+                Ok(totals_tuple(&t, loss))
+            })
         })
     }
 
@@ -571,13 +584,10 @@ impl PyModel {
         loss: &str,
     ) -> PyResult<()> {
         let loss = Loss::parse(loss).map_err(to_py)?;
-        let xa = in_array(x, "X")?;
-        let (f, n, shape) = xa.batch("X")?;
-        with_net!(&mut self.net, m, T, {
-            let out_shape = m.output_shape(&shape).map_err(to_py)?;
-            let ya = target_array::<T>(y)?;
-            let target = ya.target(n, &out_shape)?;
-            compute(py, || m.validate_data(&f, n, &shape, target, loss))
+        with_net!(&mut self.net, m, _T, {
+            with_xy(m, x, y, |m, f, n, shape, target| {
+                compute(py, || m.validate_data(f, n, shape, target, loss))
+            })
         })
     }
 
@@ -592,14 +602,11 @@ impl PyModel {
         eps: f64,
     ) -> PyResult<Vec<(String, f64, f64)>> {
         let loss = Loss::parse(loss).map_err(to_py)?;
-        let xa = in_array(x, "X")?;
-        let (f, n, shape) = xa.batch("X")?;
-        with_net!(&mut self.net, m, T, {
-            let out_shape = m.output_shape(&shape).map_err(to_py)?;
-            let ya = target_array::<T>(y)?;
-            let target = ya.target(n, &out_shape)?;
-            let r = compute(py, || m.gradcheck(&f, n, &shape, target, loss, eps))?;
-            Ok(r.into_iter().map(|g| (g.name, g.max_rel_error, g.max_abs_error)).collect())
+        with_net!(&mut self.net, m, _T, {
+            with_xy(m, x, y, |m, f, n, shape, target| {
+                let r = compute(py, || m.gradcheck(f, n, shape, target, loss, eps))?;
+                Ok(r.into_iter().map(|g| (g.name, g.max_rel_error, g.max_abs_error)).collect())
+            })
         })
     }
 

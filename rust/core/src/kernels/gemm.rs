@@ -31,14 +31,6 @@ pub fn gemm<T: Float>(
         return;
     }
     let c = &mut c[..m * n];
-    if k == 0 {
-        if beta == T::ZERO {
-            c.fill(T::ZERO);
-        } else {
-            c.iter_mut().for_each(|v| *v *= beta);
-        }
-        return;
-    }
     let threads = rayon::current_num_threads();
     if threads >= CRATE_SPLIT_MIN_THREADS && 2 * m * n * k >= CRATE_SPLIT_MIN_FLOPS {
         // Many threads: let the gemm crate tile the output in two dimensions
