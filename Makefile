@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(abspath ../shared/datasets)
 export FERROGRAD_DATA ?= $(DATA)
 
-.PHONY: help venv build test test-rust test-python lint fmt bench bench-python mnist clean
+.PHONY: help venv build test test-rust test-python lint stubtest fmt bench bench-python mnist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ venv: $(PY)  ## create .venv with the build and test tools
 build: $(PY)  ## build the extension (release) into .venv, editable
 	$(VENV)/bin/maturin develop --release -q
 
-test: lint test-rust build test-python  ## everything CI runs: lint, cargo test, build, pytest
+test: lint test-rust build stubtest test-python  ## everything CI runs: lint, cargo test, build, stubtest, pytest
 
 test-rust:  ## cargo test for the core (no Python needed)
 	cargo test -p ferrograd-core
@@ -32,6 +32,10 @@ lint: $(PY)  ## rustfmt, clippy -D warnings, ruff
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	$(PY) -m mypy python/ferrograd
+
+stubtest: build  ## check the hand-written _core.pyi against the built module
+	$(PY) -m mypy.stubtest ferrograd._core
 
 fmt: $(PY)  ## format Rust and Python
 	cargo fmt --all

@@ -1,18 +1,32 @@
 """Type stubs for the compiled engine (private; use the public modules)."""
 
-from typing import Any, Callable
+from typing import Any, Callable, final
 
 import numpy as np
+from typing_extensions import Self
+
+__all__ = [
+    "InternalError",
+    "Model",
+    "NonFiniteError",
+    "Optimizer",
+    "ShapeError",
+    "StateError",
+    "get_num_threads",
+    "loss_value",
+    "set_num_threads",
+]
 
 class ShapeError(ValueError): ...
 class NonFiniteError(ValueError): ...
 class StateError(ValueError): ...
 class InternalError(RuntimeError): ...
 
+@final
 class Model:
-    def __init__(
-        self, specs: list[tuple[str, dict[str, Any]]], dtype: str = "float32", seed: int = 0
-    ) -> None: ...
+    def __new__(
+        cls, specs: list[tuple[str, dict[str, Any]]], dtype: str = "float32", seed: int = 0
+    ) -> Self: ...
     @property
     def dtype(self) -> str: ...
     @property
@@ -48,10 +62,11 @@ class Model:
     def get_rng_state(self) -> list[int]: ...
     def set_rng_state(self, s: list[int]) -> None: ...
 
+@final
 class Optimizer:
-    def __init__(
-        self, model: Model, kind: str, config: dict[str, Any], params: list[int]
-    ) -> None: ...
+    def __new__(
+        cls, model: Model, kind: str, config: dict[str, Any], params: list[int]
+    ) -> Self: ...
     def step(self) -> None: ...
     lr: float
     @property

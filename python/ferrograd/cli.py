@@ -130,7 +130,7 @@ def run_mnist(args: argparse.Namespace) -> float:
     print(
         f"test accuracy: {acc:.4f} ({elapsed:.1f}s, {args.epochs * len(x_train) / elapsed:,.0f} samples/s)"
     )
-    np.savez(args.out, **model.state_dict())
+    np.savez(args.out, **dict(model.state_dict()))  # type: ignore[arg-type]
     print(f"saved weights to {args.out}")
     return acc
 

@@ -19,7 +19,10 @@ from .layers import Layer
 
 __all__ = ["Sequential", "Parameter", "History", "gradcheck"]
 
-_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
 _METRICS = ("accuracy",)
 DEFAULT_EVAL_BATCH = 1024
 
@@ -146,7 +149,7 @@ class Sequential:
             raise ValueError(f"seed must be < 2**64, got {seed}")
         self.layers: list[Layer] = layer_list
         self.seed = seed
-        self.dtype = _DTYPES[_dtype_name(dtype)]
+        self.dtype: np.dtype[Any] = _DTYPES[_dtype_name(dtype)]
         self._core = _core.Model([ly._spec() for ly in layer_list], self.dtype.name, seed)
         self._params = [
             Parameter(self, i, name, tuple(shape))

@@ -11,7 +11,7 @@ between steps (``opt.lr = 0.01``) for schedules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -210,8 +210,8 @@ class RMSprop(Optimizer):
         )
 
 
-_BY_NAME: dict[str, type[Optimizer]] = {
-    "sgd": SGD,
+_BY_NAME: dict[str, Callable[[Iterable[Any]], Optimizer]] = {
+    "sgd": lambda params: SGD(params, lr=0.01),
     "adam": Adam,
     "adamw": AdamW,
     "rmsprop": RMSprop,
@@ -224,14 +224,12 @@ def get(optimizer: str | Optimizer, params: Iterable[Parameter]) -> Optimizer:
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, str):
-        cls = _BY_NAME.get(optimizer.lower())
-        if cls is None:
+        make = _BY_NAME.get(optimizer.lower())
+        if make is None:
             raise ValueError(
                 f"unknown optimizer {optimizer!r}; expected one of {', '.join(_BY_NAME)}"
             )
-        if cls is SGD:
-            return SGD(params, lr=0.01)
-        return cls(params)
+        return make(params)
     raise TypeError(
         f"optimizer must be a name or a ferrograd.optim.Optimizer, got {type(optimizer).__name__}"
     )
