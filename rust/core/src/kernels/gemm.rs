@@ -1,4 +1,5 @@
-//! Matrix products on row-major buffers, split across threads by output rows.
+//! Matrix products on row-major buffers, split across threads by output
+//! rows or by the gemm crate itself (see [`plan`]).
 
 use super::{chunk_count_for, GEMM_PAR_MIN_FLOPS};
 use crate::float::Float;
@@ -9,8 +10,8 @@ use rayon::prelude::*;
 /// `trans_a`. `op(B)` is `k x n`: `B` is stored `k x n`, or `n x k` when
 /// `trans_b`. With `beta == 0`, `C` is overwritten (NaNs in it are ignored).
 ///
-/// Rows of `C` are split into chunks computed in parallel; each element's
-/// reduction over `k` is the same whatever the split.
+/// The work is split across threads as [`plan`] decides; each element's
+/// reduction over `k` is the same whatever the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Float>(
     trans_a: bool,
@@ -31,22 +32,53 @@ pub fn gemm<T: Float>(
         return;
     }
     let c = &mut c[..m * n];
+    match plan(m, n, k) {
+        Split::Crate(threads) => gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, 0, c, threads),
+        Split::Rows(rows_per) => {
+            let run =
+                |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
+            if rows_per >= m {
+                run(0, c);
+            } else {
+                c.par_chunks_mut(rows_per * n).enumerate().for_each(|(i, cc)| run(i * rows_per, cc));
+            }
+        }
+    }
+}
+
+/// How [`gemm`] divides an `m x n x k` product among threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Chunks of this many rows of `C` (all of them: one serial call).
+    Rows(usize),
+    /// One call that the gemm crate splits over this many threads.
+    Crate(usize),
+}
+
+/// Chooses the [`Split`] for an `m x n x k` product on the current pool.
+///
+/// Whatever it picks, each element of `C` is computed by the same sequence
+/// of operations for a given shape, so results do not depend on the thread
+/// count:
+/// - Large products on two or more threads: the gemm crate's own split,
+///   which tiles `C` in two dimensions and shares its packed panels, and
+///   keeps its `k` loop serial and in order. A row split makes every thread
+///   pack the whole right operand, which for the large MLP's `256 x 1024 x
+///   1024` forward product (a 4 KiB stride) measured about 30% slower.
+/// - Otherwise rows, in chunks no smaller than [`min_chunk_rows`], once the
+///   product is worth a fork-join ([`GEMM_PAR_MIN_FLOPS`]). Smaller products
+///   stay on the calling thread: waking a second, idle virtual CPU costs
+///   more than it saves (column blocks and 64-row chunks of the small MLP's
+///   6.4 MFLOP products made whole epochs 10-25% slower on two threads).
+pub fn plan(m: usize, n: usize, k: usize) -> Split {
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let threads = rayon::current_num_threads();
-    if threads >= CRATE_SPLIT_MIN_THREADS && 2 * m * n * k >= CRATE_SPLIT_MIN_FLOPS {
-        // Many threads: let the gemm crate tile the output in two dimensions
-        // and share its packed panels (a row split would pack the whole right
-        // operand once per thread). Its k loop stays serial and in order, so
-        // results do not depend on the thread count either.
-        return gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, 0, c, threads);
+    let crate_min = if threads >= 4 { CRATE_SPLIT_MIN_FLOPS } else { CRATE_SPLIT_MIN_FLOPS_2 };
+    if threads >= 2 && flops >= crate_min {
+        return Split::Crate(threads);
     }
     let chunks = chunk_count_for(m, 2 * n * k, min_chunk_rows(n), GEMM_PAR_MIN_FLOPS);
-    let rows_per = m.div_ceil(chunks);
-    let run = |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
-    if chunks <= 1 {
-        run(0, c);
-    } else {
-        c.par_chunks_mut(rows_per * n).enumerate().for_each(|(i, cc)| run(i * rows_per, cc));
-    }
+    Split::Rows(m.div_ceil(chunks.max(1)))
 }
 
 /// The fewest rows a parallel chunk of an `n`-column product may have.
@@ -70,10 +102,11 @@ pub fn min_chunk_rows(n: usize) -> usize {
     }
 }
 
-/// From this many threads on, large products are split by the gemm crate.
-pub const CRATE_SPLIT_MIN_THREADS: usize = 4;
-/// Least work for the gemm crate's own split.
+/// Least work for the gemm crate's own split on four or more threads.
 pub const CRATE_SPLIT_MIN_FLOPS: usize = 1 << 26;
+/// Least work for the gemm crate's own split on two or three threads (the
+/// large MLP's products; the medium MLP's measured no better than rows).
+pub const CRATE_SPLIT_MIN_FLOPS_2: usize = 1 << 28;
 
 /// Serial part of [`gemm`]: computes rows `row0 .. row0 + cc.len() / n` of
 /// `C` into `cc`, on the calling thread. `m` is the full row count of op(A).
@@ -180,7 +213,9 @@ mod tests {
     #[test]
     fn all_layouts_match_naive() {
         let mut r = Rng::new(0);
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (33, 17, 9), (130, 70, 300), (8, 1, 0)] {
+        for &(m, n, k) in
+            &[(1, 1, 1), (3, 5, 7), (33, 17, 9), (130, 70, 300), (8, 1, 0), (4, 40, 30), (20, 100, 37)]
+        {
             for ta in [false, true] {
                 for tb in [false, true] {
                     let a: Vec<f64> = (0..m * k).map(|_| r.normal()).collect();
@@ -208,14 +243,36 @@ mod tests {
     }
 
     #[test]
+    fn plans_for_the_benchmark_shapes() {
+        let pool = |t: usize| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+        assert_eq!(pool(2).install(|| plan(32, 128, 784)), Split::Rows(32));
+        assert_eq!(pool(2).install(|| plan(128, 784, 32)), Split::Rows(128));
+        assert_eq!(pool(2).install(|| plan(256, 1024, 1024)), Split::Crate(2));
+        assert_eq!(pool(2).install(|| plan(128, 512, 784)), Split::Rows(64));
+        assert_eq!(pool(4).install(|| plan(128, 512, 784)), Split::Crate(4));
+        assert_eq!(pool(2).install(|| plan(32, 10, 128)), Split::Rows(32));
+    }
+
+    #[test]
     fn result_independent_of_thread_count() {
         let mut r = Rng::new(5);
         // Shapes around the gemm crate's kernel switches: n <= 64 with
         // k > 512, few outputs per chunk, and plain large products.
-        // (256, 512, 512) is large enough for the gemm crate's own split at 4 threads.
-        for &(m, n, k) in
-            &[(256, 300, 500), (128, 20, 600), (600, 3, 700), (130, 64, 1030), (90, 10, 784), (256, 512, 512)]
-        {
+        // (256, 512, 512) is large enough for the gemm crate's own split at 4
+        // threads, (256, 1024, 1024) at 2 and 3.
+        for &(m, n, k) in &[
+            (256, 300, 500),
+            (128, 20, 600),
+            (600, 3, 700),
+            (130, 64, 1030),
+            (90, 10, 784),
+            (256, 512, 512),
+            (256, 1024, 1024),
+            (128, 784, 32),
+            (32, 128, 784),
+            (64, 200, 300),
+            (1, 1000, 1100),
+        ] {
             for (ta, tb) in [(false, true), (true, false), (false, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
                 let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();

@@ -9,10 +9,11 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::forward_inplace;
 use crate::kernels::activation::Act;
-use crate::kernels::gemm::{gemm, gemm_rows, min_chunk_rows, CRATE_SPLIT_MIN_FLOPS, CRATE_SPLIT_MIN_THREADS};
+use crate::kernels::gemm::{gemm, gemm_rows, plan, Split};
+use crate::kernels::par_rows;
 use crate::kernels::reduce::{act_backward_bias, col_sums};
-use crate::kernels::{par_rows, par_rows_for, GEMM_PAR_MIN_FLOPS};
 use crate::rng::Rng;
+use rayon::prelude::*;
 
 /// Weight initialisation scheme. Biases always start at zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,11 +119,9 @@ impl<T: Float> Layer<T> for Dense {
         let (w, b) = p.split_at(self.weight_len());
         let act = self.act;
         let bias = self.bias;
-        if rayon::current_num_threads() >= CRATE_SPLIT_MIN_THREADS
-            && 2 * rows * fi * fo >= CRATE_SPLIT_MIN_FLOPS
-        {
-            // Many threads: one product split by the gemm crate, then the
-            // bias (before, as the initial C) and activation (after) passes.
+        let Split::Rows(rows_per) = plan(rows, fo, fi) else {
+            // The gemm crate's split: one product, with the bias (before, as
+            // the initial C) and activation (after) passes.
             let y = &mut y[..rows * fo];
             if bias {
                 par_rows(y, fo, fo, 1, |_, yc| yc.chunks_exact_mut(fo).for_each(|r| r.copy_from_slice(b)));
@@ -130,28 +129,27 @@ impl<T: Float> Layer<T> for Dense {
             gemm(false, true, rows, fo, fi, T::ONE, x, w, if bias { T::ONE } else { T::ZERO }, y);
             forward_inplace(act, y);
             return;
-        }
-        par_rows_for(
-            &mut y[..rows * fo],
-            fo,
-            2 * fi * fo,
-            min_chunk_rows(fo),
-            GEMM_PAR_MIN_FLOPS,
-            |r0, yc| {
-                let beta = if bias {
-                    for row in yc.chunks_exact_mut(fo) {
-                        row.copy_from_slice(b);
-                    }
-                    T::ONE
-                } else {
-                    T::ZERO
-                };
-                gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, beta, r0, yc);
-                if act != Act::Identity {
-                    yc.iter_mut().for_each(|v| *v = act.apply(*v));
+        };
+        let run = |r0: usize, yc: &mut [T]| {
+            let beta = if bias {
+                for row in yc.chunks_exact_mut(fo) {
+                    row.copy_from_slice(b);
                 }
-            },
-        );
+                T::ONE
+            } else {
+                T::ZERO
+            };
+            gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, beta, r0, yc);
+            if act != Act::Identity {
+                yc.iter_mut().for_each(|v| *v = act.apply(*v));
+            }
+        };
+        let y = &mut y[..rows * fo];
+        if rows_per >= rows {
+            run(0, y);
+        } else {
+            y.par_chunks_mut(rows_per * fo).enumerate().for_each(|(i, yc)| run(i * rows_per, yc));
+        }
     }
 
     fn backward(
@@ -204,10 +202,15 @@ mod tests {
     use crate::{Features, Init, LayerSpec, Sequential};
 
     /// Forward and backward of a fused Dense+ReLU give the same bits on 1, 2
-    /// and 4 threads (4 takes the gemm crate's split for the large product).
+    /// and 4 threads: a row split, the gemm crate's split (4 threads), and a
+    /// batch of 32 (kept on one thread).
     #[test]
     fn dense_independent_of_thread_count() {
-        let (n, fi, fo) = (256, 512, 512);
+        dense_same_bits(256, 512, 512);
+        dense_same_bits(32, 784, 128);
+    }
+
+    fn dense_same_bits(n: usize, fi: usize, fo: usize) {
         let x: Vec<f32> = (0..n * fi).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let dout: Vec<f32> = (0..n * fo).map(|i| ((i * 104_729) % 997) as f32 / 498.0 - 1.0).collect();
         let run = |threads: usize| {
