@@ -1,9 +1,8 @@
 //! Matrix products on row-major buffers, split across threads by output
 //! rows or by the gemm crate itself (see [`plan`]).
 
-use super::{chunk_count_for, GEMM_PAR_MIN_FLOPS};
+use super::{chunk_count_for, for_row_chunks, GEMM_PAR_MIN_FLOPS};
 use crate::float::Float;
-use rayon::prelude::*;
 
 /// `C[m,n] = alpha * op(A) * op(B) + beta * C` for contiguous row-major
 /// buffers. `op(A)` is `m x k`: `A` is stored `m x k`, or `k x m` when
@@ -34,15 +33,9 @@ pub fn gemm<T: Float>(
     let c = &mut c[..m * n];
     match plan(m, n, k) {
         Split::Crate(threads) => gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, 0, c, threads),
-        Split::Rows(rows_per) => {
-            let run =
-                |row0: usize, cc: &mut [T]| gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc);
-            if rows_per >= m {
-                run(0, c);
-            } else {
-                c.par_chunks_mut(rows_per * n).enumerate().for_each(|(i, cc)| run(i * rows_per, cc));
-            }
-        }
+        Split::Rows(rows_per) => for_row_chunks(c, n, rows_per, |row0, cc| {
+            gemm_rows(trans_a, trans_b, m, n, k, alpha, a, b, beta, row0, cc)
+        }),
     }
 }
 

@@ -49,29 +49,28 @@ pub fn par_rows<T: Send>(
     min_rows: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
-    par_rows_for(out, row_len, work_per_row, min_rows, PAR_MIN_WORK, f)
-}
-
-/// [`par_rows`] with an explicit least total work worth splitting.
-pub fn par_rows_for<T: Send>(
-    out: &mut [T],
-    row_len: usize,
-    work_per_row: usize,
-    min_rows: usize,
-    min_work: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
-) {
     if row_len == 0 || out.is_empty() {
         return;
     }
     let rows = out.len() / row_len;
-    let chunks = chunk_count_for(rows, work_per_row, min_rows, min_work);
-    if chunks <= 1 {
+    let chunks = chunk_count(rows, work_per_row, min_rows);
+    for_row_chunks(out, row_len, rows.div_ceil(chunks), f);
+}
+
+/// Runs `f(first_row, rows_chunk)` over chunks of `rows_per` rows of `out`
+/// (row length `row_len`): one call on this thread when a chunk holds every
+/// row, otherwise the chunks in parallel.
+pub fn for_row_chunks<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    rows_per: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    if rows_per.saturating_mul(row_len) >= out.len() {
         f(0, out);
-        return;
+    } else {
+        out.par_chunks_mut(rows_per.max(1) * row_len).enumerate().for_each(|(i, c)| f(i * rows_per, c));
     }
-    let per = rows.div_ceil(chunks);
-    out.par_chunks_mut(per * row_len).enumerate().for_each(|(i, c)| f(i * per, c));
 }
 
 /// Elementwise helper: `f(offset, chunk)` over chunks of `out`.

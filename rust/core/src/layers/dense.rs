@@ -7,13 +7,11 @@
 use super::{numel, Ctx, Layer, ParamDecl};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::activation::forward_inplace;
-use crate::kernels::activation::Act;
+use crate::kernels::activation::{forward_inplace, Act};
 use crate::kernels::gemm::{gemm, gemm_rows, plan, Split};
-use crate::kernels::par_rows;
 use crate::kernels::reduce::{act_backward_bias, col_sums};
+use crate::kernels::{for_row_chunks, par_rows};
 use crate::rng::Rng;
-use rayon::prelude::*;
 
 /// Weight initialisation scheme. Biases always start at zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +128,7 @@ impl<T: Float> Layer<T> for Dense {
             forward_inplace(act, y);
             return;
         };
-        let run = |r0: usize, yc: &mut [T]| {
+        for_row_chunks(&mut y[..rows * fo], fo, rows_per, |r0, yc| {
             let beta = if bias {
                 for row in yc.chunks_exact_mut(fo) {
                     row.copy_from_slice(b);
@@ -143,13 +141,7 @@ impl<T: Float> Layer<T> for Dense {
             if act != Act::Identity {
                 yc.iter_mut().for_each(|v| *v = act.apply(*v));
             }
-        };
-        let y = &mut y[..rows * fo];
-        if rows_per >= rows {
-            run(0, y);
-        } else {
-            y.par_chunks_mut(rows_per * fo).enumerate().for_each(|(i, yc)| run(i * rows_per, yc));
-        }
+        });
     }
 
     fn backward(
