@@ -6,9 +6,9 @@
 
 use super::{numel, Ctx, Layer, ParamDecl};
 use crate::error::{Error, Result};
-use crate::float::Float;
+use crate::float::{Float, Scratch};
 use crate::kernels::activation::{forward_inplace, Act};
-use crate::kernels::gemm::{gemm, gemm_rows, plan, Split};
+use crate::kernels::gemm::{gemm, gemm_ldb, gemm_rows, pad_rows, padded_ld, plan, Split};
 use crate::kernels::reduce::{act_backward_bias, col_sums};
 use crate::kernels::{for_row_chunks, par_rows};
 use crate::rng::Rng;
@@ -50,11 +50,18 @@ pub struct Dense {
     pub init: Init,
     /// Activation fused into the output pass (`Identity` when none).
     pub act: Act,
+    /// The weight copied with padded rows for the forward product when
+    /// `in_features` is a stride the gemm crate handles badly ([`padded_ld`]).
+    pad: Scratch,
 }
+
+/// Least rows (samples) for which the forward product copies the weight
+/// into padded rows: the copy costs about as much as two rows of product.
+const PAD_MIN_ROWS: usize = 32;
 
 impl Dense {
     pub fn new(in_features: usize, out_features: usize, bias: bool, init: Init) -> Self {
-        Dense { in_features, out_features, bias, init, act: Act::Identity }
+        Dense { in_features, out_features, bias, init, act: Act::Identity, pad: Scratch::default() }
     }
 
     fn weight_len(&self) -> usize {
@@ -117,6 +124,18 @@ impl<T: Float> Layer<T> for Dense {
         let (w, b) = p.split_at(self.weight_len());
         let act = self.act;
         let bias = self.bias;
+        let padded = padded_ld::<T>(fi).filter(|_| rows >= PAD_MIN_ROWS);
+        let mut guard = padded.map(|_| T::scratch(&self.pad).lock().unwrap_or_else(|e| e.into_inner()));
+        let (w, ldb) = match (padded, guard.as_deref_mut()) {
+            (Some(ld), Some(buf)) => {
+                if buf.len() < fo * ld {
+                    buf.resize(fo * ld, T::ZERO);
+                }
+                pad_rows(w, fo, fi, ld, buf);
+                (&buf[..], ld)
+            }
+            _ => (w, fi),
+        };
         let Split::Rows(rows_per) = plan(rows, fo, fi) else {
             // The gemm crate's split: one product, with the bias (before, as
             // the initial C) and activation (after) passes.
@@ -124,7 +143,7 @@ impl<T: Float> Layer<T> for Dense {
             if bias {
                 par_rows(y, fo, fo, 1, |_, yc| yc.chunks_exact_mut(fo).for_each(|r| r.copy_from_slice(b)));
             }
-            gemm(false, true, rows, fo, fi, T::ONE, x, w, if bias { T::ONE } else { T::ZERO }, y);
+            gemm_ldb(false, true, rows, fo, fi, T::ONE, x, w, ldb, if bias { T::ONE } else { T::ZERO }, y);
             forward_inplace(act, y);
             return;
         };
@@ -137,7 +156,7 @@ impl<T: Float> Layer<T> for Dense {
             } else {
                 T::ZERO
             };
-            gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, beta, r0, yc);
+            gemm_rows(false, true, rows, fo, fi, T::ONE, x, w, ldb, beta, r0, yc);
             if act != Act::Identity {
                 yc.iter_mut().for_each(|v| *v = act.apply(*v));
             }
