@@ -11,6 +11,13 @@ use crate::rng::{mix64, Rng};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+/// Largest training step (about `6 x parameters x batch` FLOPs) that runs
+/// on a spinning [`crate::kernels::team`] rather than the rayon pool: the
+/// small MLP's batch-32 steps (20 MFLOP) and the medium MLP's batch-128
+/// steps (0.5 GFLOP), whose products are too short to pay for waking a
+/// sleeping rayon worker. Larger steps use the gemm crate's own split.
+const TEAM_MAX_STEP_FLOPS: usize = 1 << 30;
+
 /// Largest batch (in input elements) whose successor is prefetched.
 const PREFETCH_MAX_ELEMS: usize = 1 << 16;
 
@@ -512,54 +519,62 @@ impl<T: Float> Sequential<T> {
         let in_len = self.in_len();
         let mut totals = LossTotals::default();
         let mut last_report = Instant::now();
-        let mut result = Ok(());
-        for step in 0..steps {
-            let idx = &order[step * bs..((step + 1) * bs).min(n)];
-            let rows = Rows::Index(idx);
-            let m = idx.len();
-            x.gather(rows, in_len, &mut self.ws.acts[0]);
-            // Small batches: start loading the next one while this one computes
-            // (a large batch would only push the weights out of cache).
-            if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
-                let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
-                x.prefetch(Rows::Index(next), in_len);
-            }
-            self.gather_target(y, rows, cols);
-            self.forward_loaded(m, true);
-            let key = self.cache.map(|c| c.key).unwrap_or(0);
-            let out = &self.ws.acts[self.ops.len()][..m * cols];
-            let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
-            let t = match loss_grad(loss, out, m, cols, bt, Some(&mut self.ws.d_a), &mut self.ws.stats) {
-                Ok(t) => t,
-                Err(e) => {
-                    result = Err(e);
-                    break;
+        let team = if bs.saturating_mul(self.params.len()).saturating_mul(6) <= TEAM_MAX_STEP_FLOPS {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let result = crate::kernels::team::with_team(team, || {
+            let mut result = Ok(());
+            for step in 0..steps {
+                let idx = &order[step * bs..((step + 1) * bs).min(n)];
+                let rows = Rows::Index(idx);
+                let m = idx.len();
+                x.gather(rows, in_len, &mut self.ws.acts[0]);
+                // Small batches: start loading the next one while this one computes
+                // (a large batch would only push the weights out of cache).
+                if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
+                    let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
+                    x.prefetch(Rows::Index(next), in_len);
                 }
-            };
-            if !t.mean().is_finite() {
-                result = Err(Error::non_finite(format!(
-                    "training loss became {} at epoch {epoch}, step {} (of {steps}); \
+                self.gather_target(y, rows, cols);
+                self.forward_loaded(m, true);
+                let key = self.cache.map(|c| c.key).unwrap_or(0);
+                let out = &self.ws.acts[self.ops.len()][..m * cols];
+                let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
+                let t = match loss_grad(loss, out, m, cols, bt, Some(&mut self.ws.d_a), &mut self.ws.stats) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                if !t.mean().is_finite() {
+                    result = Err(Error::non_finite(format!(
+                        "training loss became {} at epoch {epoch}, step {} (of {steps}); \
                      try a lower learning rate or check the data",
-                    t.mean(),
-                    step + 1
-                )));
-                break;
-            }
-            self.backward_loaded(m, key, false);
-            if let Err(e) = opt.step(&mut self.params, &self.grads) {
-                result = Err(e);
-                break;
-            }
-            totals.add(&t);
-            if last_report.elapsed() >= self.report_every || step + 1 == steps {
-                last_report = Instant::now();
-                let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
-                if let Err(e) = progress(&p) {
+                        t.mean(),
+                        step + 1
+                    )));
+                    break;
+                }
+                self.backward_loaded(m, key, false);
+                if let Err(e) = opt.step(&mut self.params, &self.grads) {
                     result = Err(e);
                     break;
                 }
+                totals.add(&t);
+                if last_report.elapsed() >= self.report_every || step + 1 == steps {
+                    last_report = Instant::now();
+                    let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
+                    if let Err(e) = progress(&p) {
+                        result = Err(e);
+                        break;
+                    }
+                }
             }
-        }
+            result
+        });
         self.ws.order = order;
         self.cache = None;
         result.map(|_| totals)

@@ -5,6 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::kernels::team::{self, SlicePtr};
+use crate::kernels::workers_for;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -252,17 +254,43 @@ impl<T: Float> Optimizer<T> {
 const PAR_MIN: usize = 1 << 17;
 
 fn par_ok(n: usize) -> bool {
-    n >= PAR_MIN && rayon::current_num_threads() > 1
+    let (threads, min_work) = workers_for(PAR_MIN);
+    n >= min_work && threads > 1
+}
+
+/// `f(start, end)` over the `CHUNK`-sized ranges of `0..n`, in parallel on
+/// the calling thread's team or else on the rayon pool; each range once.
+fn for_ranges(n: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    let count = n.div_ceil(CHUNK);
+    let range = |i: usize| (i * CHUNK, ((i + 1) * CHUNK).min(n));
+    team::with_current(|t| match t {
+        Some(t) => t.for_each_index(count, |i| {
+            let (s, e) = range(i);
+            f(s, e)
+        }),
+        None => (0..count).into_par_iter().for_each(|i| {
+            let (s, e) = range(i);
+            f(s, e)
+        }),
+    })
+}
+
+fn part<T>(g: &[T], s: usize, e: usize) -> &[T] {
+    &g[s.min(g.len())..e.min(g.len())]
 }
 
 fn zip3<T: Float>(p: &mut [T], g: &[T], a: &mut [T], f: impl Fn(&mut [T], &[T], &mut [T]) + Sync) {
     if !par_ok(p.len()) {
         return f(p, g, a);
     }
-    p.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(a.par_chunks_mut(CHUNK))
-        .for_each(|((p, g), a)| f(p, g, a));
+    let n = p.len();
+    let (p, a) = (SlicePtr::new(p), SlicePtr::new(a));
+    for_ranges(n, |s, e| {
+        // SAFETY: `for_ranges` gives each disjoint range once, and the
+        // slices stay mutably borrowed by this call until it returns.
+        let (p, a) = unsafe { (p.chunk(s, e), a.chunk(s, e)) };
+        f(p, part(g, s, e), a)
+    });
 }
 
 fn zip4<T: Float>(
@@ -275,11 +303,13 @@ fn zip4<T: Float>(
     if !par_ok(p.len()) {
         return f(p, g, a, b);
     }
-    p.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(a.par_chunks_mut(CHUNK))
-        .zip(b.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), a), b)| f(p, g, a, b));
+    let n = p.len();
+    let (p, a, b) = (SlicePtr::new(p), SlicePtr::new(a), SlicePtr::new(b));
+    for_ranges(n, |s, e| {
+        // SAFETY: as in `zip3`.
+        let (p, a, b) = unsafe { (p.chunk(s, e), a.chunk(s, e), b.chunk(s, e)) };
+        f(p, part(g, s, e), a, b)
+    });
 }
 
 fn zip5<T: Float>(
@@ -293,12 +323,13 @@ fn zip5<T: Float>(
     if !par_ok(p.len()) {
         return f(p, g, a, b, c);
     }
-    p.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(a.par_chunks_mut(CHUNK))
-        .zip(b.par_chunks_mut(CHUNK))
-        .zip(c.par_chunks_mut(CHUNK))
-        .for_each(|((((p, g), a), b), c)| f(p, g, a, b, c));
+    let n = p.len();
+    let (p, a, b, c) = (SlicePtr::new(p), SlicePtr::new(a), SlicePtr::new(b), SlicePtr::new(c));
+    for_ranges(n, |s, e| {
+        // SAFETY: as in `zip3`.
+        let (p, a, b, c) = unsafe { (p.chunk(s, e), a.chunk(s, e), b.chunk(s, e), c.chunk(s, e)) };
+        f(p, part(g, s, e), a, b, c)
+    });
 }
 
 // The update loops below hoist every branch out of the element loop so the

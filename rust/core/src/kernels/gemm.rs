@@ -115,7 +115,8 @@ pub fn plan(m: usize, n: usize, k: usize) -> Split {
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let threads = rayon::current_num_threads();
     let crate_min = if threads >= 4 { CRATE_SPLIT_MIN_FLOPS } else { CRATE_SPLIT_MIN_FLOPS_2 };
-    if threads >= 2 && flops >= crate_min {
+    // Inside a spinning team the crate's rayon split would compete with it.
+    if threads >= 2 && flops >= crate_min && super::team::current_size().is_none() {
         return Split::Crate(threads);
     }
     let chunks = chunk_count_for(m, 2 * n * k, min_chunk_rows(n), GEMM_PAR_MIN_FLOPS);

@@ -9,6 +9,7 @@ pub mod activation;
 pub mod gemm;
 pub mod reduce;
 pub mod simd;
+pub mod team;
 
 use rayon::prelude::*;
 
@@ -22,11 +23,27 @@ pub const PAR_MIN_WORK: usize = 1 << 16;
 /// batch 32 a 784x128 layer (6.4 MFLOP) measured no faster on 2 threads.
 pub const GEMM_PAR_MIN_FLOPS: usize = 1 << 23;
 
+/// Inside a spinning [`team`], handing out work costs about this many times
+/// less than a rayon fork-join that may have to wake a sleeping thread, so
+/// the least work worth splitting is divided by it.
+pub const TEAM_WORK_DIVISOR: usize = 8;
+
+/// Workers the calling thread can split kernels over, and the least work
+/// worth splitting given its rayon-pool value `min_work`: the calling
+/// thread's [`team`] when it has one, else the current rayon pool.
+#[inline]
+pub fn workers_for(min_work: usize) -> (usize, usize) {
+    match team::current_size() {
+        Some(size) => (size, min_work / TEAM_WORK_DIVISOR),
+        None => (rayon::current_num_threads(), min_work),
+    }
+}
+
 /// Number of chunks to split `rows` rows costing `work_per_row` each into,
-/// given the least total work worth splitting (`min_work`).
+/// given the least total work worth splitting (`min_work`, on a rayon pool).
 #[inline]
 pub fn chunk_count_for(rows: usize, work_per_row: usize, min_rows: usize, min_work: usize) -> usize {
-    let threads = rayon::current_num_threads();
+    let (threads, min_work) = workers_for(min_work);
     let work = rows.saturating_mul(work_per_row);
     if threads <= 1 || work < min_work {
         return 1;
@@ -69,18 +86,27 @@ pub fn for_row_chunks<T: Send>(
     if rows_per.saturating_mul(row_len) >= out.len() {
         f(0, out);
     } else {
-        out.par_chunks_mut(rows_per.max(1) * row_len).enumerate().for_each(|(i, c)| f(i * rows_per, c));
+        par_chunks(out, rows_per.max(1) * row_len, |i, c| f(i * rows_per, c));
     }
+}
+
+/// `f(i, chunk_i)` over the `chunk`-sized pieces of `out`, in parallel on
+/// the calling thread's [`team`] or else on the rayon pool.
+pub fn par_chunks<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    team::with_current(move |t| match t {
+        Some(t) => team::team_chunks(t, out, chunk, f),
+        None => out.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c)),
+    })
 }
 
 /// Elementwise helper: `f(offset, chunk)` over chunks of `out`.
 pub fn par_elems<T: Send>(out: &mut [T], cost: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let len = out.len();
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || len.saturating_mul(cost) < PAR_MIN_WORK {
+    let (threads, min_work) = workers_for(PAR_MIN_WORK);
+    if threads <= 1 || len.saturating_mul(cost) < min_work {
         f(0, out);
         return;
     }
-    let per = len.div_ceil(threads * 4).max(4096);
-    out.par_chunks_mut(per).enumerate().for_each(|(i, c)| f(i * per, c));
+    let per = len.div_ceil(threads * 4).max(min_work / 16);
+    par_chunks(out, per, |i, c| f(i * per, c));
 }

@@ -2,7 +2,7 @@
 //! columns, and each column is summed over rows in row order.
 
 use super::activation::Act;
-use super::{par_elems, PAR_MIN_WORK};
+use super::{par_elems, workers_for, PAR_MIN_WORK};
 use crate::float::Float;
 
 /// `out[c] (+)= sum_r m[r, c]` for a row-major `rows x cols` matrix.
@@ -37,7 +37,8 @@ pub fn act_backward_bias<T: Float>(
     accumulate: bool,
 ) {
     let n = rows * cols;
-    if n < PAR_MIN_WORK || rayon::current_num_threads() <= 1 {
+    let (threads, min_work) = workers_for(PAR_MIN_WORK);
+    if n < min_work || threads <= 1 {
         match gb {
             Some(gb) => {
                 if !accumulate {
