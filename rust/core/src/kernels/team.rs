@@ -198,6 +198,11 @@ impl<T> SlicePtr<T> {
         SlicePtr { ptr: s.as_mut_ptr(), len: s.len() }
     }
 
+    /// The first element's address (using it is the caller's affair).
+    pub fn as_mut_ptr(&self) -> *mut T {
+        self.ptr
+    }
+
     /// Elements `start .. min(end, len)`.
     ///
     /// # Safety

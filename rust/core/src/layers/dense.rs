@@ -137,8 +137,8 @@ impl<T: Float> Layer<T> for Dense {
             _ => (w, fi),
         };
         let Split::Rows(rows_per) = plan(rows, fo, fi) else {
-            // The gemm crate's split: one product, with the bias (before, as
-            // the initial C) and activation (after) passes.
+            // Column blocks or the gemm crate's split: one product, with the
+            // bias (before, as the initial C) and activation (after) passes.
             let y = &mut y[..rows * fo];
             if bias {
                 par_rows(y, fo, fo, 1, |_, yc| yc.chunks_exact_mut(fo).for_each(|r| r.copy_from_slice(b)));
