@@ -184,12 +184,16 @@ pub enum Split {
 ///   keeps its `k` loop serial and in order. A row split makes every thread
 ///   pack the whole right operand, which for the large MLP's `256 x 1024 x
 ///   1024` forward product (a 4 KiB stride) measured about 30% slower.
-/// - Products with few rows (a batch of at most [`COLS_MAX_ROWS`]) and many
-///   columns: blocks of [`col_block`] columns, always, so the blocks (and
+/// - Products with few rows (a batch of at most [`COLS_MAX_ROWS`]), many
+///   columns and a long `k`: blocks of [`col_block`] columns, always, so the blocks (and
 ///   so the sums) are the same on one thread as on many. Each thread then
 ///   packs only its share of `B`, where a row split makes every thread pack
 ///   all of it: half of the small MLP's `32 x 128 x 784` forward product
-///   took 42 microseconds as 64 columns and 58 as 16 rows (one thread).
+///   took 42 microseconds as 64 columns and 58 as 16 rows (one thread);
+///   half of the medium MLP's `128 x 512 x 784`, 529 as two 128-column
+///   blocks and 593 as 64 rows. With a short `k` (the weight gradients at
+///   batch 32) packing is cheap either way and rows measured a little
+///   faster.
 /// - Otherwise rows, in chunks no smaller than [`min_chunk_rows`], once the
 ///   product is worth a fork-join ([`GEMM_PAR_MIN_FLOPS`]). Smaller products
 ///   stay on the calling thread: waking a second, idle virtual CPU costs
@@ -197,7 +201,7 @@ pub enum Split {
 ///   6.4 MFLOP products made whole epochs 10-25% slower on two threads).
 pub fn plan(m: usize, n: usize, k: usize) -> Split {
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    if m <= COLS_MAX_ROWS && n >= 2 * COLS_MIN_BLOCK && flops >= COLS_MIN_FLOPS {
+    if m <= COLS_MAX_ROWS && n >= 2 * COLS_MIN_BLOCK && k >= COLS_MIN_BLOCK && flops >= COLS_MIN_FLOPS {
         return Split::Cols(col_block(n));
     }
     let threads = rayon::current_num_threads();
@@ -211,7 +215,7 @@ pub fn plan(m: usize, n: usize, k: usize) -> Split {
 }
 
 /// Most rows of `C` for which [`plan`] splits by columns.
-pub const COLS_MAX_ROWS: usize = 64;
+pub const COLS_MAX_ROWS: usize = 128;
 /// Narrowest column block.
 pub const COLS_MIN_BLOCK: usize = 64;
 /// Least work for a column split (a fixed size, not a thread count: the
@@ -431,8 +435,10 @@ mod tests {
         assert_eq!(col_block(130), 64);
         assert_eq!(pool(2).install(|| plan(128, 784, 32)), Split::Rows(128));
         assert_eq!(pool(2).install(|| plan(256, 1024, 1024)), Split::Crate(2));
-        assert_eq!(pool(2).install(|| plan(128, 512, 784)), Split::Rows(64));
-        assert_eq!(pool(4).install(|| plan(128, 512, 784)), Split::Crate(4));
+        assert_eq!(pool(2).install(|| plan(128, 512, 784)), Split::Cols(128));
+        assert_eq!(pool(4).install(|| plan(128, 512, 784)), Split::Cols(128));
+        assert_eq!(pool(2).install(|| plan(512, 784, 128)), Split::Rows(256));
+        assert_eq!(pool(2).install(|| plan(128, 512, 512)), Split::Cols(128));
         assert_eq!(pool(2).install(|| plan(32, 10, 128)), Split::Rows(32));
     }
 
