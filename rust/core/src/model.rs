@@ -526,7 +526,10 @@ impl<T: Float> Sequential<T> {
         };
         let result = crate::kernels::team::with_team(team, || {
             let mut result = Ok(());
+            let mut tuner = crate::kernels::team::Tuner::new(team > 1);
             for step in 0..steps {
+                tuner.before_step();
+                let began = Instant::now();
                 let idx = &order[step * bs..((step + 1) * bs).min(n)];
                 let rows = Rows::Index(idx);
                 let m = idx.len();
@@ -563,6 +566,7 @@ impl<T: Float> Sequential<T> {
                     result = Err(e);
                     break;
                 }
+                tuner.after_step(began.elapsed());
                 totals.add(&t);
                 if last_report.elapsed() >= self.report_every || step + 1 == steps {
                     last_report = Instant::now();

@@ -6,13 +6,19 @@
 //! batch-32 step's 60-90 microsecond matrix products can save by splitting.
 //! A [`Team`] keeps its helpers spinning (yielding now and then) for the
 //! length of an epoch, so handing them work costs a cache-line transfer.
+//!
+//! A helper may be descheduled by the host at any moment (a virtual CPU is
+//! shared), so the owner never waits for a helper that has not yet joined a
+//! job: work is claimed piece by piece, the owner claims whatever is left,
+//! and closing a job turns late helpers away. The owner waits only for
+//! helpers already inside the job.
 //! Kernels ask [`current`] for the calling thread's team and fall back to
 //! rayon outside one.
 
 use std::cell::{Cell, UnsafeCell};
 use std::hint::spin_loop;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 type Job = dyn Fn() + Sync;
 
@@ -20,21 +26,27 @@ type Job = dyn Fn() + Sync;
 pub struct Team {
     /// Helpers that started (the team has one more worker: the owner).
     helpers: AtomicUsize,
-    /// Bumped once per job; helpers run the job when it changes.
-    epoch: AtomicUsize,
-    /// Helpers still running the current job.
-    pending: AtomicUsize,
+    /// The current job's number (upper 32 bits), whether it is closed to
+    /// helpers that have not joined yet ([`CLOSED`]), and how many helpers
+    /// are inside it (the lower bits).
+    state: AtomicU64,
     stop: AtomicBool,
+    /// Off: kernels see no team, and helpers doze instead of spinning.
+    enabled: AtomicBool,
     panicked: AtomicBool,
     /// The current job, its lifetime erased (see [`Team::run`]).
     job: UnsafeCell<Option<*const Job>>,
 }
 
-// SAFETY: `job` is written only by the owner in `run`, while no helper reads
-// it (every helper of the previous job has decremented `pending`, and none
-// reads it before seeing the next `epoch`, published with Release after the
-// write); helpers only read it between acquiring a new `epoch` and
-// decrementing `pending`. The job itself is `Sync`.
+const CLOSED: u64 = 1 << 31;
+const ACTIVE: u64 = CLOSED - 1;
+
+// SAFETY: `job` is written only by the owner in `run`, while no helper is
+// inside a job (the previous job was closed and its active count reached
+// zero); it is published by the Release store of the next job number, and a
+// helper reads it only after joining that job (an acquiring compare-exchange
+// on `state` that checks the number and that the job is open) and before
+// leaving it. The job itself is `Sync`.
 unsafe impl Sync for Team {}
 
 thread_local! {
@@ -42,14 +54,93 @@ thread_local! {
 }
 
 /// Calls `f` with the team the calling thread owns, if it is inside
-/// [`with_team`].
+/// [`with_team`] and the team is enabled ([`set_enabled`]).
 pub fn with_current<R>(f: impl FnOnce(Option<&Team>) -> R) -> R {
+    with_owned(|t| f(t.filter(|t| t.enabled.load(Ordering::Relaxed))))
+}
+
+/// The calling thread's team, enabled or not.
+fn with_owned<R>(f: impl FnOnce(Option<&Team>) -> R) -> R {
     let p = CURRENT.with(Cell::get);
     // SAFETY: `with_team` sets the pointer to a team that outlives the
     // closure it runs and clears it before the team is dropped; the pointer
     // is thread-local, so only the owner thread sees it, and the reference
     // cannot escape `f`.
     f(unsafe { p.as_ref() })
+}
+
+/// Turns the calling thread's team on or off (no effect outside one). Off,
+/// kernels run as if there were no team and the helpers doze, polling
+/// every 200 microseconds; results are the same either way.
+pub fn set_enabled(on: bool) {
+    with_owned(|t| {
+        if let Some(t) = t {
+            t.enabled.store(on, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Chooses, while an epoch runs, between a team and no team by timing
+/// both: a two-vCPU machine whose virtual CPUs share a physical core, or
+/// whose second one the host lends elsewhere, runs a spinning team slower
+/// than one thread. Each cycle of [`Tuner::CYCLE`] steps starts with
+/// [`Tuner::PROBE`] steps of each, then keeps the faster.
+#[derive(Debug)]
+pub struct Tuner {
+    active: bool,
+    step: usize,
+    with: std::time::Duration,
+    without: std::time::Duration,
+    choice: bool,
+}
+
+impl Tuner {
+    /// Steps per cycle.
+    pub const CYCLE: usize = 256;
+    /// Timed steps of each kind per cycle (the first of each is not counted).
+    pub const PROBE: usize = 6;
+
+    /// A tuner for a loop that runs on a team when `active`.
+    pub fn new(active: bool) -> Self {
+        Tuner { active, step: 0, with: Default::default(), without: Default::default(), choice: true }
+    }
+
+    /// Sets up the team for the next step; pass its duration to
+    /// [`Tuner::after_step`].
+    pub fn before_step(&self) {
+        if self.active {
+            let on = match self.step {
+                i if i < Self::PROBE => true,
+                i if i < 2 * Self::PROBE => false,
+                _ => self.choice,
+            };
+            set_enabled(on);
+        }
+    }
+
+    /// Records how long the step took.
+    pub fn after_step(&mut self, took: std::time::Duration) {
+        if !self.active {
+            return;
+        }
+        let i = self.step;
+        if (1..Self::PROBE).contains(&i) {
+            self.with += took;
+        } else if (Self::PROBE + 1..2 * Self::PROBE).contains(&i) {
+            self.without += took;
+        }
+        if i == 2 * Self::PROBE - 1 {
+            self.choice = self.with <= self.without;
+            self.with = Default::default();
+            self.without = Default::default();
+        }
+        self.step = (i + 1) % Self::CYCLE;
+    }
+
+    /// Whether the last probe chose the team.
+    pub fn choice(&self) -> bool {
+        self.choice
+    }
 }
 
 /// Workers of the calling thread's team, or `None` outside one.
@@ -67,9 +158,9 @@ pub fn with_team<R>(size: usize, f: impl FnOnce() -> R) -> R {
     }
     let team = Team {
         helpers: AtomicUsize::new(0),
-        epoch: AtomicUsize::new(0),
-        pending: AtomicUsize::new(0),
+        state: AtomicU64::new(CLOSED),
         stop: AtomicBool::new(false),
+        enabled: AtomicBool::new(true),
         panicked: AtomicBool::new(false),
         job: UnsafeCell::new(None),
     };
@@ -103,25 +194,27 @@ impl Team {
         self.helpers.load(Ordering::Relaxed) + 1
     }
 
-    /// Runs `f` on every worker at once and returns when all have finished.
-    /// A panic in any of them is re-raised here once all have finished.
+    /// Runs `f` on this thread and on every helper that joins before `f`
+    /// returns here, and returns when all of those have finished. `f` must
+    /// therefore be correct however many workers run it (one or more), as
+    /// [`Team::for_each_index`] is. A panic in any of them is re-raised here.
     pub fn run(&self, f: &(dyn Fn() + Sync)) {
-        let helpers = self.helpers.load(Ordering::Relaxed);
-        if helpers == 0 {
+        if self.helpers.load(Ordering::Relaxed) == 0 {
             return f();
         }
         let p: *const (dyn Fn() + Sync + '_) = f;
-        // SAFETY: only the lifetime changes. The pointer is dereferenced by
-        // helpers only until they decrement `pending`, and this function does
-        // not return (nor unwind) before `pending` is zero, so `f` outlives
-        // every use.
+        // SAFETY: only the lifetime changes. Helpers dereference the pointer
+        // only while inside the job, and this function does not return (nor
+        // unwind) before the job is closed and no helper is inside it, so `f`
+        // outlives every use.
         let p: *const Job = unsafe { std::mem::transmute(p) };
-        // SAFETY: see `unsafe impl Sync for Team`: no helper is reading `job`.
+        // SAFETY: see `unsafe impl Sync for Team`: no helper is in a job.
         unsafe { *self.job.get() = Some(p) };
-        self.pending.store(helpers, Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::Release);
+        let number = (self.state.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
+        self.state.store(number << 32, Ordering::Release);
         let mine = catch_unwind(AssertUnwindSafe(f));
-        while self.pending.load(Ordering::Acquire) != 0 {
+        self.state.fetch_or(CLOSED, Ordering::AcqRel);
+        while self.state.load(Ordering::Acquire) & ACTIVE != 0 {
             spin_loop();
         }
         if let Err(e) = mine {
@@ -146,13 +239,19 @@ impl Team {
     }
 
     fn helper(&self) {
-        let mut seen = 0usize;
+        let mut seen = self.state.load(Ordering::Relaxed) >> 32;
         let mut spins = 0u32;
         loop {
-            let e = self.epoch.load(Ordering::Acquire);
-            if e == seen {
+            let s = self.state.load(Ordering::Acquire);
+            if s >> 32 == seen || s & CLOSED != 0 {
                 if self.stop.load(Ordering::Acquire) {
                     return;
+                }
+                if !self.enabled.load(Ordering::Relaxed) {
+                    // Off: leave the CPU to others; the owner works alone
+                    // meanwhile (no job waits for a helper to join).
+                    std::thread::park_timeout(std::time::Duration::from_micros(200));
+                    continue;
                 }
                 spins = spins.wrapping_add(1);
                 if spins % 256 == 0 {
@@ -163,17 +262,21 @@ impl Team {
                 }
                 continue;
             }
-            seen = e;
-            // SAFETY: a new epoch was acquired, so `job` holds this job's
-            // pointer, valid until `pending` is decremented below.
+            // Join the open job `s >> 32`, unless it closed or changed since.
+            if self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            seen = s >> 32;
+            // SAFETY: this helper is inside the job, so `job` holds its
+            // pointer, and `run` keeps the closure alive until it leaves.
             if let Some(job) = unsafe { *self.job.get() } {
-                // SAFETY: as above; `run` keeps the closure alive.
+                // SAFETY: as above.
                 let job = unsafe { &*job };
                 if catch_unwind(AssertUnwindSafe(job)).is_err() {
                     self.panicked.store(true, Ordering::Relaxed);
                 }
             }
-            self.pending.fetch_sub(1, Ordering::Release);
+            self.state.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -279,5 +382,40 @@ mod tests {
         // The team is gone and a new one works.
         assert!(current_size().is_none());
         assert_eq!(with_team(2, current_size), Some(2));
+    }
+
+    #[test]
+    fn disabled_team_is_invisible_and_work_still_runs() {
+        let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        with_team(2, || {
+            set_enabled(false);
+            assert!(current_size().is_none());
+            set_enabled(true);
+            with_current(|t| {
+                t.expect("enabled again").for_each_index(100, |i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                })
+            });
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn tuner_keeps_the_faster_mode() {
+        use std::time::Duration;
+        let mut t = Tuner::new(true);
+        // Team steps take 1 ms, lone steps 2 ms: the team wins.
+        for i in 0..2 * Tuner::PROBE {
+            t.after_step(Duration::from_millis(if i < Tuner::PROBE { 1 } else { 2 }));
+        }
+        assert!(t.choice());
+        for _ in 2 * Tuner::PROBE..Tuner::CYCLE {
+            t.after_step(Duration::from_millis(1));
+        }
+        // Next cycle: the team got slower.
+        for i in 0..2 * Tuner::PROBE {
+            t.after_step(Duration::from_millis(if i < Tuner::PROBE { 3 } else { 2 }));
+        }
+        assert!(!t.choice());
     }
 }
