@@ -84,7 +84,8 @@ pub fn set_enabled(on: bool) {
 /// both: a two-vCPU machine whose virtual CPUs share a physical core, or
 /// whose second one the host lends elsewhere, runs a spinning team slower
 /// than one thread. Each cycle of [`Tuner::CYCLE`] steps starts with
-/// [`Tuner::PROBE`] steps of each, then keeps the faster.
+/// [`Tuner::PROBE`] steps of each, then keeps the team unless it was
+/// [`Tuner::MARGIN`] times slower.
 #[derive(Debug)]
 pub struct Tuner {
     active: bool,
@@ -99,6 +100,8 @@ impl Tuner {
     pub const CYCLE: usize = 256;
     /// Timed steps of each kind per cycle (the first of each is not counted).
     pub const PROBE: usize = 6;
+    /// How much slower the team's steps may be before it is turned off.
+    pub const MARGIN: f64 = 1.25;
 
     /// A tuner for a loop that runs on a team when `active`.
     pub fn new(active: bool) -> Self {
@@ -130,7 +133,9 @@ impl Tuner {
             self.without += took;
         }
         if i == 2 * Self::PROBE - 1 {
-            self.choice = self.with <= self.without;
+            // Off only when clearly slower: a few noisy steps should not
+            // cost a whole cycle of the usual winner.
+            self.choice = self.with.as_secs_f64() <= Self::MARGIN * self.without.as_secs_f64();
             self.with = Default::default();
             self.without = Default::default();
         }
@@ -412,9 +417,17 @@ mod tests {
         for _ in 2 * Tuner::PROBE..Tuner::CYCLE {
             t.after_step(Duration::from_millis(1));
         }
-        // Next cycle: the team got slower.
+        // Next cycle: the team is a little slower, within the margin.
         for i in 0..2 * Tuner::PROBE {
-            t.after_step(Duration::from_millis(if i < Tuner::PROBE { 3 } else { 2 }));
+            t.after_step(Duration::from_micros(if i < Tuner::PROBE { 2200 } else { 2000 }));
+        }
+        assert!(t.choice());
+        for _ in 2 * Tuner::PROBE..Tuner::CYCLE {
+            t.after_step(Duration::from_millis(1));
+        }
+        // Then much slower (a descheduled helper): off.
+        for i in 0..2 * Tuner::PROBE {
+            t.after_step(Duration::from_millis(if i < Tuner::PROBE { 4 } else { 2 }));
         }
         assert!(!t.choice());
     }
