@@ -13,10 +13,14 @@ use std::time::{Duration, Instant};
 
 /// Largest training step (about `6 x parameters x batch` FLOPs) that runs
 /// on a spinning [`crate::kernels::team`] rather than the rayon pool: the
-/// small MLP's batch-32 steps (20 MFLOP) and the medium MLP's batch-128
-/// steps (0.5 GFLOP), whose products are too short to pay for waking a
-/// sleeping rayon worker. Larger steps use the gemm crate's own split.
-const TEAM_MAX_STEP_FLOPS: usize = 1 << 30;
+/// three benchmark MLPs (20 MFLOP, 0.5 and 2.9 GFLOP per step). Waking a
+/// sleeping rayon worker around each product, pass and update costs more
+/// than a team's hand-over, most of all for short steps.
+const TEAM_MAX_STEP_FLOPS: usize = 1 << 33;
+
+/// Most threads for a team: measured on 2; the 16-core scaling of the large
+/// MLP was measured with the gemm crate's own split, which a team replaces.
+const TEAM_MAX_THREADS: usize = 4;
 
 /// Largest batch (in input elements) whose successor is prefetched.
 const PREFETCH_MAX_ELEMS: usize = 1 << 16;
@@ -519,11 +523,9 @@ impl<T: Float> Sequential<T> {
         let in_len = self.in_len();
         let mut totals = LossTotals::default();
         let mut last_report = Instant::now();
-        let team = if bs.saturating_mul(self.params.len()).saturating_mul(6) <= TEAM_MAX_STEP_FLOPS {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
+        let threads = rayon::current_num_threads();
+        let step_flops = bs.saturating_mul(self.params.len()).saturating_mul(6);
+        let team = if threads <= TEAM_MAX_THREADS && step_flops <= TEAM_MAX_STEP_FLOPS { threads } else { 1 };
         let result = crate::kernels::team::with_team(team, || {
             let mut result = Ok(());
             let mut tuner = crate::kernels::team::Tuner::new(team > 1);

@@ -170,60 +170,73 @@ pub enum Split {
     Rows(usize),
     /// One call that the gemm crate splits over this many threads.
     Crate(usize),
-    /// Blocks of this many columns of `C`, whatever the thread count.
+    /// Blocks of this many columns of `C`.
     Cols(usize),
 }
 
-/// Chooses the [`Split`] for an `m x n x k` product on the current pool.
+/// Chooses the [`Split`] for an `m x n x k` product on the current pool or
+/// team.
 ///
 /// Whatever it picks, each element of `C` is computed by the same sequence
 /// of operations for a given shape, so results do not depend on the thread
-/// count:
-/// - Large products on two or more threads: the gemm crate's own split,
-///   which tiles `C` in two dimensions and shares its packed panels, and
-///   keeps its `k` loop serial and in order. A row split makes every thread
-///   pack the whole right operand, which for the large MLP's `256 x 1024 x
-///   1024` forward product (a 4 KiB stride) measured about 30% slower.
-/// - Products with few rows (a batch of at most [`COLS_MAX_ROWS`]), many
-///   columns and a long `k`: blocks of [`col_block`] columns, always, so the blocks (and
-///   so the sums) are the same on one thread as on many. Each thread then
+/// count. The gemm crate (0.19) picks its summation order from the shape of
+/// each call: products with at most 256 outputs use a dot-product kernel,
+/// and products with both sides at most 64 block the `k` reduction
+/// differently (`kc = min(k, 512)` instead of a balanced split). Every
+/// piece of a split therefore takes the path the whole product would, or
+/// the pieces do not depend on the thread count:
+/// - A batch of at most 64 rows, many columns and a long `k`: blocks of
+///   [`col_block`] columns whatever the thread count (such blocks may take
+///   the other `k` blocking, so they are fixed by the shape). Each thread
 ///   packs only its share of `B`, where a row split makes every thread pack
 ///   all of it: half of the small MLP's `32 x 128 x 784` forward product
-///   took 42 microseconds as 64 columns and 58 as 16 rows (one thread);
-///   half of the medium MLP's `128 x 512 x 784`, 529 as two 128-column
-///   blocks and 593 as 64 rows. With a short `k` (the weight gradients at
-///   batch 32) packing is cheap either way and rows measured a little
-///   faster.
+///   took 42 microseconds as 64 columns and 58 as 16 rows (one thread).
+/// - Large products on two or more threads of the rayon pool: the gemm
+///   crate's own split, which tiles `C` in two dimensions, shares its
+///   packed panels and keeps its `k` loop serial and in order.
+/// - 65 to [`COLS_MAX_ROWS`] rows, many columns, a long `k`: two blocks of
+///   columns per worker, at least 128 wide (more than 64 rows keeps every
+///   block on the whole product's path). Half of the medium MLP's `128 x 512 x 784` took 541
+///   microseconds as 256 columns and 593 as 64 rows (one thread); inside a
+///   team this also replaces the crate's split for the large MLP.
 /// - Otherwise rows, in chunks no smaller than [`min_chunk_rows`], once the
-///   product is worth a fork-join ([`GEMM_PAR_MIN_FLOPS`]). Smaller products
-///   stay on the calling thread: waking a second, idle virtual CPU costs
-///   more than it saves (column blocks and 64-row chunks of the small MLP's
-///   6.4 MFLOP products made whole epochs 10-25% slower on two threads).
+///   product is worth a fork-join ([`GEMM_PAR_MIN_FLOPS`], an eighth of it
+///   inside a team). With a short `k` (the weight gradients at batch 32)
+///   packing is cheap either way and rows measured a little faster.
 pub fn plan(m: usize, n: usize, k: usize) -> Split {
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    if m <= COLS_MAX_ROWS && n >= 2 * COLS_MIN_BLOCK && k >= COLS_MIN_BLOCK && flops >= COLS_MIN_FLOPS {
+    let wide = n >= 2 * COLS_MIN_BLOCK && k >= COLS_MIN_BLOCK;
+    if m <= 64 && wide && flops >= COLS_MIN_FLOPS {
         return Split::Cols(col_block(n));
     }
+    let in_team = super::team::current_size().is_some();
     let threads = rayon::current_num_threads();
     let crate_min = if threads >= 4 { CRATE_SPLIT_MIN_FLOPS } else { CRATE_SPLIT_MIN_FLOPS_2 };
     // Inside a spinning team the crate's rayon split would compete with it.
-    if threads >= 2 && flops >= crate_min && super::team::current_size().is_none() {
+    if !in_team && threads >= 2 && flops >= crate_min {
         return Split::Crate(threads);
+    }
+    let (workers, min_work) = super::workers_for(GEMM_PAR_MIN_FLOPS);
+    if m <= COLS_MAX_ROWS && wide && workers >= 2 && flops >= min_work {
+        // Two blocks per worker: a helper that joins late (its virtual CPU
+        // busy elsewhere) then leaves less for the others to wait on.
+        let per = n.div_ceil(2 * workers).div_ceil(16) * 16;
+        return Split::Cols(per.max(2 * COLS_MIN_BLOCK));
     }
     let chunks = chunk_count_for(m, 2 * n * k, min_chunk_rows(n), GEMM_PAR_MIN_FLOPS);
     Split::Rows(m.div_ceil(chunks.max(1)))
 }
 
 /// Most rows of `C` for which [`plan`] splits by columns.
-pub const COLS_MAX_ROWS: usize = 128;
+pub const COLS_MAX_ROWS: usize = 256;
 /// Narrowest column block.
 pub const COLS_MIN_BLOCK: usize = 64;
-/// Least work for a column split (a fixed size, not a thread count: the
-/// blocks decide the summation order).
+/// Least work for the fixed column blocks of batches of at most 64 rows (a
+/// fixed size, not a thread count: the blocks decide the summation order).
 pub const COLS_MIN_FLOPS: usize = 1 << 20;
 
-/// Width of the column blocks of an `n`-column product under
-/// [`Split::Cols`]: about a quarter of `n`, a multiple of 16, at least
+/// Width of the fixed column blocks of an `n`-column product of at most 64
+/// rows: about a quarter of `n`, a multiple of 16, at least
 /// [`COLS_MIN_BLOCK`].
 pub fn col_block(n: usize) -> usize {
     (n.div_ceil(4).div_ceil(16) * 16).max(COLS_MIN_BLOCK)
@@ -376,6 +389,8 @@ mod tests {
             (4, 40, 30),
             (20, 100, 37),
             (20, 300, 200),
+            (200, 1000, 300),
+            (70, 500, 100),
         ] {
             for ta in [false, true] {
                 for tb in [false, true] {
@@ -436,9 +451,14 @@ mod tests {
         assert_eq!(pool(2).install(|| plan(128, 784, 32)), Split::Rows(128));
         assert_eq!(pool(2).install(|| plan(256, 1024, 1024)), Split::Crate(2));
         assert_eq!(pool(2).install(|| plan(128, 512, 784)), Split::Cols(128));
-        assert_eq!(pool(4).install(|| plan(128, 512, 784)), Split::Cols(128));
+        assert_eq!(pool(4).install(|| plan(128, 512, 784)), Split::Crate(4));
+        assert_eq!(pool(1).install(|| plan(128, 512, 784)), Split::Rows(128));
         assert_eq!(pool(2).install(|| plan(512, 784, 128)), Split::Rows(256));
         assert_eq!(pool(2).install(|| plan(128, 512, 512)), Split::Cols(128));
+        assert_eq!(pool(3).install(|| plan(200, 1000, 300)), Split::Cols(176));
+        let in_team = |m, n, k| pool(2).install(|| super::super::team::with_team(2, || plan(m, n, k)));
+        assert_eq!(in_team(256, 1024, 1024), Split::Cols(256));
+        assert_eq!(in_team(1024, 1024, 256), Split::Rows(512));
         assert_eq!(pool(2).install(|| plan(32, 10, 128)), Split::Rows(32));
     }
 
@@ -462,6 +482,8 @@ mod tests {
             (64, 200, 300),
             (1, 1000, 1100),
             (20, 300, 200),
+            (200, 1000, 300),
+            (70, 500, 100),
         ] {
             for (ta, tb) in [(false, true), (true, false), (false, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
