@@ -6,7 +6,7 @@
 //! Set `FERROGRAD_NUM_THREADS` to fix the thread count.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferrograd::kernels::gemm::gemm;
+use ferrograd::kernels::gemm::{gemm, gemm_ldb, pad_rows, padded_ld};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
@@ -37,6 +37,20 @@ fn bench_gemm(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("forward_xWt", &id), |b| {
             b.iter(|| threads::install(|| gemm(false, true, m, n, k, 1.0, &x, &w, 0.0, &mut y)).unwrap())
         });
+        // What Dense does when `in` is a multiple of 256 floats: the weight
+        // copied into padded rows (see `padded_ld`), copy included.
+        if let Some(ld) = padded_ld::<f32>(k) {
+            let mut wp = vec![0.0f32; n * ld];
+            g.bench_function(BenchmarkId::new("forward_xWt_padded", &id), |b| {
+                b.iter(|| {
+                    threads::install(|| {
+                        pad_rows(&w, n, k, ld, &mut wp);
+                        gemm_ldb(false, true, m, n, k, 1.0, &x, &wp, ld, 0.0, &mut y)
+                    })
+                    .unwrap()
+                })
+            });
+        }
         g.bench_function(BenchmarkId::new("weight_grad_dYtX", &id), |b| {
             b.iter(|| threads::install(|| gemm(true, false, n, k, m, 1.0, &dy, &x, 0.0, &mut dw)).unwrap())
         });
