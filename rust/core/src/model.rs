@@ -791,3 +791,63 @@ fn check_chain(specs: &[LayerSpec]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::OptimConfig;
+    use crate::Init;
+
+    /// A short epoch on 1, 2 and 3 threads gives bitwise-equal weights, at
+    /// batch sizes that take each split: fixed column blocks (32 rows; the
+    /// 160-wide layer would end in a narrow block, summed differently, if its
+    /// blocks followed the worker count), column blocks per worker (128 and
+    /// 256 rows), row chunks (the weight gradients), all on the team and, in
+    /// the tuner's probe steps, without it.
+    #[test]
+    fn training_independent_of_thread_count() {
+        let n = 1200;
+        let mut r = Rng::new(3);
+        let x: Vec<u8> = (0..n * 784).map(|_| (r.next_u64() >> 56) as u8).collect();
+        let y: Vec<i64> = (0..n).map(|i| (x[i * 784 + 100] as i64) % 10).collect();
+        for batch in [32, 128, 256] {
+            let train = |threads: usize| {
+                let specs = vec![
+                    LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 },
+                    LayerSpec::Dense { in_features: 784, out_features: 600, bias: true, init: Init::He },
+                    LayerSpec::ReLU,
+                    LayerSpec::Dense { in_features: 600, out_features: 160, bias: true, init: Init::He },
+                    LayerSpec::ReLU,
+                    LayerSpec::Dense { in_features: 160, out_features: 10, bias: true, init: Init::Xavier },
+                ];
+                let mut model = Sequential::<f32>::new(specs, 5).expect("model");
+                let ranges = model.entries().iter().map(|e| e.range.clone()).collect();
+                let cfg =
+                    OptimConfig::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+                let mut opt = Optimizer::new(cfg, ranges).expect("optimizer");
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+                pool.install(|| {
+                    model
+                        .train_epoch(
+                            &Features::U8(&x),
+                            n,
+                            &[784],
+                            Target::Labels(&y),
+                            Loss::CrossEntropy,
+                            &mut opt,
+                            batch,
+                            true,
+                            0,
+                            true,
+                            &mut |_| Ok(()),
+                        )
+                        .expect("epoch")
+                });
+                model.params().to_vec()
+            };
+            let one = train(1);
+            assert_eq!(one, train(2), "batch {batch}, 2 threads");
+            assert_eq!(one, train(3), "batch {batch}, 3 threads");
+        }
+    }
+}
