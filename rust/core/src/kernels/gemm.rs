@@ -61,6 +61,15 @@ pub fn gemm_ldb<T: Float>(
     }
 }
 
+/// Panics unless `b` holds op(B) (`k x n`) with row stride `ldb`: `n` rows
+/// of `k` when `trans_b`, else `k` rows of `n`.
+fn check_b<T>(trans_b: bool, n: usize, k: usize, b: &[T], ldb: usize) {
+    let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
+    assert!(ldb >= cols, "gemm: ldb = {ldb} is less than B's {cols} columns");
+    let need = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ldb + cols };
+    assert!(b.len() >= need, "gemm: B has {} elements, needs {need}", b.len());
+}
+
 /// [`Split::Cols`]: blocks of `cols_per` columns of `C`, each one call to
 /// the gemm crate, spread over the team or pool when worth it.
 #[allow(clippy::too_many_arguments)]
@@ -78,10 +87,8 @@ fn gemm_cols<T: Float>(
     c: &mut [T],
     cols_per: usize,
 ) {
-    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    assert!(ldb >= b_cols, "gemm: ldb = {ldb} is less than B's {b_cols} columns");
-    let b_need = if b_rows == 0 || b_cols == 0 { 0 } else { (b_rows - 1) * ldb + b_cols };
-    assert!(a.len() >= m * k && b.len() >= b_need && c.len() >= m * n, "gemm_cols: A, B or C too short");
+    check_b(trans_b, n, k, b, ldb);
+    assert!(a.len() >= m * k && c.len() >= m * n, "gemm_cols: A or C too short");
     if k == 0 {
         return gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, 0, c, 1);
     }
@@ -96,7 +103,7 @@ fn gemm_cols<T: Float>(
         let b_off = if trans_b { j0 * ldb } else { j0 };
         // SAFETY: A's view is the whole `m x k` operand (checked above); B's
         // starts at column `j0 < n` of op(B) and spans `cols` columns within
-        // the `b_need` elements checked above; C's block is columns
+        // the extent `check_b` checked; C's block is columns
         // `j0 .. j0 + cols` of the `m x n` C. Each block index runs once, so
         // the blocks written are disjoint, and `c` stays mutably borrowed
         // (so unaliased by A and B) until this function returns.
@@ -307,11 +314,8 @@ fn gemm_rows_with<T: Float>(
     cc: &mut [T],
     threads: usize,
 ) {
-    // B's extent: `n` rows of `k` when transposed, else `k` rows of `n`.
-    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    assert!(ldb >= b_cols, "gemm: ldb = {ldb} is less than B's {b_cols} columns");
-    let b_need = if b_rows == 0 || b_cols == 0 { 0 } else { (b_rows - 1) * ldb + b_cols };
-    assert!(a.len() >= m * k && b.len() >= b_need, "gemm_rows: A or B too short");
+    check_b(trans_b, n, k, b, ldb);
+    assert!(a.len() >= m * k, "gemm_rows: A too short");
     let rows = cc.len() / n.max(1);
     assert!(row0 + rows <= m, "gemm_rows: rows {row0}..{} beyond m = {m}", row0 + rows);
     if rows == 0 || n == 0 {
@@ -331,7 +335,7 @@ fn gemm_rows_with<T: Float>(
             if trans_a { (row0, 1isize, m as isize) } else { (row0 * k, k as isize, 1isize) };
         let (rsb, csb) = if trans_b { (1isize, ldb as isize) } else { (ldb as isize, 1isize) };
         // SAFETY: `a_off + (rows-1)*rsa + (k-1)*csa < m*k <= a.len()` for both
-        // layouts, B's view spans `b_need <= b.len()` elements, and `cc`
+        // layouts, B's view lies within the extent `check_b` checked, and `cc`
         // is an exclusive `rows x n` chunk of C, which cannot alias A or B
         // because it is borrowed mutably while they are borrowed shared.
         unsafe {
