@@ -27,9 +27,10 @@ test-rust:  ## cargo test for the core (no Python needed)
 test-python: build  ## pytest against the built extension
 	$(PY) -m pytest -q
 
-lint: $(PY)  ## rustfmt, clippy -D warnings, ruff
+lint: $(PY)  ## rustfmt, clippy -D warnings, rustdoc links, ruff
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc -q -p ferrograd-core --no-deps
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(PY) -m mypy python/ferrograd

@@ -28,7 +28,7 @@ pub fn gemm<T: Float>(
     gemm_ldb(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, c)
 }
 
-/// [`gemm`] with an explicit row stride `ldb` for `B` (`ldb >= k` when
+/// [`gemm()`] with an explicit row stride `ldb` for `B` (`ldb >= k` when
 /// `trans_b`, else `ldb >= n`), e.g. a weight copied by [`pad_rows`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_ldb<T: Float>(
@@ -170,7 +170,7 @@ pub fn pad_rows<T: Float>(src: &[T], rows: usize, k: usize, ld: usize, dst: &mut
     });
 }
 
-/// How [`gemm`] divides an `m x n x k` product among threads.
+/// How [`gemm()`] divides an `m x n x k` product among threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     /// Chunks of this many rows of `C` (all of them: one serial call).
@@ -276,7 +276,7 @@ pub const CRATE_SPLIT_MIN_FLOPS: usize = 1 << 26;
 /// large MLP's products; the medium MLP's measured no better than rows).
 pub const CRATE_SPLIT_MIN_FLOPS_2: usize = 1 << 28;
 
-/// Serial part of [`gemm`]: computes rows `row0 .. row0 + cc.len() / n` of
+/// Serial part of [`gemm()`]: computes rows `row0 .. row0 + cc.len() / n` of
 /// `C` into `cc`, on the calling thread. `m` is the full row count of op(A).
 #[allow(clippy::too_many_arguments)]
 #[inline]

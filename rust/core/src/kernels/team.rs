@@ -12,7 +12,7 @@
 //! job: work is claimed piece by piece, the owner claims whatever is left,
 //! and closing a job turns late helpers away. The owner waits only for
 //! helpers already inside the job.
-//! Kernels ask [`current`] for the calling thread's team and fall back to
+//! Kernels ask [`with_current`] for the calling thread's team and fall back to
 //! rayon outside one.
 
 use std::cell::{Cell, UnsafeCell};
