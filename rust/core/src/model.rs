@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 /// than a team's hand-over, most of all for short steps.
 const TEAM_MAX_STEP_FLOPS: usize = 1 << 33;
 
+/// Smallest training step for a team: below it no kernel splits anyway, and
+/// starting and stopping the helpers (tens of microseconds per epoch) would
+/// dominate the many short epochs of a toy model.
+const TEAM_MIN_STEP_FLOPS: usize = 1 << 22;
+
 /// Most threads for a team: measured on 2; the 16-core scaling of the large
 /// MLP was measured with the gemm crate's own split, which a team replaces.
 const TEAM_MAX_THREADS: usize = 4;
@@ -525,7 +530,8 @@ impl<T: Float> Sequential<T> {
         let mut last_report = Instant::now();
         let threads = rayon::current_num_threads();
         let step_flops = bs.saturating_mul(self.params.len()).saturating_mul(6);
-        let team = if threads <= TEAM_MAX_THREADS && step_flops <= TEAM_MAX_STEP_FLOPS { threads } else { 1 };
+        let worth = (TEAM_MIN_STEP_FLOPS..=TEAM_MAX_STEP_FLOPS).contains(&step_flops);
+        let team = if threads <= TEAM_MAX_THREADS && worth { threads } else { 1 };
         let result = crate::kernels::team::with_team(team, || {
             let mut result = Ok(());
             let mut tuner = crate::kernels::team::Tuner::new(team > 1);

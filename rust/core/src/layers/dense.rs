@@ -56,7 +56,10 @@ pub struct Dense {
 }
 
 /// Least rows (samples) for which the forward product copies the weight
-/// into padded rows: the copy costs about as much as two rows of product.
+/// into padded rows. The copy reads and writes the whole weight once, about
+/// as long as a few rows of product take, and padding saves about a third of
+/// the product's time (see `padded_ld`), so it pays only for batches of a
+/// few dozen rows or more; single-sample `predict` calls skip it.
 const PAD_MIN_ROWS: usize = 32;
 
 impl Dense {
