@@ -464,6 +464,28 @@ def test_backward_large_batch_matches_numpy(act: str, threads: int) -> None:
         np.testing.assert_allclose(got[name], g, rtol=1e-10, atol=1e-12 * np.abs(g).max())
 
 
+@pytest.mark.parametrize(("dtype", "width"), [("float64", 128), ("float64", 256), ("float32", 512)])
+def test_padded_weight_rows_match_numpy(dtype: str, width: int) -> None:
+    """Dense copies a weight whose rows lie a multiple of 1 KiB apart (128 or
+    256 float64, 512 float32 inputs) into padded rows before the forward
+    product of a batch of 32 or more: outputs and gradients must not change."""
+    rng = np.random.default_rng(SEED)
+    n, c = 64, 10
+    model = fg.Sequential([L.Dense(width, width), L.ReLU(), L.Dense(width, c)], seed=1, dtype=dtype)
+    randomize(model, rng)
+    x = rng.normal(size=(n, width)).astype(dtype)
+    y = rng.integers(0, c, size=n)
+    sd = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+    x64 = x.astype(np.float64)
+    out = np_forward(sd, x64, "relu")
+    rtol = 1e-12 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(model.predict(x), out, rtol=rtol, atol=rtol * np.abs(out).max())
+    want = np_backward(sd, x64, np_loss_grad("cross_entropy_labels", out, y), "relu")
+    got = step_grads(model, "cross_entropy_labels", x, y)
+    for name, g in want.items():
+        np.testing.assert_allclose(got[name], g, rtol=rtol, atol=rtol * np.abs(g).max())
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows", [300, 600])
 def test_gradients_independent_of_thread_count(rows: int, dtype: str) -> None:
