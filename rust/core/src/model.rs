@@ -812,7 +812,7 @@ mod tests {
     /// the tuner's probe steps, without it.
     #[test]
     fn training_independent_of_thread_count() {
-        let n = 1200;
+        let n = 800;
         let mut r = Rng::new(3);
         let x: Vec<u8> = (0..n * 784).map(|_| (r.next_u64() >> 56) as u8).collect();
         let y: Vec<i64> = (0..n).map(|i| (x[i * 784 + 100] as i64) % 10).collect();
