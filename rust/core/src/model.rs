@@ -372,7 +372,15 @@ impl<T: Float> Sequential<T> {
     /// Backpropagates `ws.d_a` (holding dL/d output) down to the first layer
     /// with parameters; layers below it need no gradient (e.g. `Flatten` or
     /// `Rescaling` at the input), so none is computed for them.
-    fn backward_loaded(&mut self, n: usize, key: u64, accumulate: bool) {
+    /// `after(params, grads, range)` runs after each layer with parameters,
+    /// once its gradients are in `grads[range]`.
+    fn backward_loaded(
+        &mut self,
+        n: usize,
+        key: u64,
+        accumulate: bool,
+        mut after: impl FnMut(&mut [T], &[T], Range<usize>),
+    ) {
         let first = self.ops.iter().position(|op| !op.prange.is_empty()).unwrap_or(self.ops.len());
         for (i, op) in self.ops.iter().enumerate().skip(first).rev() {
             let ws = &mut self.ws;
@@ -394,6 +402,9 @@ impl<T: Float> Sequential<T> {
                 accumulate,
             );
             std::mem::swap(&mut ws.d_a, &mut ws.d_b);
+            if !op.prange.is_empty() {
+                after(&mut self.params, &self.grads, op.prange.clone());
+            }
         }
     }
 
@@ -428,7 +439,7 @@ impl<T: Float> Sequential<T> {
             return Err(Error::non_finite(format!("gradient contains NaN or inf (flat index {i})")));
         }
         self.ws.d_a[..want].copy_from_slice(dout);
-        self.backward_loaded(cache.n, cache.key, true);
+        self.backward_loaded(cache.n, cache.key, true, |_, _, _| {});
         Ok(())
     }
 
@@ -569,8 +580,16 @@ impl<T: Float> Sequential<T> {
                     )));
                     break;
                 }
-                self.backward_loaded(m, key, false);
-                if let Err(e) = opt.step(&mut self.params, &self.grads) {
+                // Each layer's update right after its gradients, while they
+                // are still in cache.
+                let mut updated = Ok(());
+                self.backward_loaded(m, key, false, |p, g, r| {
+                    if updated.is_ok() {
+                        updated = opt.step_part(p, g, r);
+                    }
+                });
+                opt.finish_step();
+                if let Err(e) = updated {
                     result = Err(e);
                     break;
                 }
@@ -701,7 +720,7 @@ impl<T: Float> Sequential<T> {
         let out = &self.ws.acts[self.ops.len()][..n * cols];
         loss_grad(loss, out, n, cols, y, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
         self.grads.fill(T::ZERO);
-        self.backward_loaded(n, key, true);
+        self.backward_loaded(n, key, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
         let mut report = Vec::new();
         for e in self.entries.clone() {

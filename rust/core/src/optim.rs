@@ -208,6 +208,17 @@ impl<T: Float> Optimizer<T> {
 
     /// One update of `params` from `grads` (both the model's full flat buffers).
     pub fn step(&mut self, params: &mut [T], grads: &[T]) -> Result<()> {
+        self.step_part(params, grads, 0..usize::MAX)?;
+        self.finish_step();
+        Ok(())
+    }
+
+    /// Part of one update: only the parameters inside `window` (flat
+    /// indices), e.g. one layer's right after its gradient is computed, while
+    /// the gradient is still in cache. Every parameter must be covered by
+    /// exactly one part before [`Optimizer::finish_step`]; the parts give the
+    /// same values as one [`Optimizer::step`].
+    pub fn step_part(&mut self, params: &mut [T], grads: &[T], window: Range<usize>) -> Result<()> {
         if let Some(r) = self.ranges.last() {
             if r.end > params.len() || r.end > grads.len() {
                 return Err(Error::state(format!(
@@ -225,13 +236,18 @@ impl<T: Float> Optimizer<T> {
         let (s1, s2) = if rest.is_empty() { (&mut [][..], &mut [][..]) } else { rest.split_at_mut(len) };
         let mut off = 0;
         for r in &self.ranges {
-            let n = r.len();
-            let p = &mut params[r.clone()];
-            let g = &grads[r.clone()];
-            let a = &mut s0[off..off + n];
-            let b = if s1.is_empty() { &mut [][..] } else { &mut s1[off..off + n] };
-            let c = if s2.is_empty() { &mut [][..] } else { &mut s2[off..off + n] };
-            off += n;
+            let (lo, hi) = (r.start.max(window.start), r.end.min(window.end));
+            let base = off;
+            off += r.len();
+            if lo >= hi {
+                continue;
+            }
+            let (n, at) = (hi - lo, base + lo - r.start);
+            let p = &mut params[lo..hi];
+            let g = &grads[lo..hi];
+            let a = &mut s0[at..at + n];
+            let b = if s1.is_empty() { &mut [][..] } else { &mut s1[at..at + n] };
+            let c = if s2.is_empty() { &mut [][..] } else { &mut s2[at..at + n] };
             match self.config {
                 OptimConfig::Sgd { momentum, nesterov, .. } => {
                     let (first, has_m) = (sc.first, momentum != 0.0);
@@ -246,8 +262,12 @@ impl<T: Float> Optimizer<T> {
                 }
             }
         }
-        self.steps += 1;
         Ok(())
+    }
+
+    /// Ends an update made of [`Optimizer::step_part`] calls.
+    pub fn finish_step(&mut self) {
+        self.steps += 1;
     }
 }
 
@@ -436,4 +456,49 @@ fn rmsprop<T: Float>(
         }
     }
 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Updating in parts (any windows that cover every parameter once) gives
+    /// the bits of one whole step, for every optimizer, over several steps.
+    #[test]
+    fn parts_equal_one_step() {
+        let configs = [
+            OptimConfig::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: true, weight_decay: 0.01 },
+            OptimConfig::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            OptimConfig::AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+            OptimConfig::RmsProp {
+                lr: 1e-2,
+                alpha: 0.99,
+                eps: 1e-8,
+                momentum: 0.5,
+                weight_decay: 0.0,
+                centered: true,
+            },
+        ];
+        let n = 40_000;
+        let ranges = vec![0..30_000, 30_000..30_100, 30_200..n];
+        for cfg in configs {
+            let mut whole = Optimizer::<f32>::new(cfg.clone(), ranges.clone()).expect("optimizer");
+            let name = format!("{cfg:?}");
+            let mut parts = Optimizer::<f32>::new(cfg, ranges.clone()).expect("optimizer");
+            let mut p1: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 97.0 - 0.5).collect();
+            let mut p2 = p1.clone();
+            for s in 0..3 {
+                let g: Vec<f32> = (0..n).map(|i| ((i * 7 + s) % 89) as f32 / 89.0 - 0.5).collect();
+                whole.step(&mut p1, &g).expect("step");
+                for w in [0..17_000, 17_000..30_050, 30_050..n] {
+                    parts.step_part(&mut p2, &g, w).expect("part");
+                }
+                parts.finish_step();
+                assert_eq!(p1, p2, "{name} step {s}");
+            }
+            assert_eq!(parts.steps(), 3);
+            // Parameters outside the ranges are never touched.
+            assert_eq!(p2[30_150], (30_150 % 97) as f32 / 97.0 - 0.5);
+        }
+    }
 }
