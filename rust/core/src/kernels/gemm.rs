@@ -44,102 +44,153 @@ pub fn gemm_ldb<T: Float>(
     beta: T,
     c: &mut [T],
 ) {
-    assert!(a.len() >= m * k, "gemm: A has {} elements, needs {}", a.len(), m * k);
+    let p = Product::new(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta);
     assert!(c.len() >= m * n, "gemm: C has {} elements, needs {}", c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
     let c = &mut c[..m * n];
     match plan(m, n, k) {
-        Split::Crate(threads) => {
-            gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, 0, c, threads)
-        }
-        Split::Rows(rows_per) => for_row_chunks(c, n, rows_per, |row0, cc| {
-            gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, row0, cc, 1)
-        }),
-        Split::Cols(cols_per) => gemm_cols(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, c, cols_per),
+        Split::Crate(threads) => p.rows(0, c, threads),
+        Split::Rows(rows_per) => for_row_chunks(c, n, rows_per, |row0, cc| p.rows(row0, cc, 1)),
+        Split::Cols(cols_per) => p.cols(c, cols_per),
     }
 }
 
-/// Panics unless `b` holds op(B) (`k x n`) with row stride `ldb`: `n` rows
-/// of `k` when `trans_b`, else `k` rows of `n`.
-fn check_b<T>(trans_b: bool, n: usize, k: usize, b: &[T], ldb: usize) {
-    let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
-    assert!(ldb >= cols, "gemm: ldb = {ldb} is less than B's {cols} columns");
-    let need = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ldb + cols };
-    assert!(b.len() >= need, "gemm: B has {} elements, needs {need}", b.len());
-}
-
-/// [`Split::Cols`]: blocks of `cols_per` columns of `C`, each one call to
-/// the gemm crate, spread over the team or pool when worth it.
-#[allow(clippy::too_many_arguments)]
-fn gemm_cols<T: Float>(
+/// The operands of one product `C = alpha * op(A) * op(B) + beta * C` (see
+/// [`gemm()`]; `B`'s rows lie `ldb` apart), checked once, computed in pieces.
+#[derive(Clone, Copy)]
+struct Product<'a, T> {
     trans_a: bool,
     trans_b: bool,
     m: usize,
     n: usize,
     k: usize,
     alpha: T,
-    a: &[T],
-    b: &[T],
+    a: &'a [T],
+    b: &'a [T],
     ldb: usize,
     beta: T,
-    c: &mut [T],
-    cols_per: usize,
-) {
-    check_b(trans_b, n, k, b, ldb);
-    assert!(a.len() >= m * k && c.len() >= m * n, "gemm_cols: A or C too short");
-    if k == 0 {
-        return gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, 0, c, 1);
+}
+
+impl<'a, T: Float> Product<'a, T> {
+    /// Panics unless `a` holds op(A) (`m x k`) and `b` holds op(B) (`k x n`)
+    /// with row stride `ldb`: `n` rows of `k` when `trans_b`, else `k` rows
+    /// of `n`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: T,
+        a: &'a [T],
+        b: &'a [T],
+        ldb: usize,
+        beta: T,
+    ) -> Self {
+        assert!(a.len() >= m * k, "gemm: A has {} elements, needs {}", a.len(), m * k);
+        let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
+        assert!(ldb >= cols, "gemm: ldb = {ldb} is less than B's {cols} columns");
+        let need = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ldb + cols };
+        assert!(b.len() >= need, "gemm: B has {} elements, needs {need}", b.len());
+        Product { trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta }
     }
-    let cols_per = cols_per.max(1);
-    let blocks = n.div_ceil(cols_per);
-    let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
-    let (rsb, csb) = if trans_b { (1isize, ldb as isize) } else { (ldb as isize, 1isize) };
-    let cp = super::team::SlicePtr::new(c);
-    let block = |i: usize| {
-        let j0 = i * cols_per;
-        let cols = cols_per.min(n - j0);
-        let b_off = if trans_b { j0 * ldb } else { j0 };
-        // SAFETY: A's view is the whole `m x k` operand (checked above); B's
-        // starts at column `j0 < n` of op(B) and spans `cols` columns within
-        // the extent `check_b` checked; C's block is columns
-        // `j0 .. j0 + cols` of the `m x n` C. Each block index runs once, so
-        // the blocks written are disjoint, and `c` stays mutably borrowed
-        // (so unaliased by A and B) until this function returns.
+
+    /// Rows `row0 .. row0 + cc.len() / n` of `C` into `cc`, by the gemm
+    /// crate on `threads` workers of the current pool (1: this thread).
+    fn rows(&self, row0: usize, cc: &mut [T], threads: usize) {
+        let n = self.n;
+        let rows = cc.len() / n.max(1);
+        assert!(row0 + rows <= self.m, "gemm_rows: rows {row0}..{} beyond m = {}", row0 + rows, self.m);
+        if rows == 0 || n == 0 {
+            return;
+        }
+        if self.k == 0 {
+            if self.beta == T::ZERO {
+                cc.fill(T::ZERO);
+            } else {
+                cc.iter_mut().for_each(|v| *v *= self.beta);
+            }
+            return;
+        }
+        // SAFETY: `cc` is an exclusive `rows x n` chunk of C holding rows
+        // `row0 ..` (checked above), so it cannot alias A or B.
+        unsafe { self.block(row0, rows, 0, n, cc.as_mut_ptr(), threads) }
+    }
+
+    /// [`Split::Cols`]: blocks of `cols_per` columns of the whole `m x n`
+    /// `c`, each one call to the gemm crate, spread over the team or pool
+    /// when worth it.
+    fn cols(&self, c: &mut [T], cols_per: usize) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        assert!(c.len() >= m * n, "gemm_cols: C too short");
+        if k == 0 {
+            return self.rows(0, &mut c[..m * n], 1);
+        }
+        let cols_per = cols_per.max(1);
+        let blocks = n.div_ceil(cols_per);
+        let cp = super::team::SlicePtr::new(c);
+        let block = |i: usize| {
+            let j0 = i * cols_per;
+            // SAFETY: block `i` is columns `j0 .. j0 + cols` of the `m x n` C
+            // that `cp` points to; each block index runs once, so the blocks
+            // written are disjoint, and `c` stays mutably borrowed (so
+            // unaliased by A and B) until this function returns.
+            unsafe { self.block(0, m, j0, cols_per.min(n - j0), cp.as_mut_ptr().add(j0), 1) }
+        };
+        let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+        let (threads, min_work) = super::workers_for(GEMM_PAR_MIN_FLOPS);
+        if threads <= 1 || blocks <= 1 || flops < min_work {
+            (0..blocks).for_each(block);
+        } else {
+            super::team::with_current(|t| match t {
+                Some(t) => t.for_each_index(blocks, block),
+                None => {
+                    use rayon::prelude::*;
+                    (0..blocks).into_par_iter().for_each(block)
+                }
+            })
+        }
+    }
+
+    /// The `rows x cols` block of `C` at row `row0`, column `j0`, written
+    /// through `c` (its first element; rows `n` apart), with `k > 0`.
+    ///
+    /// # Safety
+    /// `row0 + rows <= m`, `j0 + cols <= n`, and `c` must point to that block
+    /// of a live `m x n` C (rows `n` apart) that nothing else reads or writes
+    /// meanwhile and that does not overlap A or B.
+    unsafe fn block(&self, row0: usize, rows: usize, j0: usize, cols: usize, c: *mut T, threads: usize) {
+        let (m, k, ldb) = (self.m, self.k, self.ldb);
+        // A's view from row `row0` of op(A), B's from column `j0` of op(B).
+        let (a_off, rsa, csa) =
+            if self.trans_a { (row0, 1isize, m as isize) } else { (row0 * k, k as isize, 1isize) };
+        let (b_off, rsb, csb) =
+            if self.trans_b { (j0 * ldb, 1isize, ldb as isize) } else { (j0, ldb as isize, 1isize) };
+        // SAFETY: with `row0 + rows <= m`, A's view ends within the `m x k`
+        // elements `new` checked; with `j0 + cols <= n`, B's within the
+        // extent `new` checked; the caller vouches for C.
         unsafe {
-            let cc = cp.as_mut_ptr().add(j0);
             T::gemm_raw(
-                m,
+                rows,
                 k,
                 cols,
-                alpha,
-                a.as_ptr(),
+                self.alpha,
+                self.a.as_ptr().add(a_off),
                 rsa,
                 csa,
-                b.as_ptr().add(b_off),
+                self.b.as_ptr().add(b_off),
                 rsb,
                 csb,
-                beta,
-                cc,
-                n as isize,
+                self.beta,
+                c,
+                self.n as isize,
                 1,
-                1,
+                threads,
             );
         }
-    };
-    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    let (threads, min_work) = super::workers_for(GEMM_PAR_MIN_FLOPS);
-    if threads <= 1 || blocks <= 1 || flops < min_work {
-        (0..blocks).for_each(block);
-    } else {
-        super::team::with_current(|t| match t {
-            Some(t) => t.for_each_index(blocks, block),
-            None => {
-                use rayon::prelude::*;
-                (0..blocks).into_par_iter().for_each(block)
-            }
-        })
     }
 }
 
@@ -294,70 +345,7 @@ pub fn gemm_rows<T: Float>(
     row0: usize,
     cc: &mut [T],
 ) {
-    gemm_rows_with(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta, row0, cc, 1)
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn gemm_rows_with<T: Float>(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T,
-    a: &[T],
-    b: &[T],
-    ldb: usize,
-    beta: T,
-    row0: usize,
-    cc: &mut [T],
-    threads: usize,
-) {
-    check_b(trans_b, n, k, b, ldb);
-    assert!(a.len() >= m * k, "gemm_rows: A too short");
-    let rows = cc.len() / n.max(1);
-    assert!(row0 + rows <= m, "gemm_rows: rows {row0}..{} beyond m = {m}", row0 + rows);
-    if rows == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if beta == T::ZERO {
-            cc.fill(T::ZERO);
-        } else {
-            cc.iter_mut().for_each(|v| *v *= beta);
-        }
-        return;
-    }
-    {
-        // A's view starting at row `row0` of op(A).
-        let (a_off, rsa, csa) =
-            if trans_a { (row0, 1isize, m as isize) } else { (row0 * k, k as isize, 1isize) };
-        let (rsb, csb) = if trans_b { (1isize, ldb as isize) } else { (ldb as isize, 1isize) };
-        // SAFETY: `a_off + (rows-1)*rsa + (k-1)*csa < m*k <= a.len()` for both
-        // layouts, B's view lies within the extent `check_b` checked, and `cc`
-        // is an exclusive `rows x n` chunk of C, which cannot alias A or B
-        // because it is borrowed mutably while they are borrowed shared.
-        unsafe {
-            T::gemm_raw(
-                rows,
-                k,
-                n,
-                alpha,
-                a.as_ptr().add(a_off),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                beta,
-                cc.as_mut_ptr(),
-                n as isize,
-                1,
-                threads,
-            );
-        }
-    }
+    Product::new(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta).rows(row0, cc, 1)
 }
 
 #[cfg(test)]
