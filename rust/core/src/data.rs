@@ -187,14 +187,38 @@ impl Features<'_> {
     /// Copies the selected rows (`row_len` elements each), converted to `T`,
     /// into `out` (which must hold `rows.len() * row_len` elements).
     pub fn gather<T: Float>(&self, rows: Rows<'_>, row_len: usize, out: &mut [T]) {
+        self.gather_scaled(rows, row_len, None, out)
+    }
+
+    /// [`Features::gather`], then `v * scale + offset` on each converted
+    /// value when `affine` is `Some((scale, offset))`, in the same pass (the
+    /// same arithmetic as a `Rescaling` layer after the gather).
+    pub fn gather_scaled<T: Float>(
+        &self,
+        rows: Rows<'_>,
+        row_len: usize,
+        affine: Option<(T, T)>,
+        out: &mut [T],
+    ) {
         let out = &mut out[..rows.len() * row_len];
         par_rows(out, row_len, row_len / 4 + 1, 1, |r0, chunk| {
             for (i, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
                 let s = rows.get(r0 + i) * row_len;
-                match self {
-                    Features::U8(v) => convert_row(&v[s..s + row_len], dst, T::from_u8),
-                    Features::F32(v) => convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x as f64)),
-                    Features::F64(v) => convert_row(&v[s..s + row_len], dst, T::from_f64),
+                match (self, affine) {
+                    (Features::U8(v), None) => convert_row(&v[s..s + row_len], dst, T::from_u8),
+                    (Features::F32(v), None) => {
+                        convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x as f64))
+                    }
+                    (Features::F64(v), None) => convert_row(&v[s..s + row_len], dst, T::from_f64),
+                    (Features::U8(v), Some((a, b))) => {
+                        convert_row(&v[s..s + row_len], dst, |x| T::from_u8(x) * a + b)
+                    }
+                    (Features::F32(v), Some((a, b))) => {
+                        convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x as f64) * a + b)
+                    }
+                    (Features::F64(v), Some((a, b))) => {
+                        convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x) * a + b)
+                    }
                 }
             }
         });

@@ -120,8 +120,33 @@ pub struct Sequential<T: Float> {
     rng: Rng,
     ws: Workspace<T>,
     cache: Option<Cache>,
+    /// The leading ops that only convert the input ([`input_prefix`]): the
+    /// gather applies them, and the forward pass starts after them.
+    prefix: usize,
+    /// The prefix's `Rescaling` (scale, offset), if it has one.
+    affine: Option<(T, T)>,
     /// How often `train_epoch` reports progress.
     pub report_every: Duration,
+}
+
+/// How many leading ops only reshape or rescale the input, elementwise and
+/// without parameters: any `Flatten`s and at most one `Rescaling` (two would
+/// round twice, which one fused pass would not), with that `Rescaling`'s
+/// scale and offset. Their forward pass is fused into the gather of each
+/// batch, which saves one or two passes over it; nothing is lost, since no
+/// gradient is computed below the first layer with parameters.
+fn input_prefix(specs: &[LayerSpec], ops: &[Op<impl Float>]) -> (usize, Option<(f64, f64)>) {
+    let mut affine = None;
+    let mut count = 0;
+    for op in ops {
+        match specs[op.spec] {
+            LayerSpec::Flatten => {}
+            LayerSpec::Rescaling { scale, offset } if affine.is_none() => affine = Some((scale, offset)),
+            _ => break,
+        }
+        count += 1;
+    }
+    (count, affine)
 }
 
 impl<T: Float> Sequential<T> {
@@ -164,6 +189,8 @@ impl<T: Float> Sequential<T> {
         for op in &ops {
             op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
         }
+        let (prefix, affine) = input_prefix(&specs, &ops);
+        let affine = affine.map(|(s, o)| (T::from_f64(s), T::from_f64(o)));
         Ok(Sequential {
             specs,
             ops,
@@ -173,6 +200,8 @@ impl<T: Float> Sequential<T> {
             rng,
             ws: Workspace::default(),
             cache: None,
+            prefix,
+            affine,
             report_every: Duration::from_millis(100),
         })
     }
@@ -303,7 +332,8 @@ impl<T: Float> Sequential<T> {
         if n > ws.cap {
             let cap = n;
             let sized = |s: &[usize]| cap.checked_mul(numel(s)).ok_or_else(too_big);
-            for (a, s) in ws.acts.iter_mut().zip(&ws.shapes) {
+            // Below the prefix nothing is ever stored (see `load`).
+            for (a, s) in ws.acts.iter_mut().zip(&ws.shapes).skip(self.prefix) {
                 grow(a, sized(s)?)?;
             }
             let widest = ws.shapes.iter().map(|s| numel(s)).max().unwrap_or(0);
@@ -349,7 +379,14 @@ impl<T: Float> Sequential<T> {
         Ok(())
     }
 
-    /// Runs the layers on the first `n` samples already in `acts[0]`; in
+    /// Gathers `rows` of `x` (`in_len` elements each) as the next batch,
+    /// through the input prefix: into `acts[prefix]`, where the forward
+    /// pass starts.
+    fn load(&mut self, x: &Features<'_>, rows: Rows<'_>, in_len: usize) {
+        x.gather_scaled(rows, in_len, self.affine, &mut self.ws.acts[self.prefix]);
+    }
+
+    /// Runs the layers on the first `n` samples already loaded ([`Sequential::load`]); in
     /// training mode with a fresh random key, kept for `backward`.
     fn forward_loaded(&mut self, n: usize, training: bool) {
         let key = if training { self.rng.next_u64() } else { 0 };
@@ -359,7 +396,7 @@ impl<T: Float> Sequential<T> {
 
     /// The forward pass proper, with an explicit random key.
     fn run_layers(&mut self, n: usize, training: bool, key: u64) {
-        for (i, op) in self.ops.iter().enumerate() {
+        for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
             let (lo, hi) = self.ws.acts.split_at_mut(i + 1);
             let shape = &self.ws.shapes[i];
             let x = &lo[i][..n * numel(shape)];
@@ -414,7 +451,7 @@ impl<T: Float> Sequential<T> {
         self.check_input(x, n, shape, "input")?;
         self.plan(shape, n)?;
         let in_len = self.in_len();
-        x.gather(Rows::Range(0, n), in_len, &mut self.ws.acts[0]);
+        self.load(x, Rows::Range(0, n), in_len);
         self.forward_loaded(n, training);
         let len = n * self.out_len();
         Ok(&self.ws.acts[self.ops.len()][..len])
@@ -552,7 +589,7 @@ impl<T: Float> Sequential<T> {
                 let idx = &order[step * bs..((step + 1) * bs).min(n)];
                 let rows = Rows::Index(idx);
                 let m = idx.len();
-                x.gather(rows, in_len, &mut self.ws.acts[0]);
+                self.load(x, rows, in_len);
                 // Small batches: start loading the next one while this one computes
                 // (a large batch would only push the weights out of cache).
                 if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
@@ -636,7 +673,7 @@ impl<T: Float> Sequential<T> {
         }
         for (b, chunk) in out.chunks_mut(bs * out_len).enumerate() {
             let m = chunk.len() / out_len;
-            x.gather(Rows::Range(b * bs, m), in_len, &mut self.ws.acts[0]);
+            self.load(x, Rows::Range(b * bs, m), in_len);
             self.forward_loaded(m, false);
             chunk.copy_from_slice(&self.ws.acts[self.ops.len()][..m * out_len]);
         }
@@ -666,7 +703,7 @@ impl<T: Float> Sequential<T> {
         while start < n {
             let m = bs.min(n - start);
             let rows = Rows::Range(start, m);
-            x.gather(rows, in_len, &mut self.ws.acts[0]);
+            self.load(x, rows, in_len);
             self.gather_target(y, rows, cols);
             self.forward_loaded(m, false);
             let out = &self.ws.acts[self.ops.len()][..m * cols];
@@ -712,7 +749,7 @@ impl<T: Float> Sequential<T> {
         let cols = self.check_target(loss, y, n)?;
         self.plan(shape, n)?;
         let in_len = self.in_len();
-        x.gather(Rows::Range(0, n), in_len, &mut self.ws.acts[0]);
+        self.load(x, Rows::Range(0, n), in_len);
         let key = 0x5eed_0f9c_4ec4_ed00_u64;
         let saved_grads = self.grads.clone();
         // Analytic gradient, with the same fixed key (dropout masks) as below.
@@ -822,6 +859,70 @@ mod tests {
     use super::*;
     use crate::optim::OptimConfig;
     use crate::Init;
+
+    /// The input prefix (Flatten, one Rescaling) fused into the gather gives
+    /// the same bits as running those layers: a `Dropout(0)` in front (an
+    /// exact copy) keeps the same stack from being fused. Two Rescalings
+    /// fuse only the first.
+    #[test]
+    fn fused_input_prefix_matches_the_layers() {
+        fn run<T: Float>(prefix: &[LayerSpec], fused: bool) -> (Vec<T>, Vec<T>) {
+            let n = 300;
+            let mut r = Rng::new(11);
+            let x: Vec<u8> = (0..n * 196).map(|_| (r.next_u64() >> 56) as u8).collect();
+            let y: Vec<i64> = (0..n).map(|i| (x[i * 196 + 50] as i64) % 10).collect();
+            let mut specs = if fused { vec![] } else { vec![LayerSpec::Dropout { p: 0.0 }] };
+            specs.extend_from_slice(prefix);
+            specs.extend([
+                LayerSpec::Dense { in_features: 196, out_features: 32, bias: true, init: Init::He },
+                LayerSpec::ReLU,
+                LayerSpec::Dense { in_features: 32, out_features: 10, bias: true, init: Init::Xavier },
+            ]);
+            let mut model = Sequential::<T>::new(specs, 2).expect("model");
+            assert_eq!(model.prefix, if fused { prefix.len().min(2) } else { 0 });
+            let ranges = model.entries().iter().map(|e| e.range.clone()).collect();
+            let cfg = OptimConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            };
+            let mut opt = Optimizer::new(cfg, ranges).expect("optimizer");
+            let x = Features::U8(&x);
+            model
+                .train_epoch(
+                    &x,
+                    n,
+                    &[14, 14],
+                    Target::Labels(&y),
+                    Loss::CrossEntropy,
+                    &mut opt,
+                    32,
+                    true,
+                    0,
+                    true,
+                    &mut |_| Ok(()),
+                )
+                .expect("epoch");
+            let mut out = vec![T::ZERO; n * 10];
+            model.predict_into(&x, n, &[14, 14], 64, &mut out).expect("predict");
+            (model.params().to_vec(), out)
+        }
+        let one = [LayerSpec::Flatten, LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: -0.25 }];
+        let two = [
+            LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 },
+            LayerSpec::Flatten,
+            LayerSpec::Rescaling { scale: 3.0, offset: -1.0 },
+        ];
+        for prefix in [&one[..], &one[..1], &two[..]] {
+            let (p, out) = run::<f32>(prefix, true);
+            assert_eq!((p.clone(), out.clone()), run::<f32>(prefix, false), "{prefix:?}");
+            // The model learned something (the comparison is not vacuous).
+            assert!(p.iter().all(|v| v.is_finite()) && out.iter().any(|&v| v != 0.0));
+            assert_eq!(run::<f64>(prefix, true), run::<f64>(prefix, false), "{prefix:?}, float64");
+        }
+    }
 
     /// A short epoch on 1, 2 and 3 threads gives bitwise-equal weights, at
     /// batch sizes that take each split: fixed column blocks (32 rows; the
