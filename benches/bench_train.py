@@ -8,8 +8,12 @@ runs: samples/s, ratio to each peer, GFLOPS and percent of numpy's float32
 matmul speed measured in the same run (the practical roofline), peak RSS,
 import time and test accuracy.
 
-    python benches/bench_train.py                 # all configs, 3 repeats
-    python benches/bench_train.py --configs small --repeats 5 --frameworks ferrograd,jax
+    python benches/bench_train.py                 # all configs, 5 repeats
+    python benches/bench_train.py --configs small --repeats 3 --frameworks ferrograd,jax
+
+Five rounds by default: on a shared 2-vCPU machine one or two rounds in a
+run can land in a slow phase (half speed for seconds), and a median of
+five is not moved by two of them.
 """
 
 from __future__ import annotations
@@ -279,7 +283,7 @@ def main() -> None:
     )
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--frameworks", default="ferrograd,ferrograd-u8,jax,torch,sklearn")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--threads", type=int, default=0, help="threads for every framework (0: default)"
     )
