@@ -96,9 +96,13 @@ impl Rows<'_> {
 }
 
 #[inline(always)]
-fn convert_row<S: Copy, T: Float>(src: &[S], dst: &mut [T], f: impl Fn(S) -> T) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f(s);
+/// `dst[i] = f(src[i])`, times `scale` plus `offset` when `affine` is given
+/// (two loops, so neither tests `affine` per element).
+fn convert_row<S: Copy, T: Float>(src: &[S], dst: &mut [T], affine: Option<(T, T)>, f: impl Fn(S) -> T) {
+    let pairs = dst.iter_mut().zip(src);
+    match affine {
+        None => pairs.for_each(|(d, &s)| *d = f(s)),
+        Some((scale, offset)) => pairs.for_each(|(d, &s)| *d = f(s) * scale + offset),
     }
 }
 
@@ -204,21 +208,12 @@ impl Features<'_> {
         par_rows(out, row_len, row_len / 4 + 1, 1, |r0, chunk| {
             for (i, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
                 let s = rows.get(r0 + i) * row_len;
-                match (self, affine) {
-                    (Features::U8(v), None) => convert_row(&v[s..s + row_len], dst, T::from_u8),
-                    (Features::F32(v), None) => {
-                        convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x as f64))
+                match self {
+                    Features::U8(v) => convert_row(&v[s..s + row_len], dst, affine, T::from_u8),
+                    Features::F32(v) => {
+                        convert_row(&v[s..s + row_len], dst, affine, |x| T::from_f64(x as f64))
                     }
-                    (Features::F64(v), None) => convert_row(&v[s..s + row_len], dst, T::from_f64),
-                    (Features::U8(v), Some((a, b))) => {
-                        convert_row(&v[s..s + row_len], dst, |x| T::from_u8(x) * a + b)
-                    }
-                    (Features::F32(v), Some((a, b))) => {
-                        convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x as f64) * a + b)
-                    }
-                    (Features::F64(v), Some((a, b))) => {
-                        convert_row(&v[s..s + row_len], dst, |x| T::from_f64(x) * a + b)
-                    }
+                    Features::F64(v) => convert_row(&v[s..s + row_len], dst, affine, T::from_f64),
                 }
             }
         });
