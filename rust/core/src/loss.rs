@@ -288,7 +288,9 @@ pub fn loss_grad<T: Float>(
         Target::Values(v) => RowTarget::Values(&v[i * cols..(i + 1) * cols]),
     };
     let x_row = |i: usize| &out[i * cols..(i + 1) * cols];
-    let parallel = rows * cols >= crate::kernels::PAR_MIN_WORK / 16 && rayon::current_num_threads() > 1;
+    let parallel = rows * cols >= crate::kernels::PAR_MIN_WORK / 16
+        && !crate::kernels::team::in_job()
+        && rayon::current_num_threads() > 1;
     match grad {
         Some(grad) => {
             let grad = &mut grad[..rows * cols];

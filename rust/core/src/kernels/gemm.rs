@@ -268,7 +268,8 @@ pub fn plan(m: usize, n: usize, k: usize) -> Split {
         return Split::Cols(col_block(n));
     }
     let in_team = super::team::current_size().is_some();
-    let threads = rayon::current_num_threads();
+    // Inside a team job nothing splits further: plan as on one thread.
+    let threads = if super::team::in_job() { 1 } else { rayon::current_num_threads() };
     let crate_min = if threads >= 4 { CRATE_SPLIT_MIN_FLOPS } else { CRATE_SPLIT_MIN_FLOPS_2 };
     // Inside a spinning team the crate's rayon split would compete with it.
     if !in_team && threads >= 2 && flops >= crate_min {

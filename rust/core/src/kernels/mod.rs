@@ -33,6 +33,9 @@ pub const TEAM_WORK_DIVISOR: usize = 8;
 /// thread's [`team`] when it has one, else the current rayon pool.
 #[inline]
 pub fn workers_for(min_work: usize) -> (usize, usize) {
+    if team::in_job() {
+        return (1, min_work);
+    }
     match team::current_size() {
         Some(size) => (size, min_work / TEAM_WORK_DIVISOR),
         None => (rayon::current_num_threads(), min_work),
@@ -93,6 +96,9 @@ pub fn for_row_chunks<T: Send>(
 /// `f(i, chunk_i)` over the `chunk`-sized pieces of `out`, in parallel on
 /// the calling thread's [`team`] or else on the rayon pool.
 pub fn par_chunks<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if team::in_job() {
+        return out.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c));
+    }
     team::with_current(move |t| match t {
         Some(t) => team::team_chunks(t, out, chunk, f),
         None => out.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c)),

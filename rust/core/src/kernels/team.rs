@@ -14,6 +14,12 @@
 //! helpers already inside the job.
 //! Kernels ask [`with_current`] for the calling thread's team and fall back to
 //! rayon outside one.
+//!
+//! Nesting is serial: code already running inside a job (on the owner or a
+//! helper) sees no team and no rayon split ([`in_job`]), a [`Team::run`]
+//! called while the team runs another job runs its closure on the calling
+//! thread, and a [`with_team`] inside a team (or a job) runs its closure
+//! without a new team and leaves the outer one in place.
 
 use std::cell::{Cell, UnsafeCell};
 use std::hint::spin_loop;
@@ -34,6 +40,9 @@ pub struct Team {
     /// Off: kernels see no team, and helpers doze instead of spinning.
     enabled: AtomicBool,
     panicked: AtomicBool,
+    /// Set while a job runs: a `run` meanwhile (a nested call from inside
+    /// the job, or another thread's) runs serially instead of replacing it.
+    running: AtomicBool,
     /// The current job, its lifetime erased (see [`Team::run`]).
     job: UnsafeCell<Option<*const Job>>,
 }
@@ -41,9 +50,10 @@ pub struct Team {
 const CLOSED: u64 = 1 << 31;
 const ACTIVE: u64 = CLOSED - 1;
 
-// SAFETY: `job` is written only by the owner in `run`, while no helper is
-// inside a job (the previous job was closed and its active count reached
-// zero); it is published by the Release store of the next job number, and a
+// SAFETY: `job` is written only in `run` by the one caller that set
+// `running` (so never by two threads at once, nor while another job is
+// open), while no helper is inside a job (the previous job was closed and
+// its active count reached zero); it is published by the Release store of the next job number, and a
 // helper reads it only after joining that job (an acquiring compare-exchange
 // on `state` that checks the number and that the job is open) and before
 // leaving it. The job itself is `Sync`.
@@ -51,11 +61,39 @@ unsafe impl Sync for Team {}
 
 thread_local! {
     static CURRENT: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+    /// Whether this thread is running a team job's closure.
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is inside a team job (as its owner or as a
+/// helper): work it starts there must run serially.
+pub fn in_job() -> bool {
+    IN_JOB.with(Cell::get)
+}
+
+/// Marks the calling thread as inside a job until dropped (restoring the
+/// previous mark, also on unwind).
+struct JobMark(bool);
+
+impl JobMark {
+    fn enter() -> Self {
+        JobMark(IN_JOB.with(|c| c.replace(true)))
+    }
+}
+
+impl Drop for JobMark {
+    fn drop(&mut self) {
+        IN_JOB.with(|c| c.set(self.0));
+    }
 }
 
 /// Calls `f` with the team the calling thread owns, if it is inside
-/// [`with_team`] and the team is enabled ([`set_enabled`]).
+/// [`with_team`], the team is enabled ([`set_enabled`]), and the thread is
+/// not already inside one of its jobs.
 pub fn with_current<R>(f: impl FnOnce(Option<&Team>) -> R) -> R {
+    if in_job() {
+        return f(None);
+    }
     with_owned(|t| f(t.filter(|t| t.enabled.load(Ordering::Relaxed))))
 }
 
@@ -155,10 +193,11 @@ pub fn current_size() -> Option<usize> {
 
 /// Runs `f` on this thread with a team of `size` workers: this thread and
 /// `size - 1` spinning helper threads, which stop when `f` returns (or
-/// panics). Without helpers (`size <= 1`, a team already active, or no
-/// thread could be started) `f` simply runs.
+/// panics). Without helpers (`size <= 1`, a team already owned by this
+/// thread, enabled or not, a call from inside a job, or no thread could be
+/// started) `f` simply runs, and any outer team stays current.
 pub fn with_team<R>(size: usize, f: impl FnOnce() -> R) -> R {
-    if size <= 1 || current_size().is_some() {
+    if size <= 1 || in_job() || with_owned(|t| t.is_some()) {
         return f();
     }
     let team = Team {
@@ -167,6 +206,7 @@ pub fn with_team<R>(size: usize, f: impl FnOnce() -> R) -> R {
         stop: AtomicBool::new(false),
         enabled: AtomicBool::new(true),
         panicked: AtomicBool::new(false),
+        running: AtomicBool::new(false),
         job: UnsafeCell::new(None),
     };
     std::thread::scope(|s| {
@@ -179,16 +219,17 @@ pub fn with_team<R>(size: usize, f: impl FnOnce() -> R) -> R {
             }
             team.helpers.fetch_add(1, Ordering::Relaxed);
         }
-        /// Stops the helpers and forgets the team, also on unwind.
-        struct Leave<'a>(&'a Team);
+        /// Stops the helpers and restores the previous current team (none:
+        /// `with_team` never nests a team), also on unwind.
+        struct Leave<'a>(&'a Team, *const Team);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                CURRENT.with(|c| c.set(std::ptr::null()));
+                CURRENT.with(|c| c.set(self.1));
                 self.0.stop.store(true, Ordering::Release);
             }
         }
-        let _leave = Leave(&team);
-        CURRENT.with(|c| c.set(&team));
+        let previous = CURRENT.with(|c| c.replace(&team));
+        let _leave = Leave(&team, previous);
         f()
     })
 }
@@ -203,10 +244,24 @@ impl Team {
     /// returns here, and returns when all of those have finished. `f` must
     /// therefore be correct however many workers run it (one or more), as
     /// [`Team::for_each_index`] is. A panic in any of them is re-raised here.
+    ///
+    /// A call while the team runs another job (from inside that job, on
+    /// the owner or a helper, or from another thread) runs `f` on the
+    /// calling thread alone.
     pub fn run(&self, f: &(dyn Fn() + Sync)) {
-        if self.helpers.load(Ordering::Relaxed) == 0 {
+        if self.helpers.load(Ordering::Relaxed) == 0 || in_job() || self.running.swap(true, Ordering::Acquire)
+        {
+            let _mark = JobMark::enter();
             return f();
         }
+        /// Lets the next job start once this one is over, also on unwind.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.running);
         let p: *const (dyn Fn() + Sync + '_) = f;
         // SAFETY: only the lifetime changes. Helpers dereference the pointer
         // only while inside the job, and this function does not return (nor
@@ -217,7 +272,10 @@ impl Team {
         unsafe { *self.job.get() = Some(p) };
         let number = (self.state.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
         self.state.store(number << 32, Ordering::Release);
-        let mine = catch_unwind(AssertUnwindSafe(f));
+        let mine = {
+            let _mark = JobMark::enter();
+            catch_unwind(AssertUnwindSafe(f))
+        };
         self.state.fetch_or(CLOSED, Ordering::AcqRel);
         while self.state.load(Ordering::Acquire) & ACTIVE != 0 {
             spin_loop();
@@ -277,6 +335,7 @@ impl Team {
             if let Some(job) = unsafe { *self.job.get() } {
                 // SAFETY: as above.
                 let job = unsafe { &*job };
+                let _mark = JobMark::enter();
                 if catch_unwind(AssertUnwindSafe(job)).is_err() {
                     self.panicked.store(true, Ordering::Relaxed);
                 }
@@ -403,6 +462,85 @@ mod tests {
             });
         });
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    /// Team work started from inside a team job (a parallel kernel inside
+    /// a per-sample parallel loop, on the owner and on helpers) runs
+    /// serially: every index still runs exactly once, nothing hangs, and the
+    /// outer job's count is intact.
+    #[test]
+    fn nested_runs_are_serial() {
+        let outer: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        let inner: Vec<AtomicUsize> = (0..64 * 32).map(|_| AtomicUsize::new(0)).collect();
+        let nested_saw_team = AtomicUsize::new(0);
+        with_team(3, || {
+            with_current(|team| {
+                let team = team.expect("team");
+                for _ in 0..20 {
+                    team.for_each_index(outer.len(), |i| {
+                        outer[i].fetch_add(1, Ordering::Relaxed);
+                        assert!(in_job());
+                        // A kernel inside the job: no team, no rayon split.
+                        if with_current(|t| t.is_some()) || crate::kernels::workers_for(1).0 != 1 {
+                            nested_saw_team.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The team itself, called again from inside its own job.
+                        team.for_each_index(32, |j| {
+                            inner[i * 32 + j].fetch_add(1, Ordering::Relaxed);
+                        });
+                        // A new team from inside a job runs inline.
+                        assert_eq!(with_team(2, current_size), None);
+                    });
+                }
+                assert!(!in_job());
+            })
+        });
+        assert_eq!(nested_saw_team.load(Ordering::Relaxed), 0);
+        assert!(outer.iter().all(|h| h.load(Ordering::Relaxed) == 20));
+        assert!(inner.iter().all(|h| h.load(Ordering::Relaxed) == 20));
+    }
+
+    /// A `with_team` inside another (even while the outer one is disabled
+    /// by the tuner) keeps the outer team and leaves it current afterwards.
+    #[test]
+    fn nested_with_team_restores_the_outer_team() {
+        with_team(2, || {
+            let outer = with_owned(|t| t.map(|t| t as *const Team));
+            set_enabled(false);
+            with_team(3, || assert_eq!(with_owned(|t| t.map(|t| t as *const Team)), outer));
+            set_enabled(true);
+            assert_eq!(with_owned(|t| t.map(|t| t as *const Team)), outer);
+            assert_eq!(current_size(), Some(2));
+        });
+        assert!(current_size().is_none());
+    }
+
+    /// Two threads sharing one team: a `run` from a second thread while the
+    /// owner's job runs is executed serially on that thread.
+    #[test]
+    fn run_from_another_thread_during_a_job_is_serial() {
+        let hits = AtomicUsize::new(0);
+        with_team(2, || {
+            with_current(|team| {
+                let team = team.expect("team");
+                std::thread::scope(|s| {
+                    let other = s.spawn(|| {
+                        for _ in 0..200 {
+                            team.for_each_index(10, |_| {
+                                hits.fetch_add(1, Ordering::Relaxed);
+                            });
+                        }
+                    });
+                    for _ in 0..200 {
+                        team.for_each_index(10, |_| {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                    other.join().expect("other thread");
+                });
+            })
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 4000);
     }
 
     #[test]
