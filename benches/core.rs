@@ -10,7 +10,7 @@ use ferrograd::kernels::gemm::{gemm, gemm_ldb, pad_rows, padded_ld};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
-use ferrograd::{threads, Features, Init, LayerSpec, Loss, Sequential, Target};
+use ferrograd::{threads, Data, EpochOptions, Features, Init, LayerSpec, Loss, Sequential, Target};
 use std::hint::black_box;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -198,26 +198,12 @@ fn bench_train(c: &mut Criterion) {
         let mut opt = Optimizer::new(cfg, ranges).unwrap();
         // Throughput in FLOPs: criterion's Gelem/s is GFLOPS; samples/s = that / flops per sample.
         g.throughput(Throughput::Elements((train_flops(&hidden) * samples) as u64));
+        let data = Data { x: Features::U8(&x), n: samples, shape: &[784], y: Target::Labels(&y) };
+        let opts = EpochOptions { check: false, ..EpochOptions::new(Loss::CrossEntropy, batch) };
         g.bench_function(name, |b| {
             b.iter(|| {
-                threads::install(|| {
-                    model
-                        .train_epoch(
-                            &Features::U8(&x),
-                            samples,
-                            &[784],
-                            Target::Labels(&y),
-                            Loss::CrossEntropy,
-                            &mut opt,
-                            batch,
-                            true,
-                            1,
-                            false,
-                            &mut |_| Ok(()),
-                        )
-                        .unwrap()
-                })
-                .unwrap()
+                threads::install(|| model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(())).unwrap())
+                    .unwrap()
             })
         });
     }

@@ -8,7 +8,7 @@
 
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
-use ferrograd::{threads, Features, Init, LayerSpec, Loss, Sequential, Target};
+use ferrograd::{threads, Data, EpochOptions, Features, Init, LayerSpec, Loss, Sequential, Target};
 use std::time::Instant;
 
 fn main() {
@@ -68,23 +68,12 @@ fn main() {
         let mut times = Vec::new();
         for e in 0..=epochs {
             let start = Instant::now();
-            threads::install(|| {
-                model.train_epoch(
-                    &Features::U8(&x),
-                    n,
-                    &[784],
-                    Target::Labels(&y),
-                    Loss::CrossEntropy,
-                    &mut opt,
-                    batch,
-                    true,
-                    e,
-                    e == 0,
-                    &mut |_| Ok(()),
-                )
-            })
-            .expect("pool")
-            .expect("training");
+            let data = Data { x: Features::U8(&x), n, shape: &[784], y: Target::Labels(&y) };
+            let opts =
+                EpochOptions { epoch: e, check: e == 0, ..EpochOptions::new(Loss::CrossEntropy, batch) };
+            threads::install(|| model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(())))
+                .expect("pool")
+                .expect("training");
             if e > 0 {
                 times.push(start.elapsed().as_secs_f64());
             }

@@ -548,6 +548,35 @@ def test_dropout_inactive_in_evaluation():
     assert not np.array_equal(with_do.forward(x, training=True), ref)
 
 
+def test_train_and_eval_set_the_default_mode_of_forward():
+    x = np.random.default_rng(0).uniform(0.5, 1.5, size=(40, 50)).astype(np.float32)
+    model = fg.Sequential([L.Dropout(0.5)], seed=0)
+    # Evaluation until train() is called (as before: forward(x) is inference).
+    assert model.training is False
+    np.testing.assert_array_equal(model.forward(x), x)
+    assert model.train() is model and model.training is True
+    out = model(x)
+    assert (out == 0).any()  # dropout active by default now
+    np.testing.assert_array_equal(model.forward(x, training=False), x)  # explicit wins
+    assert model.eval() is model and model.training is False
+    np.testing.assert_array_equal(model(x), x)
+    assert (model.forward(x, training=True) == 0).any()
+    # A training-mode default pass is kept for backward, an evaluation one is not.
+    net = fg.Sequential([L.Dense(50, 3)], seed=0).train()
+    net.forward(x)
+    net.backward(np.ones((40, 3), np.float32))
+    net.eval().forward(x)
+    with pytest.raises(fg.StateError):
+        net.backward(np.ones((40, 3), np.float32))
+    # fit, predict and evaluate leave the mode as it was.
+    for mode in (True, False):
+        net.train(mode)
+        net.fit(x, np.zeros(40, np.int64), "cross_entropy", "sgd", verbose=0)
+        net.predict(x)
+        net.evaluate(x, np.zeros(40, np.int64), "cross_entropy")
+        assert net.training is mode
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_dropout_training_mask_and_scaling(p):
     rng = np.random.default_rng(0)

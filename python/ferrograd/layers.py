@@ -4,12 +4,19 @@ Layers here are light descriptions (with PyTorch's argument names); the
 model compiles them into the Rust engine, which owns the parameters. The
 class names and ``state_dict`` keys match ``torch.nn`` (``Dense`` is
 ``torch.nn.Linear``).
+
+Each class checks the *types* of its arguments; the values (sizes >= 1,
+probabilities in range, known names) are checked once, by the engine, when
+the layer is created, so a bad value raises a ``ValueError`` right away.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
+
+from . import _core
 
 __all__ = [
     "Layer",
@@ -25,25 +32,31 @@ __all__ = [
     "Rescaling",
 ]
 
-_INITS = ("he", "xavier", "lecun", "zeros")
 
-
-def _positive_int(name: str, value: Any, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+def _int(name: str, value: Any, owner: str) -> int:
+    """``value`` as an int (Python or numpy integer, not a bool)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < 1:
-        raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
-    return value
+    return int(value.__index__())
 
 
-def _finite_float(name: str, value: Any, owner: str) -> float:
+def _number(name: str, value: Any, owner: str) -> float:
+    """``value`` as a float (any real number; the engine checks its range)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a number, got a bool")
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{owner}: {name} must be finite, got {v}")
+
+
+def _json_value(v: Any) -> Any:
+    """JSON has no NaN or infinity: send them as strings the engine reads
+    (and then refuses with a message naming the argument)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
     return v
 
 
@@ -56,8 +69,14 @@ class Layer:
     def _config(self) -> dict[str, Any]:
         return {}
 
-    def _spec(self) -> tuple[str, dict[str, Any]]:
-        return (self.kind, self._config())
+    def _spec(self) -> str:
+        """The layer as the engine reads it: a JSON object."""
+        config = {k: _json_value(v) for k, v in self._config().items()}
+        return json.dumps({"type": self.kind, **config})
+
+    def _check(self) -> None:
+        """Has the engine check the values (raises ``ValueError``)."""
+        _core.check_layer(self._spec())
 
     def num_params(self) -> int:
         """Number of trainable scalars in this layer."""
@@ -71,7 +90,7 @@ class Layer:
         return type(self) is type(other) and self._spec() == other._spec()  # type: ignore[union-attr]
 
     def __hash__(self) -> int:
-        return hash(repr(self))
+        return hash(self._spec())
 
 
 class Dense(Layer):
@@ -97,12 +116,11 @@ class Dense(Layer):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, init: str = "he"
     ) -> None:
-        self.in_features = _positive_int("in_features", in_features, "Dense")
-        self.out_features = _positive_int("out_features", out_features, "Dense")
+        self.in_features = _int("in_features", in_features, "Dense")
+        self.out_features = _int("out_features", out_features, "Dense")
         self.bias = bool(bias)
-        if init not in _INITS:
-            raise ValueError(f"Dense: unknown init {init!r}; expected one of {', '.join(_INITS)}")
         self.init = init
+        self._check()
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -128,7 +146,8 @@ class LeakyReLU(Layer):
     kind = "LeakyReLU"
 
     def __init__(self, negative_slope: float = 0.01) -> None:
-        self.negative_slope = _finite_float("negative_slope", negative_slope, "LeakyReLU")
+        self.negative_slope = _number("negative_slope", negative_slope, "LeakyReLU")
+        self._check()
 
     def _config(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
@@ -169,10 +188,8 @@ class Dropout(Layer):
     kind = "Dropout"
 
     def __init__(self, p: float = 0.5) -> None:
-        p = _finite_float("p", p, "Dropout")
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = p
+        self.p = _number("p", p, "Dropout")
+        self._check()
 
     def _config(self) -> dict[str, Any]:
         return {"p": self.p}
@@ -194,8 +211,9 @@ class Rescaling(Layer):
     kind = "Rescaling"
 
     def __init__(self, scale: float, offset: float = 0.0) -> None:
-        self.scale = _finite_float("scale", scale, "Rescaling")
-        self.offset = _finite_float("offset", offset, "Rescaling")
+        self.scale = _number("scale", scale, "Rescaling")
+        self.offset = _number("offset", offset, "Rescaling")
+        self._check()
 
     def _config(self) -> dict[str, Any]:
         return {"scale": self.scale, "offset": self.offset}

@@ -155,7 +155,28 @@ class Sequential:
             Parameter(self, i, name, tuple(shape))
             for i, (name, shape) in enumerate(self._core.param_info())
         ]
+        # Every state_dict entry, torch's order: (name, shape, "param" | "buffer" | "count").
+        self._state = [(name, tuple(shape), kind) for name, shape, kind in self._core.state_info()]
         self._input_shape: tuple[int, ...] | None = None
+        #: The mode :meth:`forward` uses when ``training`` is not given:
+        #: ``False`` (evaluation) until :meth:`train` is called.
+        self.training = False
+
+    # ------------------------------------------------------------ mode
+
+    def train(self, mode: bool = True) -> Sequential:
+        """Sets the default mode of :meth:`forward` / ``model(x)`` to training
+        (dropout active, BatchNorm on batch statistics, updating its running
+        statistics), or to evaluation with ``mode=False``; returns the model.
+        An explicit ``forward(x, training=...)`` still wins. :meth:`fit`
+        always trains in training mode and evaluates in evaluation mode, and
+        :meth:`predict` / :meth:`evaluate` never change any state."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        """Sets the default mode of :meth:`forward` to evaluation; returns the model."""
+        return self.train(False)
 
     # ------------------------------------------------------------ parameters
 
@@ -172,8 +193,21 @@ class Sequential:
         return int(self._core.num_params)
 
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Copies of all parameters, keyed and shaped as in ``torch.nn.Sequential``."""
-        return OrderedDict((p.name, p.value) for p in self._params)
+        """Copies of all parameters and buffers, keyed, shaped and ordered as
+        in ``torch.nn.Sequential`` (per layer its parameters, then its
+        buffers, such as BatchNorm's ``running_mean``, ``running_var`` and
+        the int64 ``num_batches_tracked``)."""
+        return OrderedDict(
+            (name, self._core.get_state(i)) for i, (name, _, _) in enumerate(self._state)
+        )
+
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, copy)`` of every buffer (non-trainable state), in ``state_dict`` order."""
+        return (
+            (name, self._core.get_state(i))
+            for i, (name, _, kind) in enumerate(self._state)
+            if kind != "param"
+        )
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Replaces all parameters, all or nothing.
@@ -187,10 +221,11 @@ class Sequential:
         if not isinstance(state, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state).__name__}")
         if not strict:
-            known = {p.name for p in self._params}
+            known = {name for name, _, _ in self._state}
             current = self.state_dict()
             current.update({k: v for k, v in state.items() if k in known})
             state = current
+        kinds = {name: kind for name, _, kind in self._state}
         items = []
         for name, v in state.items():
             if not isinstance(name, str):
@@ -202,8 +237,14 @@ class Sequential:
                 raise TypeError(
                     f"state_dict entry {name!r} has dtype {arr.dtype}, expected numbers"
                 )
-            items.append((name, np.require(arr, dtype=self.dtype, requirements=["C", "A"])))
-        self._core.load_params(items)
+            if kinds.get(name) == "count":
+                if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+                    raise TypeError(f"state_dict entry {name!r} must hold integers (a count)")
+                dtype: np.dtype[Any] = np.dtype(np.int64)
+            else:
+                dtype = self.dtype
+            items.append((name, np.require(arr, dtype=dtype, requirements=["C", "A"])))
+        self._core.load_state(items)
 
     def zero_grad(self) -> None:
         """Sets all gradients to zero (gradients accumulate across backward calls)."""
@@ -211,12 +252,16 @@ class Sequential:
 
     # ------------------------------------------------------------ step API
 
-    def forward(self, x: Any, training: bool = False) -> np.ndarray:
+    def forward(self, x: Any, training: bool | None = None) -> np.ndarray:
         """The model's output for ``x`` (batch first).
 
-        With ``training=True`` dropout is active and the pass is kept for
-        :meth:`backward`.
+        ``training`` defaults to :attr:`training` (see :meth:`train` /
+        :meth:`eval`). In training mode dropout is active, BatchNorm uses the
+        batch's statistics and updates its running statistics, and the pass
+        is kept for :meth:`backward`.
         """
+        if training is None:
+            training = self.training
         xa = as_features(x, self.dtype, "x")
         out = self._core.forward(xa, bool(training))
         self._input_shape = tuple(xa.shape[1:])

@@ -3,28 +3,6 @@
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
-use std::sync::Mutex;
-
-/// A reusable work buffer of either float type, for code that is not generic
-/// over it (a layer that works in both): sized on first use, then reused.
-/// Clones start empty.
-#[derive(Default)]
-pub struct Scratch {
-    f32: Mutex<Vec<f32>>,
-    f64: Mutex<Vec<f64>>,
-}
-
-impl Clone for Scratch {
-    fn clone(&self) -> Self {
-        Scratch::default()
-    }
-}
-
-impl Debug for Scratch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scratch")
-    }
-}
 
 /// A floating-point element type (`f32` or `f64`).
 pub trait Float:
@@ -66,8 +44,6 @@ pub trait Float:
     fn is_finite(self) -> bool;
     /// Views a slice of this type as model input.
     fn as_features(s: &[Self]) -> crate::data::Features<'_>;
-    /// This type's buffer in a [`Scratch`].
-    fn scratch(s: &Scratch) -> &Mutex<Vec<Self>>;
     #[inline]
     fn from_usize(v: usize) -> Self {
         Self::from_f64(v as f64)
@@ -101,11 +77,8 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $erf:path, $feat:ident, $field:ident) => {
+    ($t:ty, $name:expr, $erf:path, $feat:ident) => {
         impl Float for $t {
-            fn scratch(s: &Scratch) -> &Mutex<Vec<Self>> {
-                &s.$field
-            }
             fn as_features(s: &[Self]) -> crate::data::Features<'_> {
                 crate::data::Features::$feat(s)
             }
@@ -212,5 +185,5 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, "float32", libm::erff, F32, f32);
-impl_float!(f64, "float64", libm::erf, F64, f64);
+impl_float!(f32, "float32", libm::erff, F32);
+impl_float!(f64, "float64", libm::erf, F64);

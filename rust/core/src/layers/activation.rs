@@ -1,7 +1,7 @@
 //! Elementwise activation layers (ReLU, LeakyReLU, Sigmoid, Tanh, GELU).
 
-use super::{Ctx, Layer};
-use crate::error::Result;
+use super::{Backward, Forward, Layer};
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::{self, Act};
 
@@ -13,8 +13,13 @@ pub struct Activation {
 }
 
 impl Activation {
-    pub fn new(act: Act, name: &'static str) -> Self {
-        Activation { act, name }
+    pub fn new(act: Act, name: &'static str) -> Result<Self> {
+        if let Act::LeakyRelu(s) = act {
+            if !s.is_finite() {
+                return Err(Error::value(format!("LeakyReLU: negative_slope must be finite, got {s}")));
+            }
+        }
+        Ok(Activation { act, name })
     }
 }
 
@@ -27,26 +32,18 @@ impl<T: Float> Layer<T> for Activation {
         Ok(input.to_vec())
     }
 
-    fn forward(&self, _ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], _n: usize, _shape: &[usize]) {
-        activation::forward(self.act, x, &mut y[..x.len()]);
+    fn acts_on_last_dim(&self) -> bool {
+        true
     }
 
-    fn backward(
-        &self,
-        _ctx: Ctx,
-        _p: &[T],
-        _g: &mut [T],
-        x: &[T],
-        y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        _n: usize,
-        _shape: &[usize],
-        _accumulate: bool,
-    ) {
-        if let Some(dx) = dx {
-            let len = x.len();
-            activation::backward(self.act, x, &y[..len], &dy[..len], &mut dx[..len]);
+    fn forward(&self, f: Forward<'_, T>) {
+        activation::forward(self.act, f.x, &mut f.y[..f.x.len()]);
+    }
+
+    fn backward(&self, b: Backward<'_, T>) {
+        if let Some(dx) = b.dx {
+            let len = b.x.len();
+            activation::backward(self.act, b.x, &b.y[..len], &b.dy[..len], &mut dx[..len]);
         }
     }
 }

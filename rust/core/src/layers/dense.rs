@@ -4,23 +4,28 @@
 //! fused: applied in the matrix product's output pass, and differentiated in
 //! the same pass that reduces the bias gradient.
 
-use super::{numel, Ctx, Layer, ParamDecl};
+use super::{numel, Backward, Forward, Layer, ParamDecl};
 use crate::error::{Error, Result};
-use crate::float::{Float, Scratch};
+use crate::float::Float;
 use crate::kernels::activation::{forward_inplace, Act};
 use crate::kernels::gemm::{gemm, gemm_ldb, gemm_rows, pad_rows, padded_ld, plan, Split};
 use crate::kernels::reduce::{act_backward_bias, col_sums};
 use crate::kernels::{for_row_chunks, par_rows};
 use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+const INIT_NAMES: &str = "\"he\", \"xavier\", \"lecun\", \"zeros\"";
 
 /// Weight initialisation scheme. Biases always start at zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Init {
-    /// He (Kaiming) normal: `N(0, 2 / in_features)`; for ReLU networks.
+    /// He (Kaiming) normal: `N(0, 2 / fan_in)`; for ReLU networks.
+    #[default]
     He,
-    /// Xavier (Glorot) uniform: `U(-a, a)`, `a = sqrt(6 / (in + out))`.
+    /// Xavier (Glorot) uniform: `U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`.
     Xavier,
-    /// LeCun normal: `N(0, 1 / in_features)`.
+    /// LeCun normal: `N(0, 1 / fan_in)`.
     Lecun,
     /// All zeros.
     Zeros,
@@ -34,10 +39,48 @@ impl Init {
             "xavier" => Ok(Init::Xavier),
             "lecun" => Ok(Init::Lecun),
             "zeros" => Ok(Init::Zeros),
-            other => Err(Error::value(format!(
-                "unknown init {other:?}; expected one of \"he\", \"xavier\", \"lecun\", \"zeros\""
-            ))),
+            other => Err(Error::value(format!("unknown init {other:?}; expected one of {INIT_NAMES}"))),
         }
+    }
+
+    /// The name [`Init::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::He => "he",
+            Init::Xavier => "xavier",
+            Init::Lecun => "lecun",
+            Init::Zeros => "zeros",
+        }
+    }
+
+    /// Fills a weight with this scheme for the given fans (for a
+    /// convolution: `fan_in = in_channels * kernel area`,
+    /// `fan_out = out_channels * kernel area`, as torch computes them).
+    pub fn fill<T: Float>(self, w: &mut [T], fan_in: usize, fan_out: usize, rng: &mut Rng) {
+        let (fan_in, fan_out) = (fan_in as f64, fan_out as f64);
+        match self {
+            Init::He | Init::Lecun => {
+                let gain = if self == Init::He { 2.0 } else { 1.0 };
+                let std = (gain / fan_in).sqrt();
+                w.iter_mut().for_each(|v| *v = T::from_f64(rng.normal() * std));
+            }
+            Init::Xavier => {
+                let a = (6.0 / (fan_in + fan_out)).sqrt();
+                w.iter_mut().for_each(|v| *v = T::from_f64((2.0 * rng.uniform() - 1.0) * a));
+            }
+            Init::Zeros => w.fill(T::ZERO),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Init {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let parsed = match &v {
+            serde_json::Value::String(s) => Init::parse(s),
+            other => Err(Error::value(format!("unknown init {other}; expected one of {INIT_NAMES}"))),
+        };
+        parsed.map_err(|e| serde::de::Error::custom(e.message))
     }
 }
 
@@ -50,9 +93,6 @@ pub struct Dense {
     pub init: Init,
     /// Activation fused into the output pass (`Identity` when none).
     pub act: Act,
-    /// The weight copied with padded rows for the forward product when
-    /// `in_features` is a stride the gemm crate handles badly ([`padded_ld`]).
-    pad: Scratch,
 }
 
 /// Least rows (samples) for which the forward product copies the weight
@@ -63,12 +103,29 @@ pub struct Dense {
 const PAD_MIN_ROWS: usize = 32;
 
 impl Dense {
-    pub fn new(in_features: usize, out_features: usize, bias: bool, init: Init) -> Self {
-        Dense { in_features, out_features, bias, init, act: Act::Identity, pad: Scratch::default() }
+    pub fn new(in_features: usize, out_features: usize, bias: bool, init: Init) -> Result<Self> {
+        for (name, v) in [("in_features", in_features), ("out_features", out_features)] {
+            if v == 0 {
+                return Err(Error::value(format!("Dense: {name} must be >= 1, got 0")));
+            }
+        }
+        Ok(Dense { in_features, out_features, bias, init, act: Act::Identity })
     }
 
     fn weight_len(&self) -> usize {
         self.in_features * self.out_features
+    }
+
+    /// Rows of the matrix products for `n` samples of shape `shape`:
+    /// leading per-sample dimensions act as extra rows.
+    fn rows(n: usize, shape: &[usize]) -> usize {
+        n * numel(&shape[..shape.len().saturating_sub(1)])
+    }
+
+    /// The padded row stride of the forward product's weight copy, when
+    /// `rows` rows make it pay ([`padded_ld`], [`PAD_MIN_ROWS`]).
+    fn pad_ld<T>(&self, rows: usize) -> Option<usize> {
+        padded_ld::<T>(self.in_features).filter(|_| rows >= PAD_MIN_ROWS)
     }
 }
 
@@ -87,20 +144,7 @@ impl<T: Float> Layer<T> for Dense {
 
     fn init_params(&self, params: &mut [T], rng: &mut Rng) {
         let (w, b) = params.split_at_mut(self.weight_len());
-        let fan_in = self.in_features as f64;
-        let fan_out = self.out_features as f64;
-        match self.init {
-            Init::He | Init::Lecun => {
-                let gain = if self.init == Init::He { 2.0 } else { 1.0 };
-                let std = (gain / fan_in).sqrt();
-                w.iter_mut().for_each(|v| *v = T::from_f64(rng.normal() * std));
-            }
-            Init::Xavier => {
-                let a = (6.0 / (fan_in + fan_out)).sqrt();
-                w.iter_mut().for_each(|v| *v = T::from_f64((2.0 * rng.uniform() - 1.0) * a));
-            }
-            Init::Zeros => w.fill(T::ZERO),
-        }
+        self.init.fill(w, self.in_features, self.out_features, rng);
         b.fill(T::ZERO);
     }
 
@@ -120,20 +164,31 @@ impl<T: Float> Layer<T> for Dense {
         }
     }
 
-    fn forward(&self, _ctx: Ctx, p: &[T], x: &[T], y: &mut [T], n: usize, shape: &[usize]) {
-        // Leading per-sample dimensions act as extra rows.
-        let rows = n * numel(&shape[..shape.len().saturating_sub(1)]);
+    fn acts_on_last_dim(&self) -> bool {
+        true
+    }
+
+    fn scratch_len(&self, n: usize, in_shape: &[usize]) -> usize {
+        match self.pad_ld::<T>(Self::rows(n, in_shape)) {
+            Some(ld) => self.out_features * ld,
+            None => 0,
+        }
+    }
+
+    fn flops(&self, in_shape: &[usize]) -> usize {
+        6 * self.in_features * self.out_features * Self::rows(1, in_shape)
+    }
+
+    fn forward(&self, f: Forward<'_, T>) {
+        let (n, shape, p, x, y) = (f.n, f.in_shape, f.params, f.x, f.y);
+        let rows = Self::rows(n, shape);
         let (fi, fo) = (self.in_features, self.out_features);
         let (w, b) = p.split_at(self.weight_len());
         let act = self.act;
         let bias = self.bias;
-        let padded = padded_ld::<T>(fi).filter(|_| rows >= PAD_MIN_ROWS);
-        let mut guard = padded.map(|_| T::scratch(&self.pad).lock().unwrap_or_else(|e| e.into_inner()));
-        let (w, ldb) = match (padded, guard.as_deref_mut()) {
-            (Some(ld), Some(buf)) => {
-                if buf.len() < fo * ld {
-                    buf.resize(fo * ld, T::ZERO);
-                }
+        let (w, ldb) = match self.pad_ld::<T>(rows) {
+            Some(ld) if f.scratch.len() >= fo * ld => {
+                let buf = &mut f.scratch[..fo * ld];
                 pad_rows(w, fo, fi, ld, buf);
                 (&buf[..], ld)
             }
@@ -166,38 +221,27 @@ impl<T: Float> Layer<T> for Dense {
         });
     }
 
-    fn backward(
-        &self,
-        _ctx: Ctx,
-        p: &[T],
-        g: &mut [T],
-        x: &[T],
-        y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        n: usize,
-        shape: &[usize],
-        accumulate: bool,
-    ) {
-        let rows = n * numel(&shape[..shape.len().saturating_sub(1)]);
+    fn backward(&self, b: Backward<'_, T>) {
+        let rows = Self::rows(b.n, b.in_shape);
         let (fi, fo) = (self.in_features, self.out_features);
-        let (gw, gb) = g.split_at_mut(self.weight_len());
+        let accumulate = b.accumulate;
+        let (gw, gb) = b.grads.split_at_mut(self.weight_len());
         let gb = if self.bias { Some(gb) } else { None };
-        let dz = &mut dy[..rows * fo];
+        let dz = &mut b.dy[..rows * fo];
         if self.act == Act::Identity {
             if let Some(gb) = gb {
                 col_sums(dz, rows, fo, gb, accumulate);
             }
         } else {
-            act_backward_bias(self.act, y, dz, rows, fo, gb, accumulate);
+            act_backward_bias(self.act, b.y, dz, rows, fo, gb, accumulate);
         }
         let dz = &*dz;
         let beta = if accumulate { T::ONE } else { T::ZERO };
         // dW (out x in) (+)= dz^T (out x rows) . x (rows x in)
-        gemm(true, false, fo, fi, rows, T::ONE, dz, x, beta, gw);
-        if let Some(dx) = dx {
+        gemm(true, false, fo, fi, rows, T::ONE, dz, b.x, beta, gw);
+        if let Some(dx) = b.dx {
             // dx (rows x in) = dz (rows x out) . W (out x in)
-            gemm(false, false, rows, fi, fo, T::ONE, dz, &p[..self.weight_len()], T::ZERO, dx);
+            gemm(false, false, rows, fi, fo, T::ONE, dz, &b.params[..self.weight_len()], T::ZERO, dx);
         }
     }
 

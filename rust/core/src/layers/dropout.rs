@@ -4,8 +4,8 @@
 //! element index, so any thread computes any element and backward recomputes
 //! it instead of storing it.
 
-use super::{Ctx, Layer};
-use crate::error::Result;
+use super::{Backward, Forward, Layer};
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
 use crate::rng::counter_unit;
@@ -17,8 +17,11 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    pub fn new(p: f64) -> Self {
-        Dropout { p }
+    pub fn new(p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::value(format!("Dropout: p must be in [0, 1), got {p}")));
+        }
+        Ok(Dropout { p })
     }
 
     /// Multiplier for element `i` under `key`: `0` or `1 / (1 - p)`.
@@ -31,16 +34,16 @@ impl Dropout {
         }
     }
 
-    fn apply<T: Float>(&self, ctx: Ctx, src: &[T], dst: &mut [T]) {
+    fn apply<T: Float>(&self, training: bool, key: u64, src: &[T], dst: &mut [T]) {
         let len = src.len();
-        if !ctx.training || self.p == 0.0 {
+        if !training || self.p == 0.0 {
             dst[..len].copy_from_slice(src);
             return;
         }
         let scale = T::from_f64(1.0 / (1.0 - self.p));
         par_elems(&mut dst[..len], 4, |off, c| {
             for (j, (v, &s)) in c.iter_mut().zip(&src[off..]).enumerate() {
-                *v = s * self.factor(ctx.key, off + j, scale);
+                *v = s * self.factor(key, off + j, scale);
             }
         });
     }
@@ -55,25 +58,17 @@ impl<T: Float> Layer<T> for Dropout {
         Ok(input.to_vec())
     }
 
-    fn forward(&self, ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], _n: usize, _shape: &[usize]) {
-        self.apply(ctx, x, y);
+    fn acts_on_last_dim(&self) -> bool {
+        true
     }
 
-    fn backward(
-        &self,
-        ctx: Ctx,
-        _p: &[T],
-        _g: &mut [T],
-        x: &[T],
-        _y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        _n: usize,
-        _shape: &[usize],
-        _accumulate: bool,
-    ) {
-        if let Some(dx) = dx {
-            self.apply(ctx, &dy[..x.len()], dx);
+    fn forward(&self, f: Forward<'_, T>) {
+        self.apply(f.training, f.key, f.x, f.y);
+    }
+
+    fn backward(&self, b: Backward<'_, T>) {
+        if let Some(dx) = b.dx {
+            self.apply(true, b.key, &b.dy[..b.x.len()], dx);
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Flattens each sample to one dimension, like `torch.nn.Flatten()`.
 
-use super::{numel, Ctx, Layer};
+use super::{numel, Backward, Forward, Layer};
 use crate::error::Result;
 use crate::float::Float;
 
-/// `(N, d1, d2, ...) -> (N, d1 * d2 * ...)`.
+/// `(N, d1, d2, ...) -> (N, d1 * d2 * ...)`, for inputs of any rank.
 #[derive(Clone, Debug)]
 pub struct Flatten;
 
@@ -17,25 +17,17 @@ impl<T: Float> Layer<T> for Flatten {
         Ok(vec![numel(input)])
     }
 
-    fn forward(&self, _ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], _n: usize, _shape: &[usize]) {
-        y[..x.len()].copy_from_slice(x);
+    fn flops(&self, _in_shape: &[usize]) -> usize {
+        0
     }
 
-    fn backward(
-        &self,
-        _ctx: Ctx,
-        _p: &[T],
-        _g: &mut [T],
-        x: &[T],
-        _y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        _n: usize,
-        _shape: &[usize],
-        _accumulate: bool,
-    ) {
-        if let Some(dx) = dx {
-            dx[..x.len()].copy_from_slice(&dy[..x.len()]);
+    fn forward(&self, f: Forward<'_, T>) {
+        f.y[..f.x.len()].copy_from_slice(f.x);
+    }
+
+    fn backward(&self, b: Backward<'_, T>) {
+        if let Some(dx) = b.dx {
+            dx[..b.x.len()].copy_from_slice(&b.dy[..b.x.len()]);
         }
     }
 }

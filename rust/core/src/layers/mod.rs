@@ -1,9 +1,13 @@
-//! Layers. Each layer is one file; [`LayerSpec`] and [`LayerSpec::build`] are
-//! the one list a new layer is registered in.
+//! Layers. Each layer is one file; [`LayerSpec`] (in `spec.rs`) and its
+//! `build` are the one list a new layer is registered in.
 //!
-//! Layers own no buffers: the model hands each one its parameter and gradient
-//! slices and the activation buffers of the current batch. All tensors are
-//! batch-first and contiguous; shapes passed to layers are per sample.
+//! Layers own no buffers. The model hands each call a context: the layer's
+//! parameters, gradients and buffers (non-trainable state such as running
+//! statistics), the activation buffers of the current batch, and the
+//! layer's own scratch, sized by [`Layer::scratch_len`] and kept from a
+//! training forward pass to its backward pass. All tensors are batch-first
+//! and contiguous; shapes passed to layers are per sample (`(C, H, W)` for
+//! images, as in PyTorch).
 
 mod activation;
 mod dense;
@@ -11,6 +15,7 @@ mod dropout;
 mod flatten;
 mod rescaling;
 mod softmax;
+mod spec;
 
 pub use activation::Activation;
 pub use dense::{Dense, Init};
@@ -18,20 +23,12 @@ pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
+pub use spec::{LayerSpec, Padding};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::activation::Act;
 use crate::rng::Rng;
-
-/// Per-call facts a layer may need.
-#[derive(Clone, Copy, Debug)]
-pub struct Ctx {
-    /// Training mode (dropout active).
-    pub training: bool,
-    /// Random stream for this forward pass (dropout masks).
-    pub key: u64,
-}
 
 /// A parameter a layer declares: its name suffix (`"weight"`, `"bias"`) and shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,130 +43,143 @@ impl ParamDecl {
     }
 }
 
+/// The element type of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferKind {
+    /// Values in the model's float type (`running_mean`, `running_var`).
+    Float,
+    /// A 64-bit integer counter (`num_batches_tracked`).
+    Count,
+}
+
+/// Non-trainable state a layer declares, saved in `state_dict` with the
+/// weights but never seen by optimizers or gradients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferDecl {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub kind: BufferKind,
+}
+
+impl BufferDecl {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A layer's buffers during a forward pass: read-only, or writable in a
+/// training pass that is allowed to update running statistics.
+pub enum Buffers<'a, T> {
+    /// Evaluation, or a training-mode pass that must leave the state as it
+    /// is (finite-difference checks).
+    Frozen { values: &'a [T], counts: &'a [i64] },
+    /// A training pass: the layer may update its buffers.
+    Update { values: &'a mut [T], counts: &'a mut [i64] },
+}
+
+impl<T> Buffers<'_, T> {
+    /// The float buffers, for reading.
+    pub fn values(&self) -> &[T] {
+        match self {
+            Buffers::Frozen { values, .. } => values,
+            Buffers::Update { values, .. } => values,
+        }
+    }
+}
+
+/// Everything one forward call sees.
+pub struct Forward<'a, T> {
+    /// The layer's parameters, laid out as [`Layer::params`] declares.
+    pub params: &'a [T],
+    pub buffers: Buffers<'a, T>,
+    /// Input, `n x numel(in_shape)`.
+    pub x: &'a [T],
+    /// Output to write, `n x numel(out_shape)`.
+    pub y: &'a mut [T],
+    /// The layer's scratch, [`Layer::scratch_len`] for at least `n` samples;
+    /// what a training pass leaves here is there for its backward pass.
+    pub scratch: &'a mut [T],
+    pub n: usize,
+    pub in_shape: &'a [usize],
+    pub out_shape: &'a [usize],
+    /// Training mode (dropout active, batch statistics).
+    pub training: bool,
+    /// Random stream for this pass (dropout masks).
+    pub key: u64,
+}
+
+/// Everything one backward call sees (always after a training-mode forward
+/// pass on the same batch).
+pub struct Backward<'a, T> {
+    pub params: &'a [T],
+    /// `dL/dparams`: added into when `accumulate`, else overwritten.
+    pub grads: &'a mut [T],
+    pub accumulate: bool,
+    pub buffers: &'a [T],
+    /// The forward pass's input and output.
+    pub x: &'a [T],
+    pub y: &'a [T],
+    /// `dL/dy`; the layer may overwrite it.
+    pub dy: &'a mut [T],
+    /// Where to write `dL/dx`, when it is needed (not for the first layer
+    /// with parameters).
+    pub dx: Option<&'a mut [T]>,
+    /// The scratch the forward pass used, as it left it.
+    pub scratch: &'a mut [T],
+    pub n: usize,
+    pub in_shape: &'a [usize],
+    pub out_shape: &'a [usize],
+    /// The forward pass's random stream.
+    pub key: u64,
+}
+
 /// A differentiable layer.
 pub trait Layer<T: Float>: Send + Sync {
-    /// The layer's type name, as in torch (`"Linear"` is called `"Dense"` here).
+    /// The layer's type name (`"Dense"`, `"Conv2D"`, ...).
     fn name(&self) -> &'static str;
     /// Parameters, in `state_dict` order and layout.
     fn params(&self) -> Vec<ParamDecl> {
         Vec::new()
     }
+    /// Buffers, in `state_dict` order (after the parameters, as in torch).
+    fn buffers(&self) -> Vec<BufferDecl> {
+        Vec::new()
+    }
     /// Fills the parameters (laid out as [`Layer::params`]) with initial values.
     fn init_params(&self, _params: &mut [T], _rng: &mut Rng) {}
+    /// Fills the buffers with their initial values.
+    fn init_buffers(&self, _values: &mut [T], _counts: &mut [i64]) {}
     /// Per-sample output shape for a per-sample input shape, or why it does not fit.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>>;
-    /// `y = f(x)` for `n` samples with per-sample input shape `shape`.
-    fn forward(&self, ctx: Ctx, p: &[T], x: &[T], y: &mut [T], n: usize, shape: &[usize]);
-    /// Given `dy = dL/dy` (which the layer may overwrite), adds `dL/dp` into
-    /// `g` (or overwrites it when `!accumulate`) and writes `dL/dx` into `dx`
-    /// when asked for.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &self,
-        ctx: Ctx,
-        p: &[T],
-        g: &mut [T],
-        x: &[T],
-        y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        n: usize,
-        shape: &[usize],
-        accumulate: bool,
-    );
+    /// Whether the layer acts elementwise or on the last dimension only, so
+    /// that leading dimensions pass through: such layers can be checked
+    /// against each other before any input shape is known.
+    fn acts_on_last_dim(&self) -> bool {
+        false
+    }
+    /// Refuses a batch the layer cannot process (BatchNorm in training with
+    /// one value per channel). Called before any layer runs, so a refusal
+    /// leaves the model untouched.
+    fn check_batch(&self, _n: usize, _in_shape: &[usize], _training: bool) -> Result<()> {
+        Ok(())
+    }
+    /// Scratch elements this layer needs for a batch of `n` samples.
+    fn scratch_len(&self, _n: usize, _in_shape: &[usize]) -> usize {
+        0
+    }
+    /// Floating-point operations of a forward and backward pass per sample,
+    /// for the threading decision.
+    fn flops(&self, in_shape: &[usize]) -> usize {
+        2 * numel(in_shape)
+    }
+    /// `y = f(x)`.
+    fn forward(&self, f: Forward<'_, T>);
+    /// Given `dL/dy`, computes `dL/dparams` and (when asked for) `dL/dx`.
+    fn backward(&self, b: Backward<'_, T>);
     /// Folds a following activation into this layer; returns `false` when it
     /// cannot (the model then keeps the activation as its own layer).
     fn fuse_activation(&mut self, _act: Act) -> bool {
         false
-    }
-}
-
-/// A layer's configuration, as the Python side describes it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum LayerSpec {
-    Dense { in_features: usize, out_features: usize, bias: bool, init: Init },
-    ReLU,
-    LeakyReLU { negative_slope: f64 },
-    Sigmoid,
-    Tanh,
-    GELU,
-    Softmax,
-    Dropout { p: f64 },
-    Flatten,
-    Rescaling { scale: f64, offset: f64 },
-}
-
-impl LayerSpec {
-    /// The activation this spec is, if it is one.
-    pub fn activation(&self) -> Option<Act> {
-        match *self {
-            LayerSpec::ReLU => Some(Act::Relu),
-            LayerSpec::LeakyReLU { negative_slope } => Some(Act::LeakyRelu(negative_slope)),
-            LayerSpec::Sigmoid => Some(Act::Sigmoid),
-            LayerSpec::Tanh => Some(Act::Tanh),
-            LayerSpec::GELU => Some(Act::Gelu),
-            _ => None,
-        }
-    }
-
-    /// Checks the configuration's values.
-    pub fn validate(&self) -> Result<()> {
-        match *self {
-            LayerSpec::Dense { in_features, out_features, .. } if in_features == 0 || out_features == 0 => {
-                return Err(Error::value(format!(
-                    "Dense: in_features and out_features must be >= 1, got ({in_features}, {out_features})"
-                )));
-            }
-            LayerSpec::LeakyReLU { negative_slope } if !negative_slope.is_finite() => {
-                return Err(Error::value(format!(
-                    "LeakyReLU: negative_slope must be finite, got {negative_slope}"
-                )));
-            }
-            LayerSpec::Dropout { p } if !(0.0..1.0).contains(&p) => {
-                return Err(Error::value(format!("Dropout: p must be in [0, 1), got {p}")));
-            }
-            LayerSpec::Rescaling { scale, offset } if !scale.is_finite() || !offset.is_finite() => {
-                return Err(Error::value(format!(
-                    "Rescaling: scale and offset must be finite, got ({scale}, {offset})"
-                )));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Builds the layer.
-    pub fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
-        self.validate()?;
-        Ok(match *self {
-            LayerSpec::Dense { in_features, out_features, bias, init } => {
-                Box::new(Dense::new(in_features, out_features, bias, init))
-            }
-            LayerSpec::Softmax => Box::new(Softmax),
-            LayerSpec::Dropout { p } => Box::new(Dropout::new(p)),
-            LayerSpec::Flatten => Box::new(Flatten),
-            LayerSpec::Rescaling { scale, offset } => Box::new(Rescaling { scale, offset }),
-            ref s => match s.activation() {
-                Some(act) => Box::new(Activation::new(act, s.display_name())),
-                None => return Err(Error::value(format!("unknown layer {s:?}"))),
-            },
-        })
-    }
-
-    /// The torch-style class name.
-    pub fn display_name(&self) -> &'static str {
-        match self {
-            LayerSpec::Dense { .. } => "Dense",
-            LayerSpec::ReLU => "ReLU",
-            LayerSpec::LeakyReLU { .. } => "LeakyReLU",
-            LayerSpec::Sigmoid => "Sigmoid",
-            LayerSpec::Tanh => "Tanh",
-            LayerSpec::GELU => "GELU",
-            LayerSpec::Softmax => "Softmax",
-            LayerSpec::Dropout { .. } => "Dropout",
-            LayerSpec::Flatten => "Flatten",
-            LayerSpec::Rescaling { .. } => "Rescaling",
-        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! `y = x * scale + offset`, like Keras' `Rescaling`: lets uint8 images go
 //! into the model as they are (`Rescaling(1/255)`), converted per batch.
 
-use super::{Ctx, Layer};
-use crate::error::Result;
+use super::{Backward, Forward, Layer};
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
 
@@ -11,6 +11,17 @@ use crate::kernels::par_elems;
 pub struct Rescaling {
     pub scale: f64,
     pub offset: f64,
+}
+
+impl Rescaling {
+    pub fn new(scale: f64, offset: f64) -> Result<Self> {
+        for (name, v) in [("scale", scale), ("offset", offset)] {
+            if !v.is_finite() {
+                return Err(Error::value(format!("Rescaling: {name} must be finite, got {v}")));
+            }
+        }
+        Ok(Rescaling { scale, offset })
+    }
 }
 
 impl<T: Float> Layer<T> for Rescaling {
@@ -22,31 +33,25 @@ impl<T: Float> Layer<T> for Rescaling {
         Ok(input.to_vec())
     }
 
-    fn forward(&self, _ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], _n: usize, _shape: &[usize]) {
+    fn acts_on_last_dim(&self) -> bool {
+        true
+    }
+
+    fn forward(&self, f: Forward<'_, T>) {
         let (s, o) = (T::from_f64(self.scale), T::from_f64(self.offset));
-        par_elems(&mut y[..x.len()], 1, |off, c| {
+        let x = f.x;
+        par_elems(&mut f.y[..x.len()], 1, |off, c| {
             for (v, &xi) in c.iter_mut().zip(&x[off..]) {
                 *v = xi * s + o;
             }
         });
     }
 
-    fn backward(
-        &self,
-        _ctx: Ctx,
-        _p: &[T],
-        _g: &mut [T],
-        x: &[T],
-        _y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        _n: usize,
-        _shape: &[usize],
-        _accumulate: bool,
-    ) {
-        if let Some(dx) = dx {
+    fn backward(&self, b: Backward<'_, T>) {
+        if let Some(dx) = b.dx {
             let s = T::from_f64(self.scale);
-            par_elems(&mut dx[..x.len()], 1, |off, c| {
+            let dy = &*b.dy;
+            par_elems(&mut dx[..b.x.len()], 1, |off, c| {
                 for (v, &g) in c.iter_mut().zip(&dy[off..]) {
                     *v = g * s;
                 }

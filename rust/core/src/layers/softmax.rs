@@ -1,6 +1,6 @@
 //! Softmax over the last dimension, like `torch.nn.Softmax(dim=-1)`.
 
-use super::{numel, Ctx, Layer};
+use super::{numel, Backward, Forward, Layer};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_rows;
@@ -40,29 +40,21 @@ impl<T: Float> Layer<T> for Softmax {
         Ok(input.to_vec())
     }
 
-    fn forward(&self, _ctx: Ctx, _p: &[T], x: &[T], y: &mut [T], n: usize, shape: &[usize]) {
-        let cols = shape.last().copied().unwrap_or(1);
-        let len = n * numel(shape);
-        softmax_rows(&x[..len], &mut y[..len], cols);
+    fn acts_on_last_dim(&self) -> bool {
+        true
     }
 
-    fn backward(
-        &self,
-        _ctx: Ctx,
-        _p: &[T],
-        _g: &mut [T],
-        _x: &[T],
-        y: &[T],
-        dy: &mut [T],
-        dx: Option<&mut [T]>,
-        n: usize,
-        shape: &[usize],
-        _accumulate: bool,
-    ) {
-        let Some(dx) = dx else { return };
-        let cols = shape.last().copied().unwrap_or(1);
-        let len = n * numel(shape);
-        let dy = &*dy;
+    fn forward(&self, f: Forward<'_, T>) {
+        let cols = f.in_shape.last().copied().unwrap_or(1);
+        let len = f.n * numel(f.in_shape);
+        softmax_rows(&f.x[..len], &mut f.y[..len], cols);
+    }
+
+    fn backward(&self, b: Backward<'_, T>) {
+        let Some(dx) = b.dx else { return };
+        let cols = b.in_shape.last().copied().unwrap_or(1);
+        let len = b.n * numel(b.in_shape);
+        let (y, dy) = (b.y, &*b.dy);
         par_rows(&mut dx[..len], cols, 4 * cols, 1, |r0, dc| {
             for (i, row) in dc.chunks_exact_mut(cols).enumerate() {
                 let o = (r0 + i) * cols;

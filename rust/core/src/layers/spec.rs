@@ -1,0 +1,213 @@
+//! [`LayerSpec`]: a layer's configuration as the user gives it, with the
+//! same names as the Python classes (and PyTorch's arguments). It is what
+//! the Python side sends (as JSON) and what a saved model records; each
+//! layer's constructor checks the values.
+
+use super::{Activation, Dense, Dropout, Flatten, Init, Layer, Rescaling, Softmax};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::activation::Act;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Convolution padding: `"same"` (output as large as the input, stride 1
+/// only), `"valid"` (none), or explicit sizes per spatial dimension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Padding<P> {
+    Same,
+    Valid,
+    Explicit(P),
+}
+
+impl<P: Serialize> Serialize for Padding<P> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Padding::Same => s.serialize_str("same"),
+            Padding::Valid => s.serialize_str("valid"),
+            Padding::Explicit(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de, P: serde::de::DeserializeOwned> Deserialize<'de> for Padding<P> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => match s.as_str() {
+                "same" => Ok(Padding::Same),
+                "valid" => Ok(Padding::Valid),
+                other => Err(D::Error::custom(format!(
+                    "unknown padding {other:?}; expected \"same\", \"valid\" or sizes"
+                ))),
+            },
+            v => serde_json::from_value(v).map(Padding::Explicit).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Reads a float that may be sent as `"nan"`, `"inf"` or `"-inf"` (JSON has
+/// no such numbers), so that the layer can refuse it with a clear message.
+fn float<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| D::Error::custom(format!("bad number {n}"))),
+        serde_json::Value::String(s) => match s.as_str() {
+            "nan" => Ok(f64::NAN),
+            "inf" => Ok(f64::INFINITY),
+            "-inf" => Ok(f64::NEG_INFINITY),
+            other => Err(D::Error::custom(format!("expected a number, got {other:?}"))),
+        },
+        other => Err(D::Error::custom(format!("expected a number, got {other}"))),
+    }
+}
+
+/// A layer's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum LayerSpec {
+    Dense {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        init: Init,
+    },
+    ReLU,
+    LeakyReLU {
+        #[serde(deserialize_with = "float")]
+        negative_slope: f64,
+    },
+    Sigmoid,
+    Tanh,
+    GELU,
+    Softmax,
+    Dropout {
+        #[serde(deserialize_with = "float")]
+        p: f64,
+    },
+    Flatten,
+    Rescaling {
+        #[serde(deserialize_with = "float")]
+        scale: f64,
+        #[serde(deserialize_with = "float")]
+        offset: f64,
+    },
+}
+
+impl LayerSpec {
+    /// Parses one layer's JSON (`{"type": "Conv2D", "in_channels": 1, ...}`),
+    /// checking it names a known layer and that its values are valid.
+    pub fn from_json(text: &str) -> Result<LayerSpec> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::value(format!("invalid layer JSON: {e}")))?;
+        Self::from_value(v)
+    }
+
+    /// [`LayerSpec::from_json`] from a parsed value.
+    pub fn from_value(v: serde_json::Value) -> Result<LayerSpec> {
+        let Some(obj) = v.as_object() else {
+            return Err(Error::value(format!("a layer must be a JSON object, got {v}")));
+        };
+        let Some(kind) = obj.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
+            return Err(Error::value("a layer needs a string \"type\""));
+        };
+        // Sizes are unsigned; say which one is negative (serde would not).
+        // Paddings may be 0, every other size must be at least 1.
+        for (key, val) in obj {
+            let items = match val {
+                serde_json::Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            if let Some(n) = items.iter().find_map(|x| x.as_i64().filter(|&n| n < 0)) {
+                let min = if key == "padding" { 0 } else { 1 };
+                return Err(Error::value(format!("{kind}: {key} must be >= {min}, got {n}")));
+            }
+        }
+        let spec: LayerSpec = serde_json::from_value(v).map_err(|e| {
+            let msg = e.to_string();
+            if msg.starts_with(&format!("unknown variant `{kind}`")) {
+                Error::value(format!("unknown layer type {kind:?}"))
+            } else {
+                Error::value(format!("{kind}: {msg}"))
+            }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The configuration as JSON (what [`LayerSpec::from_json`] reads).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The activation this spec is, if it is one.
+    pub fn activation(&self) -> Option<Act> {
+        match *self {
+            LayerSpec::ReLU => Some(Act::Relu),
+            LayerSpec::LeakyReLU { negative_slope } => Some(Act::LeakyRelu(negative_slope)),
+            LayerSpec::Sigmoid => Some(Act::Sigmoid),
+            LayerSpec::Tanh => Some(Act::Tanh),
+            LayerSpec::GELU => Some(Act::Gelu),
+            _ => None,
+        }
+    }
+
+    /// Checks the configuration's values (by building the layer).
+    pub fn validate(&self) -> Result<()> {
+        self.build::<f32>().map(drop)
+    }
+
+    /// Builds the layer; the error names the layer and the bad value.
+    pub fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        let name = self.display_name();
+        let layer: Box<dyn Layer<T>> = match self {
+            &LayerSpec::Dense { in_features, out_features, bias, init } => {
+                Box::new(Dense::new(in_features, out_features, bias, init)?)
+            }
+            LayerSpec::Softmax => Box::new(Softmax),
+            &LayerSpec::Dropout { p } => Box::new(Dropout::new(p)?),
+            LayerSpec::Flatten => Box::new(Flatten),
+            &LayerSpec::Rescaling { scale, offset } => Box::new(Rescaling::new(scale, offset)?),
+            s => match s.activation() {
+                Some(act) => Box::new(Activation::new(act, name)?),
+                None => return Err(Error::value(format!("unknown layer {s:?}"))),
+            },
+        };
+        Ok(layer)
+    }
+
+    /// The class name, as in the Python package.
+    pub fn display_name(&self) -> &'static str {
+        match self {
+            LayerSpec::Dense { .. } => "Dense",
+            LayerSpec::ReLU => "ReLU",
+            LayerSpec::LeakyReLU { .. } => "LeakyReLU",
+            LayerSpec::Sigmoid => "Sigmoid",
+            LayerSpec::Tanh => "Tanh",
+            LayerSpec::GELU => "GELU",
+            LayerSpec::Softmax => "Softmax",
+            LayerSpec::Dropout { .. } => "Dropout",
+            LayerSpec::Flatten => "Flatten",
+            LayerSpec::Rescaling { .. } => "Rescaling",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_errors() {
+        let spec = LayerSpec::Dense { in_features: 3, out_features: 2, bias: true, init: Init::Xavier };
+        let text = spec.to_json();
+        assert_eq!(LayerSpec::from_json(&text).unwrap(), spec);
+        let err = |t: &str| LayerSpec::from_json(t).unwrap_err().message;
+        assert_eq!(err(r#"{"type": "Conv3D"}"#), "unknown layer type \"Conv3D\"");
+        assert!(err(&text.replace(":3", ":-3")).contains("Dense: in_features must be >= 1, got -3"));
+        assert!(err(&text.replace("\"xavier\"", "null")).starts_with("Dense: unknown init null"));
+        assert!(err(r#"{"type": "Dropout", "p": 1.5}"#).contains("p must be in [0, 1)"));
+        assert!(err(r#"{"type": "Dropout", "p": "nan"}"#).contains("p must be in [0, 1), got NaN"));
+        assert!(err(r#"{"type": "Rescaling", "scale": "-inf", "offset": 0}"#).contains("must be finite"));
+        assert!(err("[1, 2]").contains("JSON object"));
+        assert!(err("{").contains("invalid layer JSON"));
+    }
+}

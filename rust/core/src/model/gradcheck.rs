@@ -1,0 +1,94 @@
+//! Backpropagation checked against central finite differences.
+
+use super::train::Data;
+use super::Sequential;
+use crate::data::Rows;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::loss::{loss_grad, Loss, Target};
+
+/// One parameter's result of [`Sequential::gradcheck`].
+#[derive(Clone, Debug)]
+pub struct GradCheck {
+    pub name: String,
+    /// Worst `|analytic - numeric| / max(|analytic|, |numeric|, f)` over the
+    /// parameter's elements, where `f` is `1e-3` times the parameter's
+    /// largest gradient element (at least `1e-7`), so elements far below the
+    /// gradient's scale do not report rounding noise as error.
+    pub max_rel_error: f64,
+    /// Worst `|analytic - numeric|`.
+    pub max_abs_error: f64,
+}
+
+impl<T: Float> Sequential<T> {
+    /// Mean loss of a training-mode pass over the loaded batch with a fixed
+    /// random key (so dropout masks repeat) and frozen buffers.
+    fn loss_at(&mut self, n: usize, key: u64, loss: Loss, y: Target<'_, T>, cols: usize) -> Result<f64> {
+        self.run_layers(n, true, false, key);
+        let out = &self.ws.acts[self.ops.len()][..n * cols];
+        Ok(loss_grad(loss, out, n, cols, y, None, &mut self.ws.stats)?.mean())
+    }
+
+    /// Compares backprop gradients with central finite differences (step
+    /// `eps`) for every parameter element, in training mode (dropout masks
+    /// held fixed, batch statistics for BatchNorm). Needs a float64 model.
+    /// Parameters, gradients, buffers and the random state are left as they
+    /// were.
+    pub fn gradcheck(&mut self, data: Data<'_, T>, loss: Loss, eps: f64) -> Result<Vec<GradCheck>> {
+        if T::NAME != "float64" {
+            return Err(Error::value(format!(
+                "gradcheck needs a float64 model, this one is {}: float32 finite differences carry \
+                 errors near 1e-3, too coarse to check gradients; build the model with dtype=\"float64\"",
+                T::NAME
+            )));
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::value(format!("eps must be a finite value > 0, got {eps}")));
+        }
+        self.validate_data(data, loss)?;
+        let Data { x, n, shape, y } = data;
+        let cols = self.out_len();
+        self.plan(shape, n)?;
+        self.check_batch(n, true)?;
+        let in_len = self.in_len();
+        self.load(&x, Rows::Range(0, n), in_len);
+        let key = 0x5eed_0f9c_4ec4_ed00_u64;
+        let saved_grads = self.grads.clone();
+        // Analytic gradient, with the same fixed key (dropout masks) as below.
+        self.loss_at(n, key, loss, y, cols)?;
+        let out = &self.ws.acts[self.ops.len()][..n * cols];
+        loss_grad(loss, out, n, cols, y, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
+        self.grads.fill(T::ZERO);
+        self.backward_loaded(n, key, true, |_, _, _| {});
+        let analytic = std::mem::replace(&mut self.grads, saved_grads);
+        let mut report = Vec::new();
+        for e in self.entries.clone() {
+            let mut numeric = Vec::with_capacity(e.range.len());
+            for j in e.range.clone() {
+                let orig = self.params[j];
+                self.params[j] = T::from_f64(orig.to_f64() + eps);
+                let lp = self.loss_at(n, key, loss, y, cols)?;
+                self.params[j] = T::from_f64(orig.to_f64() - eps);
+                let lm = self.loss_at(n, key, loss, y, cols)?;
+                self.params[j] = orig;
+                numeric.push((lp - lm) / (2.0 * eps));
+            }
+            let a = &analytic[e.range.clone()];
+            // Elements far smaller than the parameter's largest gradient are
+            // judged against 1e-3 of that, not their own size: their finite
+            // differences are rounding noise over a tiny value.
+            let gmax = a.iter().map(|v| v.to_f64().abs()).fold(0.0f64, f64::max);
+            let floor = (1e-3 * gmax).max(1e-7);
+            let (mut rel, mut abs) = (0.0f64, 0.0f64);
+            for (&av, &num) in a.iter().zip(&numeric) {
+                let av = av.to_f64();
+                let d = (av - num).abs();
+                abs = abs.max(d);
+                rel = rel.max(d / av.abs().max(num.abs()).max(floor));
+            }
+            report.push(GradCheck { name: e.name, max_rel_error: rel, max_abs_error: abs });
+        }
+        self.cache = None;
+        Ok(report)
+    }
+}

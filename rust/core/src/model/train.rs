@@ -1,0 +1,306 @@
+//! The fused training epoch, evaluation and inference.
+
+use super::workspace::batch_target;
+use super::Sequential;
+use crate::data::{Features, Rows};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::team;
+use crate::layers::numel;
+use crate::loss::{loss_grad, validate_target, Loss, LossTotals, Target};
+use crate::optim::Optimizer;
+use std::time::Instant;
+
+/// Largest training step (floating-point operations, from each layer's
+/// [`crate::layers::Layer::flops`]) that runs on a spinning [`team`] rather
+/// than the rayon pool: the three benchmark MLPs (20 MFLOP, 0.5 and 2.9
+/// GFLOP per step) and the benchmark CNN (4.3 GFLOP). Waking a sleeping
+/// rayon worker around each product, pass and update costs more than a
+/// team's hand-over, most of all for short steps.
+const TEAM_MAX_STEP_FLOPS: usize = 1 << 33;
+
+/// Smallest training step for a team: below it no kernel splits anyway, and
+/// starting and stopping the helpers (tens of microseconds per epoch) would
+/// dominate the many short epochs of a toy model.
+const TEAM_MIN_STEP_FLOPS: usize = 1 << 22;
+
+/// Most threads for a team: measured on 2; the 16-core scaling of the large
+/// MLP was measured with the gemm crate's own split, which a team replaces.
+const TEAM_MAX_THREADS: usize = 4;
+
+/// Largest batch (in input elements) whose successor is prefetched.
+const PREFETCH_MAX_ELEMS: usize = 1 << 16;
+
+/// A dataset: `n` samples of per-sample shape `shape` (batch first) and
+/// their targets.
+#[derive(Clone, Copy, Debug)]
+pub struct Data<'a, T> {
+    pub x: Features<'a>,
+    pub n: usize,
+    pub shape: &'a [usize],
+    pub y: Target<'a, T>,
+}
+
+/// How one training epoch runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochOptions {
+    pub loss: Loss,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    /// The epoch's number (messages only).
+    pub epoch: usize,
+    /// Check the data first; later epochs over the same data may skip it.
+    pub check: bool,
+}
+
+impl EpochOptions {
+    /// Options for `loss` and `batch_size`: shuffled, checked, epoch 1.
+    pub fn new(loss: Loss, batch_size: usize) -> Self {
+        EpochOptions { loss, batch_size, shuffle: true, epoch: 1, check: true }
+    }
+}
+
+/// Progress of a training epoch, reported between steps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Steps done in this epoch.
+    pub step: usize,
+    /// Steps in the epoch.
+    pub steps: usize,
+    /// Samples seen in this epoch.
+    pub samples: usize,
+    /// Running totals (loss, accuracy) over this epoch so far.
+    pub totals: LossTotals,
+}
+
+impl<T: Float> Sequential<T> {
+    /// Checks that targets fit `n` samples of this model's output for `loss`.
+    fn check_target(&mut self, loss: Loss, y: Target<'_, T>, n: usize) -> Result<usize> {
+        let out = self.out_shape().to_vec();
+        let cols = numel(&out);
+        if loss == Loss::CrossEntropy && out.len() != 1 {
+            return Err(Error::shape(format!(
+                "cross_entropy expects a model output of shape (N, C), got per-sample shape {out:?}"
+            )));
+        }
+        validate_target(loss, y, n, cols)?;
+        Ok(cols)
+    }
+
+    /// Checks features and targets against the model and `loss` without
+    /// computing anything.
+    pub fn validate_data(&mut self, data: Data<'_, T>, loss: Loss) -> Result<()> {
+        self.check_input(&data.x, data.n, data.shape, "X")?;
+        self.check_target(loss, data.y, data.n).map(|_| ())
+    }
+
+    /// The team size for training steps of `bs` samples: the thread count
+    /// when a step's work is in the range where a team pays.
+    fn team_size(&self, bs: usize) -> usize {
+        let per_sample: usize = self
+            .ops
+            .iter()
+            .enumerate()
+            .skip(self.prefix)
+            .map(|(i, op)| op.layer.flops(&self.ws.shapes[i]))
+            .fold(0, usize::saturating_add);
+        let step_flops = bs.saturating_mul(per_sample);
+        let threads = rayon::current_num_threads();
+        let worth = (TEAM_MIN_STEP_FLOPS..=TEAM_MAX_STEP_FLOPS).contains(&step_flops);
+        if threads <= TEAM_MAX_THREADS && worth {
+            threads
+        } else {
+            1
+        }
+    }
+
+    /// One epoch of minibatch training, fused: gather, forward, loss and its
+    /// gradient, backward, optimizer update, with no allocation per step.
+    /// `progress` is called about every [`Sequential::report_every`] and at
+    /// the end; an error from it stops the epoch (the model stays usable).
+    /// With `opts.check` false the data is trusted to have passed
+    /// [`Sequential::validate_data`] already (later epochs skip the scan).
+    /// Everything that could refuse the epoch is checked before the first
+    /// step, so an error leaves the model as it was.
+    pub fn train_epoch(
+        &mut self,
+        data: Data<'_, T>,
+        opt: &mut Optimizer<T>,
+        opts: &EpochOptions,
+        progress: &mut dyn FnMut(&Progress) -> Result<()>,
+    ) -> Result<LossTotals> {
+        let Data { x, n, shape, y } = data;
+        let (loss, epoch) = (opts.loss, opts.epoch);
+        if opts.batch_size == 0 {
+            return Err(Error::value("batch_size must be >= 1, got 0"));
+        }
+        if opt.ranges().last().is_some_and(|r| r.end > self.params.len()) {
+            return Err(Error::value("the optimizer was built for a different model"));
+        }
+        if opts.check {
+            self.validate_data(data, loss)?;
+        } else if n == 0 || x.len() != n * numel(shape) {
+            return Err(Error::shape(format!(
+                "X has {} elements, expected {n} samples of shape {shape:?}",
+                x.len()
+            )));
+        }
+        self.plan(shape, 1)?;
+        let cols = self.out_len();
+        let bs = opts.batch_size.min(n);
+        self.plan(shape, bs)?;
+        self.check_batch(bs, true)?;
+        if n % bs != 0 {
+            self.check_batch(n % bs, true).map_err(|e| Error {
+                message: format!(
+                    "{} (the epoch's last batch: {n} samples in batches of {bs}; pick a batch size \
+                     that does not leave it so small)",
+                    e.message
+                ),
+                ..e
+            })?;
+        }
+        opt.prepare();
+        let mut order = std::mem::take(&mut self.ws.order);
+        order.clear();
+        order.extend(0..n);
+        if opts.shuffle {
+            self.rng.shuffle(&mut order);
+        }
+        let steps = n.div_ceil(bs);
+        let in_len = self.in_len();
+        let mut totals = LossTotals::default();
+        let mut last_report = Instant::now();
+        let team = self.team_size(bs);
+        let result = team::with_team(team, || {
+            let mut result = Ok(());
+            let mut tuner = team::Tuner::new(team > 1);
+            for step in 0..steps {
+                tuner.before_step();
+                let began = Instant::now();
+                let idx = &order[step * bs..((step + 1) * bs).min(n)];
+                let rows = Rows::Index(idx);
+                let m = idx.len();
+                self.load(&x, rows, in_len);
+                // Small batches: start loading the next one while this one computes
+                // (a large batch would only push the weights out of cache).
+                if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
+                    let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
+                    x.prefetch(Rows::Index(next), in_len);
+                }
+                self.gather_target(y, rows, cols);
+                let key = self.rng.next_u64();
+                self.run_layers(m, true, true, key);
+                let out = &self.ws.acts[self.ops.len()][..m * cols];
+                let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
+                let t = match loss_grad(loss, out, m, cols, bt, Some(&mut self.ws.d_a), &mut self.ws.stats) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                if !t.mean().is_finite() {
+                    result = Err(Error::non_finite(format!(
+                        "training loss became {} at epoch {epoch}, step {} (of {steps}); \
+                     try a lower learning rate or check the data",
+                        t.mean(),
+                        step + 1
+                    )));
+                    break;
+                }
+                // Each layer's update right after its gradients, while they
+                // are still in cache.
+                let mut updated = Ok(());
+                self.backward_loaded(m, key, false, |p, g, r| {
+                    if updated.is_ok() {
+                        updated = opt.step_part(p, g, r);
+                    }
+                });
+                opt.finish_step();
+                if let Err(e) = updated {
+                    result = Err(e);
+                    break;
+                }
+                tuner.after_step(began.elapsed());
+                totals.add(&t);
+                if last_report.elapsed() >= self.report_every || step + 1 == steps {
+                    last_report = Instant::now();
+                    let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
+                    if let Err(e) = progress(&p) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result
+        });
+        self.ws.order = order;
+        self.cache = None;
+        result.map(|_| totals)
+    }
+
+    /// Inference in batches of `batch_size` into `out` (`n x` output
+    /// elements), in evaluation mode; changes no state.
+    pub fn predict_into(
+        &mut self,
+        x: &Features<'_>,
+        n: usize,
+        shape: &[usize],
+        batch_size: usize,
+        out: &mut [T],
+    ) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::value("batch_size must be >= 1, got 0"));
+        }
+        self.check_input(x, n, shape, "X")?;
+        let bs = batch_size.min(n);
+        self.plan(shape, bs)?;
+        let (in_len, out_len) = (self.in_len(), self.out_len());
+        if out.len() != n * out_len {
+            return Err(Error::shape(format!(
+                "output buffer has {} elements, expected {}",
+                out.len(),
+                n * out_len
+            )));
+        }
+        self.cache = None;
+        for (b, chunk) in out.chunks_mut(bs * out_len).enumerate() {
+            let m = chunk.len() / out_len;
+            self.load(x, Rows::Range(b * bs, m), in_len);
+            self.run_layers(m, false, false, 0);
+            chunk.copy_from_slice(&self.ws.acts[self.ops.len()][..m * out_len]);
+        }
+        Ok(())
+    }
+
+    /// Loss and accuracy totals over a dataset, in batches, in evaluation
+    /// mode; changes no state.
+    pub fn evaluate(&mut self, data: Data<'_, T>, loss: Loss, batch_size: usize) -> Result<LossTotals> {
+        let Data { x, n, shape, y } = data;
+        if batch_size == 0 {
+            return Err(Error::value("batch_size must be >= 1, got 0"));
+        }
+        self.check_input(&x, n, shape, "X")?;
+        let cols = self.check_target(loss, y, n)?;
+        let bs = batch_size.min(n);
+        self.plan(shape, bs)?;
+        self.cache = None;
+        let in_len = self.in_len();
+        let mut totals = LossTotals::default();
+        let mut start = 0;
+        while start < n {
+            let m = bs.min(n - start);
+            let rows = Rows::Range(start, m);
+            self.load(&x, rows, in_len);
+            self.gather_target(y, rows, cols);
+            self.run_layers(m, false, false, 0);
+            let out = &self.ws.acts[self.ops.len()][..m * cols];
+            let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
+            let t = loss_grad(loss, out, m, cols, bt, None, &mut self.ws.stats)?;
+            totals.add(&t);
+            start += m;
+        }
+        Ok(totals)
+    }
+}

@@ -1,0 +1,262 @@
+//! The workspace: activation, gradient and per-layer scratch buffers sized
+//! for one input shape and a batch capacity, reused until either grows; and
+//! the forward and backward passes over the layers that use them.
+
+use super::{layer_error, Sequential};
+use crate::data::{Features, Rows};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::layers::{numel, Backward, Buffers, Forward};
+use crate::loss::{RowStat, Target};
+use crate::rng::mix64;
+use std::ops::Range;
+
+pub(crate) struct Workspace<T> {
+    /// Per-sample shape at each op boundary: `shapes[0]` is the input.
+    pub(crate) shapes: Vec<Vec<usize>>,
+    pub(crate) cap: usize,
+    pub(crate) acts: Vec<Vec<T>>,
+    /// Each op's scratch ([`crate::layers::Layer::scratch_len`]).
+    pub(crate) scratch: Vec<Vec<T>>,
+    pub(crate) d_a: Vec<T>,
+    pub(crate) d_b: Vec<T>,
+    pub(crate) stats: Vec<RowStat>,
+    pub(crate) labels: Vec<i64>,
+    pub(crate) targets: Vec<T>,
+    pub(crate) order: Vec<usize>,
+}
+
+impl<T> Default for Workspace<T> {
+    fn default() -> Self {
+        Workspace {
+            shapes: Vec::new(),
+            cap: 0,
+            acts: Vec::new(),
+            scratch: Vec::new(),
+            d_a: Vec::new(),
+            d_b: Vec::new(),
+            stats: Vec::new(),
+            labels: Vec::new(),
+            targets: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+impl<T: Float> Sequential<T> {
+    /// Sizes the workspace for `n` samples of per-sample shape `input`.
+    pub(crate) fn plan(&mut self, input: &[usize], n: usize) -> Result<()> {
+        let ws = &mut self.ws;
+        let same = ws.shapes.first().is_some_and(|s| s == input);
+        if !same {
+            let mut shapes = vec![input.to_vec()];
+            for op in &self.ops {
+                let prev = shapes.last().map(|v| v.as_slice()).unwrap_or(&[]);
+                let next =
+                    op.layer.output_shape(prev).map_err(|e| layer_error(op.spec, &self.specs[op.spec], e))?;
+                shapes.push(next);
+            }
+            ws.shapes = shapes;
+            ws.cap = 0;
+            ws.acts = vec![Vec::new(); self.ops.len() + 1];
+            ws.scratch = vec![Vec::new(); self.ops.len()];
+            self.cache = None;
+        }
+        if n > ws.cap {
+            let cap = n;
+            let sized = |s: &[usize]| cap.checked_mul(numel(s)).ok_or_else(too_big);
+            // Below the prefix nothing is ever stored (see `load`).
+            for (a, s) in ws.acts.iter_mut().zip(&ws.shapes).skip(self.prefix) {
+                grow(a, sized(s)?)?;
+            }
+            for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
+                grow(&mut ws.scratch[i], op.layer.scratch_len(cap, &ws.shapes[i]))?;
+            }
+            let widest = ws.shapes.iter().map(|s| numel(s)).max().unwrap_or(0);
+            grow(&mut ws.d_a, sized(&[widest])?)?;
+            grow(&mut ws.d_b, sized(&[widest])?)?;
+            ws.stats.try_reserve(cap.saturating_sub(ws.stats.len())).map_err(|_| oom(cap * 16))?;
+            ws.stats.resize(cap, RowStat::default());
+            ws.cap = cap;
+        }
+        Ok(())
+    }
+
+    /// Asks every layer whether it can take a batch of `n` samples (after
+    /// [`Sequential::plan`] for the input shape).
+    pub(crate) fn check_batch(&self, n: usize, training: bool) -> Result<()> {
+        for (i, op) in self.ops.iter().enumerate() {
+            op.layer
+                .check_batch(n, &self.ws.shapes[i], training)
+                .map_err(|e| layer_error(op.spec, &self.specs[op.spec], e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn in_len(&self) -> usize {
+        numel(&self.ws.shapes[0])
+    }
+
+    pub(crate) fn out_shape(&self) -> &[usize] {
+        self.ws.shapes.last().map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    pub(crate) fn out_len(&self) -> usize {
+        numel(self.out_shape())
+    }
+
+    /// Checks an input array against the model: its size, that it is finite,
+    /// and that float64 values fit a float32 model.
+    pub fn check_input(&mut self, x: &Features<'_>, n: usize, shape: &[usize], what: &str) -> Result<()> {
+        if n == 0 {
+            return Err(Error::value(format!("{what} is empty (0 samples)")));
+        }
+        if x.len() != n * numel(shape) {
+            return Err(Error::shape(format!(
+                "{what} has {} elements, expected {} for {n} samples of shape {shape:?}",
+                x.len(),
+                n * numel(shape)
+            )));
+        }
+        self.plan(shape, 1)?;
+        x.check_finite(what, numel(shape))?;
+        if T::NAME == "float32" {
+            x.check_fits_f32(what, numel(shape))?;
+        }
+        Ok(())
+    }
+
+    /// Gathers `rows` of `x` (`in_len` elements each) as the next batch,
+    /// through the input prefix: into `acts[prefix]`, where the forward
+    /// pass starts.
+    pub(crate) fn load(&mut self, x: &Features<'_>, rows: Rows<'_>, in_len: usize) {
+        x.gather_scaled(rows, in_len, self.affine, &mut self.ws.acts[self.prefix]);
+    }
+
+    /// The forward pass over the loaded batch of `n` samples, with random
+    /// key `key`; with `update`, training-mode layers update their buffers.
+    pub(crate) fn run_layers(&mut self, n: usize, training: bool, update: bool, key: u64) {
+        let ws = &mut self.ws;
+        for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
+            let (lo, hi) = ws.acts.split_at_mut(i + 1);
+            let (in_shape, out_shape) = (&ws.shapes[i], &ws.shapes[i + 1]);
+            let buffers = if update && training {
+                Buffers::Update {
+                    values: &mut self.buffers[op.brange.clone()],
+                    counts: &mut self.counts[op.crange.clone()],
+                }
+            } else {
+                Buffers::Frozen {
+                    values: &self.buffers[op.brange.clone()],
+                    counts: &self.counts[op.crange.clone()],
+                }
+            };
+            op.layer.forward(Forward {
+                params: &self.params[op.prange.clone()],
+                buffers,
+                x: &lo[i][..n * numel(in_shape)],
+                y: &mut hi[0][..n * numel(out_shape)],
+                scratch: &mut ws.scratch[i],
+                n,
+                in_shape,
+                out_shape,
+                training,
+                key: key ^ mix64(i as u64),
+            });
+        }
+    }
+
+    /// Backpropagates `ws.d_a` (holding dL/d output) down to the first layer
+    /// with parameters; layers below it need no gradient (e.g. `Flatten` or
+    /// `Rescaling` at the input), so none is computed for them.
+    /// `after(params, grads, range)` runs after each layer with parameters,
+    /// once its gradients are in `grads[range]`.
+    pub(crate) fn backward_loaded(
+        &mut self,
+        n: usize,
+        key: u64,
+        accumulate: bool,
+        mut after: impl FnMut(&mut [T], &[T], Range<usize>),
+    ) {
+        let first = self.ops.iter().position(|op| !op.prange.is_empty()).unwrap_or(self.ops.len());
+        for (i, op) in self.ops.iter().enumerate().skip(first).rev() {
+            let ws = &mut self.ws;
+            let (in_shape, out_shape) = (&ws.shapes[i], &ws.shapes[i + 1]);
+            let in_len = n * numel(in_shape);
+            let out_len = n * numel(out_shape);
+            op.layer.backward(Backward {
+                params: &self.params[op.prange.clone()],
+                grads: &mut self.grads[op.prange.clone()],
+                accumulate,
+                buffers: &self.buffers[op.brange.clone()],
+                x: &ws.acts[i][..in_len],
+                y: &ws.acts[i + 1][..out_len],
+                dy: &mut ws.d_a[..out_len],
+                dx: if i > first { Some(&mut ws.d_b[..in_len]) } else { None },
+                scratch: &mut ws.scratch[i],
+                n,
+                in_shape,
+                out_shape,
+                key: key ^ mix64(i as u64),
+            });
+            std::mem::swap(&mut ws.d_a, &mut ws.d_b);
+            if !op.prange.is_empty() {
+                after(&mut self.params, &self.grads, op.prange.clone());
+            }
+        }
+    }
+
+    /// Copies the targets of `rows` into the workspace.
+    pub(crate) fn gather_target(&mut self, y: Target<'_, T>, rows: Rows<'_>, cols: usize) {
+        let ws = &mut self.ws;
+        match y {
+            Target::Labels(l) => {
+                ws.labels.clear();
+                ws.labels.extend((0..rows.len()).map(|i| l[rows.get(i)]));
+            }
+            Target::Values(v) => {
+                ws.targets.resize(ws.cap.max(rows.len()) * cols, T::ZERO);
+                T::as_features(v).gather(rows, cols, &mut ws.targets);
+            }
+        }
+    }
+}
+
+pub(crate) fn too_big() -> Error {
+    Error::value("sizes overflow: the model or batch is too large to address")
+}
+
+pub(crate) fn oom(bytes: usize) -> Error {
+    Error::value(format!(
+        "cannot allocate {:.1} GB for the model or batch; use smaller layers or batches",
+        bytes as f64 / 1e9
+    ))
+}
+
+/// A zeroed buffer, or an error instead of an abort when memory runs out.
+pub(crate) fn zeros<T: Float>(len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    grow(&mut v, len)?;
+    Ok(v)
+}
+
+/// Resizes `v` to at least `len` elements (zero-filled), failing cleanly.
+pub(crate) fn grow<T: Float>(v: &mut Vec<T>, len: usize) -> Result<()> {
+    if len > v.len() {
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        if len > isize::MAX as usize / std::mem::size_of::<T>() {
+            return Err(oom(bytes));
+        }
+        v.try_reserve_exact(len - v.len()).map_err(|_| oom(bytes))?;
+        v.resize(len, T::ZERO);
+    }
+    Ok(())
+}
+
+/// The gathered batch targets, of the same kind as `y`.
+pub(crate) fn batch_target<'a, T>(y: Target<'_, T>, labels: &'a [i64], values: &'a [T]) -> Target<'a, T> {
+    match y {
+        Target::Labels(_) => Target::Labels(labels),
+        Target::Values(_) => Target::Values(values),
+    }
+}

@@ -1,0 +1,430 @@
+//! `ferrograd._core.Model`: a compiled `Sequential` of either float type.
+
+use crate::arrays::{in_array, new_array, slice_err, target_array};
+use crate::errors::{compute, guarded, panic_err, to_py};
+use crate::layers::parse_specs;
+use crate::optim::{Opt, PyOptimizer};
+use ferrograd::optim::Optimizer;
+use ferrograd::{
+    threads, Data, EpochOptions, Error, Float, Loss, LossTotals, Sequential, StateKind, StateValues,
+};
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub enum Net {
+    F32(Sequential<f32>),
+    F64(Sequential<f64>),
+}
+
+/// Dispatches `$body` over the model's element type, binding `$m` to the
+/// `Sequential<T>` and `$t` to `T`.
+macro_rules! with_net {
+    ($net:expr, $m:ident, $t:ident, $body:expr) => {
+        match $net {
+            Net::F32($m) => {
+                type $t = f32;
+                $body
+            }
+            Net::F64($m) => {
+                type $t = f64;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_net;
+
+/// A compiled Sequential model (use `ferrograd.Sequential`).
+#[pyclass(module = "ferrograd._core", name = "Model")]
+pub struct PyModel {
+    pub net: Net,
+}
+
+/// `(mean loss, accuracy or None)`.
+pub fn totals_tuple(t: &LossTotals, loss: Loss) -> (f64, Option<f64>) {
+    (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
+}
+
+/// Borrows `x` and `y` as a batch-first dataset checked against the model's
+/// output shape, and runs `f` with it.
+fn with_data<'py, T: Element + Float, R>(
+    m: &mut Sequential<T>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    f: impl FnOnce(&mut Sequential<T>, Data<'_, T>) -> PyResult<R>,
+) -> PyResult<R> {
+    let xa = in_array(x, "X")?;
+    let (feats, n, shape) = xa.batch("X")?;
+    let out_shape = m.output_shape(&shape).map_err(to_py)?;
+    let ya = target_array::<T>(y)?;
+    let target = ya.target(n, &out_shape)?;
+    f(m, Data { x: feats, n, shape: &shape, y: target })
+}
+
+fn predict_impl<'py, T: Element + Float>(
+    py: Python<'py>,
+    m: &mut Sequential<T>,
+    x: &Bound<'py, PyAny>,
+    batch_size: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let xa = in_array(x, "X")?;
+    let (f, n, shape) = xa.batch("X")?;
+    let out_shape = m.output_shape(&shape).map_err(to_py)?;
+    let mut dims = vec![n];
+    dims.extend_from_slice(&out_shape);
+    let out = PyArrayDyn::<T>::zeros(py, dims.as_slice(), false);
+    {
+        let mut w = out.readwrite();
+        let buf = w.as_slice_mut().map_err(|_| PyRuntimeError::new_err("fresh array not contiguous"))?;
+        compute(py, || m.predict_into(&f, n, &shape, batch_size, buf))?;
+    }
+    Ok(out.into_any())
+}
+
+/// One epoch: the core's epoch runs on a worker thread while this (calling)
+/// thread keeps the Python side: it reports progress and checks for Ctrl-C,
+/// which only the main thread can see, and asks the worker to stop between
+/// steps.
+fn train_impl<T: Element + Float>(
+    py: Python<'_>,
+    m: &mut Sequential<T>,
+    opt: &mut Optimizer<T>,
+    x: &Bound<'_, PyAny>,
+    y: &Bound<'_, PyAny>,
+    opts: &EpochOptions,
+    callback: Option<Py<PyAny>>,
+) -> PyResult<(f64, Option<f64>)> {
+    let loss = opts.loss;
+    let xa = in_array(x, "X")?;
+    let (f, n, shape) = xa.batch("X")?;
+    let out_shape = m.output_shape(&shape).map_err(to_py)?;
+    let ya = target_array::<T>(y)?;
+    let target = ya.target(n, &out_shape)?;
+    let data = Data { x: f, n, shape: &shape, y: target };
+    let (tx, rx) = mpsc::channel::<ferrograd::Progress>();
+    let (py_err, result) = py.detach(move || {
+        let stop = AtomicBool::new(false);
+        let mut py_err: Option<PyErr> = None;
+        let result = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let tx = tx;
+                let stop = &stop;
+                catch_unwind(AssertUnwindSafe(|| {
+                    threads::install(|| {
+                        m.train_epoch(data, opt, opts, &mut |p| {
+                            let _ = tx.send(*p);
+                            if stop.load(Ordering::Relaxed) {
+                                Err(Error::interrupted("training interrupted"))
+                            } else {
+                                Ok(())
+                            }
+                        })
+                    })
+                }))
+            });
+            loop {
+                let msg = rx.recv_timeout(Duration::from_millis(50));
+                let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
+                if py_err.is_none() {
+                    let r = Python::attach(|py| -> PyResult<()> {
+                        py.check_signals()?;
+                        if let (Ok(p), Some(cb)) = (&msg, &callback) {
+                            let (lm, acc) = totals_tuple(&p.totals, loss);
+                            cb.call1(py, (p.step, p.steps, p.samples, lm, acc))?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = r {
+                        py_err = Some(e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                if disconnected {
+                    break;
+                }
+            }
+            worker.join()
+        });
+        (py_err, result)
+    });
+    if let Some(e) = py_err {
+        return Err(e);
+    }
+    match result {
+        Ok(Ok(Ok(Ok(t)))) => Ok(totals_tuple(&t, loss)),
+        Ok(Ok(Ok(Err(e)))) | Ok(Ok(Err(e))) => Err(to_py(e)),
+        Ok(Err(p)) | Err(p) => Err(panic_err(p)),
+    }
+}
+
+fn kind_name(k: StateKind) -> &'static str {
+    match k {
+        StateKind::Param => "param",
+        StateKind::Buffer => "buffer",
+        StateKind::Count => "count",
+    }
+}
+
+#[pymethods]
+impl PyModel {
+    /// Builds a model from layer specs, each a JSON object string
+    /// (`{"type": "Dense", "in_features": 784, ...}`).
+    #[new]
+    #[pyo3(signature = (specs, dtype="float32", seed=0))]
+    fn new(specs: Vec<String>, dtype: &str, seed: u64) -> PyResult<Self> {
+        let net = guarded(|| {
+            let specs = parse_specs(&specs)?;
+            Ok(match dtype {
+                "float32" => Net::F32(Sequential::new(specs, seed)?),
+                "float64" => Net::F64(Sequential::new(specs, seed)?),
+                other => {
+                    return Err(Error::value(format!(
+                        "unknown dtype {other:?}; expected \"float32\" or \"float64\""
+                    )))
+                }
+            })
+        })?;
+        Ok(PyModel { net })
+    }
+
+    /// The element type, "float32" or "float64".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        with_net!(&self.net, _m, T, T::NAME)
+    }
+
+    /// Total number of parameter elements.
+    #[getter]
+    fn num_params(&self) -> usize {
+        with_net!(&self.net, m, _T, m.num_params())
+    }
+
+    /// `[(name, shape), ...]` of the parameters, in state_dict order.
+    fn param_info(&self) -> Vec<(String, Vec<usize>)> {
+        with_net!(&self.net, m, _T, m.entries().iter().map(|e| (e.name.clone(), e.shape.clone())).collect())
+    }
+
+    /// `[(name, shape, kind), ...]` of every state_dict entry in torch's
+    /// order; kind is "param", "buffer" or "count" (an int64 buffer).
+    fn state_info(&self) -> Vec<(String, Vec<usize>, &'static str)> {
+        with_net!(
+            &self.net,
+            m,
+            _T,
+            m.state_entries().iter().map(|e| (e.name.clone(), e.shape.clone(), kind_name(e.kind))).collect()
+        )
+    }
+
+    /// A copy of parameter `i` (state_dict layout).
+    fn get_param<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+        with_net!(&self.net, m, _T, {
+            let e = m.entries().get(i).ok_or_else(|| PyValueError::new_err(format!("no parameter {i}")))?;
+            new_array(py, &m.params()[e.range.clone()], &e.shape)
+        })
+    }
+
+    /// A copy of the gradient of parameter `i`.
+    fn get_grad<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+        with_net!(&self.net, m, _T, {
+            let e = m.entries().get(i).ok_or_else(|| PyValueError::new_err(format!("no parameter {i}")))?;
+            new_array(py, &m.grads()[e.range.clone()], &e.shape)
+        })
+    }
+
+    /// A copy of state_dict entry `i` (of `state_info`): the model's dtype,
+    /// or int64 for counts.
+    fn get_state<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+        with_net!(&self.net, m, _T, {
+            let e = m.state_entries().get(i).ok_or_else(|| PyValueError::new_err(format!("no entry {i}")))?;
+            match e.kind {
+                StateKind::Param => new_array(py, &m.params()[e.range.clone()], &e.shape),
+                StateKind::Buffer => new_array(py, &m.buffers()[e.range.clone()], &e.shape),
+                StateKind::Count => new_array(py, &m.counts()[e.range.clone()], &e.shape),
+            }
+        })
+    }
+
+    /// Replaces parameters and buffers from `[(name, array), ...]`, all or
+    /// nothing. Arrays must already have the model's dtype (int64 for
+    /// counts).
+    fn load_state(&mut self, items: Vec<(String, Bound<'_, PyAny>)>) -> PyResult<()> {
+        with_net!(&mut self.net, m, T, {
+            let mut vals = Vec::with_capacity(items.len());
+            for (name, a) in items {
+                if let Ok(a) = a.cast::<PyArrayDyn<T>>() {
+                    let r = a.readonly();
+                    vals.push((
+                        name,
+                        r.shape().to_vec(),
+                        StateValues::Float(r.as_array().iter().copied().collect()),
+                    ));
+                } else if let Ok(a) = a.cast::<PyArrayDyn<i64>>() {
+                    let r = a.readonly();
+                    vals.push((
+                        name,
+                        r.shape().to_vec(),
+                        StateValues::Count(r.as_array().iter().copied().collect()),
+                    ));
+                } else {
+                    return Err(PyTypeError::new_err(format!(
+                        "state_dict entry {name:?} must be a {} or int64 array",
+                        T::NAME
+                    )));
+                }
+            }
+            guarded(|| m.load_state(&vals))
+        })
+    }
+
+    /// Sets all gradients to zero.
+    fn zero_grad(&mut self) {
+        with_net!(&mut self.net, m, _T, m.zero_grad())
+    }
+
+    /// Per-layer output shapes (per sample) for a per-sample input shape.
+    fn layer_shapes(&self, input: Vec<usize>) -> PyResult<Vec<Vec<usize>>> {
+        with_net!(&self.net, m, _T, guarded(|| m.layer_shapes(&input)))
+    }
+
+    /// Forward pass; in training mode it updates running statistics and
+    /// keeps what `backward` needs.
+    fn forward<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        training: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let xa = in_array(x, "x")?;
+        let (f, n, shape) = xa.batch("x")?;
+        with_net!(&mut self.net, m, _T, {
+            let out_shape = guarded(|| m.output_shape(&shape))?;
+            let out = compute(py, || m.forward(&f, n, &shape, training))?;
+            let mut dims = vec![n];
+            dims.extend_from_slice(&out_shape);
+            new_array(py, out, &dims)
+        })
+    }
+
+    /// Backward pass from dL/d(output); gradients accumulate.
+    fn backward(&mut self, py: Python<'_>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_net!(&mut self.net, m, T, {
+            let g = grad.cast::<PyArrayDyn<T>>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "the gradient must be a {} array like the model output",
+                    T::NAME
+                ))
+            })?;
+            let g = g.readonly();
+            let s = g.as_slice().map_err(|_| slice_err("the gradient"))?;
+            let shape = g.shape().to_vec();
+            compute(py, || m.backward(s, &shape))
+        })
+    }
+
+    /// Inference in batches; returns a new array.
+    fn predict<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        with_net!(&mut self.net, m, _T, predict_impl(py, m, x, batch_size))
+    }
+
+    /// `(mean loss, accuracy or None)` over a dataset.
+    fn evaluate(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+        batch_size: usize,
+    ) -> PyResult<(f64, Option<f64>)> {
+        let loss = Loss::parse(loss).map_err(to_py)?;
+        with_net!(&mut self.net, m, _T, {
+            with_data(m, x, y, |m, data| {
+                let t = compute(py, || m.evaluate(data, loss, batch_size))?;
+                Ok(totals_tuple(&t, loss))
+            })
+        })
+    }
+
+    /// One training epoch; `callback(step, steps, samples, loss, acc)` is
+    /// called about every 0.1 s from the calling thread.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None))]
+    fn train_epoch(
+        slf: &Bound<'_, Self>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+        optimizer: &Bound<'_, PyOptimizer>,
+        batch_size: usize,
+        shuffle: bool,
+        epoch: usize,
+        check: bool,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<(f64, Option<f64>)> {
+        let py = slf.py();
+        let opts =
+            EpochOptions { loss: Loss::parse(loss).map_err(to_py)?, batch_size, shuffle, epoch, check };
+        let mut o = optimizer.try_borrow_mut()?;
+        if !o.model.bind(py).is(slf) {
+            return Err(PyValueError::new_err("the optimizer was built from another model's parameters"));
+        }
+        let mut me = slf.try_borrow_mut()?;
+        match (&mut me.net, &mut o.opt) {
+            (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, &opts, callback),
+            (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, &opts, callback),
+            _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
+        }
+    }
+
+    /// Checks data against the model and loss without computing anything.
+    fn validate(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+    ) -> PyResult<()> {
+        let loss = Loss::parse(loss).map_err(to_py)?;
+        with_net!(&mut self.net, m, _T, {
+            with_data(m, x, y, |m, data| compute(py, || m.validate_data(data, loss)))
+        })
+    }
+
+    /// `[(name, max relative error, max absolute error), ...]` of backprop
+    /// against central finite differences (float64 models only).
+    fn gradcheck(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+        eps: f64,
+    ) -> PyResult<Vec<(String, f64, f64)>> {
+        let loss = Loss::parse(loss).map_err(to_py)?;
+        with_net!(&mut self.net, m, _T, {
+            with_data(m, x, y, |m, data| {
+                let r = compute(py, || m.gradcheck(data, loss, eps))?;
+                Ok(r.into_iter().map(|g| (g.name, g.max_rel_error, g.max_abs_error)).collect())
+            })
+        })
+    }
+
+    /// The random generator state (4 integers).
+    fn get_rng_state(&self) -> [u64; 4] {
+        with_net!(&self.net, m, _T, m.rng_state())
+    }
+
+    /// Restores a state from `get_rng_state`.
+    fn set_rng_state(&mut self, s: [u64; 4]) {
+        with_net!(&mut self.net, m, _T, m.set_rng_state(s))
+    }
+}
