@@ -10,6 +10,11 @@ import time and test accuracy.
 
     python benches/bench_train.py                 # all configs, 5 repeats
     python benches/bench_train.py --configs small --repeats 3 --frameworks ferrograd,jax
+    python benches/bench_train.py --baseline /path/to/old/venv/bin/python   # before/after
+
+``--baseline`` adds ``ferrograd-base``: the same ferrograd runner in another
+interpreter (a virtual environment with an earlier build installed), in the
+same interleaved rounds, for before/after medians of a change.
 
 Five rounds by default: on a shared 2-vCPU machine one or two rounds in a
 run can land in a slow phase (half speed for seconds), and a median of
@@ -53,8 +58,11 @@ def load_data(raw: bool = False):
     """MNIST as float32 in [0, 1], flattened; with ``raw``, the uint8 pixels."""
     import numpy as np
 
-    sys.path.insert(0, str(REPO / "python"))
-    from ferrograd.datasets import load_mnist
+    try:
+        from ferrograd.datasets import load_mnist
+    except ImportError:  # not installed: the source tree's (needs its built extension)
+        sys.path.insert(0, str(REPO / "python"))
+        from ferrograd.datasets import load_mnist
 
     root = os.environ.get("FERROGRAD_DATA", str(REPO.parent / "shared" / "datasets"))
     (xt, yt), (xs, ys) = load_mnist(root=root, download=False)
@@ -288,6 +296,10 @@ def main() -> None:
         "--threads", type=int, default=0, help="threads for every framework (0: default)"
     )
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument(
+        "--baseline",
+        help="python of a virtual environment holding an earlier ferrograd: adds ferrograd-base",
+    )
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -303,7 +315,9 @@ def main() -> None:
             XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={t}",
         )
     fws = [f for f in args.frameworks.split(",") if f]
-    missing = [f for f in fws if not available(f)]
+    if args.baseline:
+        fws.insert(1, "ferrograd-base")
+    missing = [f for f in fws if f != "ferrograd-base" and not available(f)]
     fws = [f for f in fws if f not in missing]
     if missing:
         print(f"not installed, skipped: {', '.join(missing)}")
@@ -313,11 +327,12 @@ def main() -> None:
     for rep in range(args.repeats):
         for config in configs:
             for fw in fws:  # interleaved: every framework once per round
+                base = fw == "ferrograd-base"
                 cmd = [
-                    sys.executable,
+                    args.baseline if base else sys.executable,
                     __file__,
                     "--worker",
-                    fw,
+                    "ferrograd" if base else fw,
                     config,
                     "--threads",
                     str(args.threads),
@@ -356,7 +371,7 @@ def main() -> None:
             acc = statistics.median(r["acc"] for r in rs)
             rss = statistics.median(r["rss_mb"] for r in rs)
             gf = sps * flops / 1e9
-            ratio = f"{ours / sps:.2f}x" if ours and not fw.startswith("ferrograd") else "-"
+            ratio = f"{ours / sps:.2f}x" if ours and fw not in ("ferrograd", "ferrograd-u8") else "-"
             print(
                 f"| {name} | {fw} | {sps:,.0f} | {ratio} | {gf:.0f} | {100 * gf / roofline:.0f}% | "
                 f"{acc:.4f} | {rss:.0f} |"
@@ -373,7 +388,7 @@ def main() -> None:
                 }
             )
     print("\nimport time (fresh process, median of 3, minus bare interpreter start):")
-    for mod in dict.fromkeys(MODULES[fw] for fw in fws):
+    for mod in dict.fromkeys(MODULES[fw] for fw in fws if fw in MODULES):
         print(f"  import {mod:>9}: {import_time(mod):.3f} s")
     if args.json:
         Path(args.json).write_text(
