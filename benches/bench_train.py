@@ -371,7 +371,9 @@ def main() -> None:
             acc = statistics.median(r["acc"] for r in rs)
             rss = statistics.median(r["rss_mb"] for r in rs)
             gf = sps * flops / 1e9
-            ratio = f"{ours / sps:.2f}x" if ours and fw not in ("ferrograd", "ferrograd-u8") else "-"
+            ratio = (
+                f"{ours / sps:.2f}x" if ours and fw not in ("ferrograd", "ferrograd-u8") else "-"
+            )
             print(
                 f"| {name} | {fw} | {sps:,.0f} | {ratio} | {gf:.0f} | {100 * gf / roofline:.0f}% | "
                 f"{acc:.4f} | {rss:.0f} |"

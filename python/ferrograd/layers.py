@@ -30,6 +30,15 @@ __all__ = [
     "Dropout",
     "Flatten",
     "Rescaling",
+    "Conv2D",
+    "Conv1D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "MaxPool1D",
+    "AvgPool1D",
+    "GlobalAvgPool2D",
+    "BatchNorm1D",
+    "BatchNorm2D",
 ]
 
 
@@ -48,6 +57,25 @@ def _number(name: str, value: Any, owner: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}") from None
+
+
+def _pair(name: str, value: Any, owner: str) -> tuple[int, int]:
+    """An int or a pair of ints, as a pair (PyTorch's ``_pair``)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise TypeError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}")
+        return (_int(name, value[0], owner), _int(name, value[1], owner))
+    v = _int(name, value, owner)
+    return (v, v)
+
+
+def _padding(value: Any, owner: str, dims: int) -> Any:
+    """``"same"``/``"valid"`` (any string: the engine checks it), or sizes."""
+    if isinstance(value, str):
+        return value
+    if dims == 1:
+        return _int("padding", value, owner)
+    return _pair("padding", value, owner)
 
 
 def _json_value(v: Any) -> Any:
@@ -217,3 +245,176 @@ class Rescaling(Layer):
 
     def _config(self) -> dict[str, Any]:
         return {"scale": self.scale, "offset": self.offset}
+
+
+class _Conv(Layer):
+    dims = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        init: str = "he",
+    ) -> None:
+        name = type(self).__name__
+        self.in_channels = _int("in_channels", in_channels, name)
+        self.out_channels = _int("out_channels", out_channels, name)
+        size: Any = _int if self.dims == 1 else _pair
+        self.kernel_size: Any = size("kernel_size", kernel_size, name)
+        self.stride: Any = size("stride", stride, name)
+        self.padding: Any = _padding(padding, name, self.dims)
+        self.dilation: Any = size("dilation", dilation, name)
+        self.bias = bool(bias)
+        self.init = init
+        self._check()
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "bias": self.bias,
+            "init": self.init,
+        }
+
+    def num_params(self) -> int:
+        area = math.prod(self.kernel_size) if self.dims == 2 else int(self.kernel_size)
+        return self.out_channels * self.in_channels * area + (self.out_channels if self.bias else 0)
+
+
+class Conv2D(_Conv):
+    """2-D convolution over ``(N, C, H, W)`` (``torch.nn.Conv2d``).
+
+    Parameters
+    ----------
+    in_channels, out_channels:
+        Channels of each input and output sample.
+    kernel_size, stride, dilation:
+        An int or a pair ``(height, width)``.
+    padding:
+        Zeros added on each side: an int or a pair, ``"valid"`` (none) or
+        ``"same"`` (the output as large as the input; stride 1 only, and for
+        an even kernel the extra row and column go at the bottom and right,
+        as in torch).
+    bias:
+        Whether to learn an additive bias per output channel.
+    init:
+        Weight initialisation as for :class:`Dense`, with
+        ``fan_in = in_channels * kernel area``; biases start at zero.
+
+    The weight has shape ``(out_channels, in_channels, kh, kw)`` as in
+    PyTorch. The output has ``floor((H + 2p - d(k - 1) - 1) / s) + 1`` rows
+    (likewise columns).
+    """
+
+    kind = "Conv2D"
+    dims = 2
+
+
+class Conv1D(_Conv):
+    """1-D convolution over ``(N, C, L)`` (``torch.nn.Conv1d``); arguments
+    as :class:`Conv2D`, each a single int. Weight ``(out_channels,
+    in_channels, kernel_size)``."""
+
+    kind = "Conv1D"
+    dims = 1
+
+
+class _Pool(Layer):
+    dims = 2
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        name = type(self).__name__
+        size: Any = _int if self.dims == 1 else _pair
+        self.kernel_size: Any = size("kernel_size", kernel_size, name)
+        self.stride: Any = self.kernel_size if stride is None else size("stride", stride, name)
+        self.padding: Any = size("padding", padding, name)
+        self._check()
+
+    def _config(self) -> dict[str, Any]:
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+
+class MaxPool2D(_Pool):
+    """Maximum over windows of ``(N, C, H, W)`` (``torch.nn.MaxPool2d``).
+
+    ``kernel_size``, ``stride`` (default: ``kernel_size``) and ``padding``
+    are ints or pairs; padding counts as minus infinity and may be at most
+    half the kernel. The gradient goes to the first maximum of each window.
+    """
+
+    kind = "MaxPool2D"
+
+
+class AvgPool2D(_Pool):
+    """Mean over windows of ``(N, C, H, W)`` (``torch.nn.AvgPool2d`` with
+    ``count_include_pad=True``: padded zeros count in the mean)."""
+
+    kind = "AvgPool2D"
+
+
+class MaxPool1D(_Pool):
+    """Maximum over windows of ``(N, C, L)`` (``torch.nn.MaxPool1d``)."""
+
+    kind = "MaxPool1D"
+    dims = 1
+
+
+class AvgPool1D(_Pool):
+    """Mean over windows of ``(N, C, L)`` (``torch.nn.AvgPool1d``,
+    ``count_include_pad=True``)."""
+
+    kind = "AvgPool1D"
+    dims = 1
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean over each channel's ``(H, W)``: ``(N, C, H, W) -> (N, C)``."""
+
+    kind = "GlobalAvgPool2D"
+
+
+class _BatchNorm(Layer):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        name = type(self).__name__
+        self.num_features = _int("num_features", num_features, name)
+        self.eps = _number("eps", eps, name)
+        self.momentum = None if momentum is None else _number("momentum", momentum, name)
+        self._check()
+
+    def _config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+    def num_params(self) -> int:
+        return 2 * self.num_features
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalization over ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``).
+
+    In training mode each channel is normalized with the batch's mean and
+    (biased) variance, then scaled by ``weight`` and shifted by ``bias``;
+    the running statistics move toward the batch's (the variance's unbiased
+    estimate) by ``momentum``, or as a cumulative average with
+    ``momentum=None``. In evaluation mode the running statistics are used.
+    ``state_dict`` holds ``weight``, ``bias``, ``running_mean``,
+    ``running_var`` and the int64 ``num_batches_tracked``, as torch's.
+    Training needs more than one value per channel in a batch.
+    """
+
+    kind = "BatchNorm1D"
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalization over ``(N, C, H, W)`` (``torch.nn.BatchNorm2d``);
+    see :class:`BatchNorm1D`."""
+
+    kind = "BatchNorm2D"

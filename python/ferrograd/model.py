@@ -239,7 +239,7 @@ class Sequential:
                 )
             if kinds.get(name) == "count":
                 if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-                    raise TypeError(f"state_dict entry {name!r} must hold integers (a count)")
+                    raise TypeError(f'state_dict entry "{name}" must hold integers (a count)')
                 dtype: np.dtype[Any] = np.dtype(np.int64)
             else:
                 dtype = self.dtype

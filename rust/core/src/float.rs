@@ -30,6 +30,8 @@ pub trait Float:
     const NAME: &'static str;
     const ZERO: Self;
     const ONE: Self;
+    /// The smallest positive normal value.
+    const MIN_POSITIVE: Self;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn from_u8(v: u8) -> Self;
@@ -85,6 +87,7 @@ macro_rules! impl_float {
             const NAME: &'static str = $name;
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
+            const MIN_POSITIVE: Self = <$t>::MIN_POSITIVE;
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
                 v as $t

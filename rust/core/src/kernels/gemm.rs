@@ -205,7 +205,7 @@ impl<'a, T: Float> Product<'a, T> {
 #[inline]
 pub fn padded_ld<T>(k: usize) -> Option<usize> {
     let size = std::mem::size_of::<T>();
-    (k > 0 && (k * size) % 1024 == 0).then(|| k + 64 / size)
+    (k > 0 && (k * size).is_multiple_of(1024)).then(|| k + 64 / size)
 }
 
 /// Copies the `rows x k` row-major matrix `src` into `dst` with row stride

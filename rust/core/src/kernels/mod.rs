@@ -6,6 +6,7 @@
 //! boundaries, so results do not depend on the thread count.
 
 pub mod activation;
+pub mod conv;
 pub mod gemm;
 pub mod reduce;
 pub mod simd;
@@ -102,6 +103,39 @@ pub fn par_chunks<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [
     team::with_current(move |t| match t {
         Some(t) => team::team_chunks(t, out, chunk, f),
         None => out.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c)),
+    })
+}
+
+/// `f(i, a_i, b_i)` over the `ca`-sized chunks of `a` paired with the
+/// `cb`-sized chunks of `b` (as many as `a` has; `b` must have at least as
+/// many), in parallel on the calling thread's [`team`] or else the rayon
+/// pool, or serially when there is one worker (or inside a team job).
+pub fn par_chunks2<A: Send, B: Send>(
+    a: &mut [A],
+    ca: usize,
+    b: &mut [B],
+    cb: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    let (ca, cb) = (ca.max(1), cb.max(1));
+    let count = a.len().div_ceil(ca);
+    assert!(b.len() >= count.saturating_sub(1) * cb, "par_chunks2: b has fewer chunks than a");
+    let (workers, _) = workers_for(0);
+    if workers <= 1 || count <= 1 {
+        return a.chunks_mut(ca).zip(b.chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+    team::with_current(|t| match t {
+        Some(t) => {
+            let (pa, pb) = (team::SlicePtr::new(a), team::SlicePtr::new(b));
+            t.for_each_index(count, |i| {
+                // SAFETY: each index runs once, so the chunks of `a` and of
+                // `b` handed out are disjoint; both slices stay mutably
+                // borrowed by this call until `for_each_index` returns.
+                let (x, y) = unsafe { (pa.chunk(i * ca, (i + 1) * ca), pb.chunk(i * cb, (i + 1) * cb)) };
+                f(i, x, y)
+            })
+        }
+        None => a.par_chunks_mut(ca).zip(b.par_chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y)),
     })
 }
 

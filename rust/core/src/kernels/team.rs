@@ -317,7 +317,7 @@ impl Team {
                     continue;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 256 == 0 {
+                if spins.is_multiple_of(256) {
                     // Let the owner's other threads (a progress display) run.
                     std::thread::yield_now();
                 } else {

@@ -10,17 +10,23 @@
 //! images, as in PyTorch).
 
 mod activation;
+mod batchnorm;
+mod conv;
 mod dense;
 mod dropout;
 mod flatten;
+mod pool;
 mod rescaling;
 mod softmax;
 mod spec;
 
 pub use activation::Activation;
+pub use batchnorm::BatchNorm;
+pub use conv::Conv;
 pub use dense::{Dense, Init};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
 pub use spec::{LayerSpec, Padding};

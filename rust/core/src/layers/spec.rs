@@ -3,7 +3,10 @@
 //! the Python side sends (as JSON) and what a saved model records; each
 //! layer's constructor checks the values.
 
-use super::{Activation, Dense, Dropout, Flatten, Init, Layer, Rescaling, Softmax};
+use super::{
+    Activation, BatchNorm, Conv, Dense, Dropout, Flatten, GlobalAvgPool, Init, Layer, Pool, PoolKind,
+    Rescaling, Softmax,
+};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::Act;
@@ -60,6 +63,15 @@ fn float<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> 
     }
 }
 
+/// [`float`] for an optional value (`null` is `None`).
+fn opt_float<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    use serde::de::IntoDeserializer as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        v => float(v.into_deserializer()).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// A layer's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -89,6 +101,68 @@ pub enum LayerSpec {
         scale: f64,
         #[serde(deserialize_with = "float")]
         offset: f64,
+    },
+    /// `torch.nn.Conv2d` on `(C, H, W)`; weight `(out, in, kh, kw)`.
+    Conv2D {
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: Padding<[usize; 2]>,
+        dilation: [usize; 2],
+        bias: bool,
+        init: Init,
+    },
+    /// `torch.nn.Conv1d` on `(C, L)`; weight `(out, in, k)`.
+    Conv1D {
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+        stride: usize,
+        padding: Padding<usize>,
+        dilation: usize,
+        bias: bool,
+        init: Init,
+    },
+    MaxPool2D {
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    },
+    /// Average pooling counting the padding (torch's `count_include_pad=True`).
+    AvgPool2D {
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    },
+    MaxPool1D {
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+    },
+    AvgPool1D {
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// Mean over `(H, W)`: `(C, H, W) -> (C)`.
+    GlobalAvgPool2D,
+    /// `torch.nn.BatchNorm1d` on `(C)` or `(C, L)`; `momentum: None` is a
+    /// cumulative average.
+    BatchNorm1D {
+        num_features: usize,
+        #[serde(deserialize_with = "float")]
+        eps: f64,
+        #[serde(deserialize_with = "opt_float")]
+        momentum: Option<f64>,
+    },
+    /// `torch.nn.BatchNorm2d` on `(C, H, W)`.
+    BatchNorm2D {
+        num_features: usize,
+        #[serde(deserialize_with = "float")]
+        eps: f64,
+        #[serde(deserialize_with = "opt_float")]
+        momentum: Option<f64>,
     },
 }
 
@@ -166,6 +240,75 @@ impl LayerSpec {
             &LayerSpec::Dropout { p } => Box::new(Dropout::new(p)?),
             LayerSpec::Flatten => Box::new(Flatten),
             &LayerSpec::Rescaling { scale, offset } => Box::new(Rescaling::new(scale, offset)?),
+            LayerSpec::Conv2D {
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                bias,
+                init,
+            } => {
+                let pad = padding.clone();
+                Box::new(Conv::new(
+                    name,
+                    *in_channels,
+                    *out_channels,
+                    *kernel_size,
+                    *stride,
+                    pad,
+                    *dilation,
+                    *bias,
+                    *init,
+                )?)
+            }
+            LayerSpec::Conv1D {
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                bias,
+                init,
+            } => {
+                let pad = match padding {
+                    Padding::Same => Padding::Same,
+                    Padding::Valid => Padding::Valid,
+                    Padding::Explicit(p) => Padding::Explicit([0, *p]),
+                };
+                Box::new(Conv::new(
+                    name,
+                    *in_channels,
+                    *out_channels,
+                    [1, *kernel_size],
+                    [1, *stride],
+                    pad,
+                    [1, *dilation],
+                    *bias,
+                    *init,
+                )?)
+            }
+            &LayerSpec::MaxPool2D { kernel_size, stride, padding } => {
+                Box::new(Pool::new(name, PoolKind::Max, 2, kernel_size, stride, padding)?)
+            }
+            &LayerSpec::AvgPool2D { kernel_size, stride, padding } => {
+                Box::new(Pool::new(name, PoolKind::Avg, 2, kernel_size, stride, padding)?)
+            }
+            &LayerSpec::MaxPool1D { kernel_size, stride, padding } => {
+                Box::new(Pool::new(name, PoolKind::Max, 1, [1, kernel_size], [1, stride], [0, padding])?)
+            }
+            &LayerSpec::AvgPool1D { kernel_size, stride, padding } => {
+                Box::new(Pool::new(name, PoolKind::Avg, 1, [1, kernel_size], [1, stride], [0, padding])?)
+            }
+            LayerSpec::GlobalAvgPool2D => Box::new(GlobalAvgPool),
+            &LayerSpec::BatchNorm1D { num_features, eps, momentum } => {
+                Box::new(BatchNorm::new(name, 1, num_features, eps, momentum)?)
+            }
+            &LayerSpec::BatchNorm2D { num_features, eps, momentum } => {
+                Box::new(BatchNorm::new(name, 2, num_features, eps, momentum)?)
+            }
             s => match s.activation() {
                 Some(act) => Box::new(Activation::new(act, name)?),
                 None => return Err(Error::value(format!("unknown layer {s:?}"))),
@@ -187,6 +330,15 @@ impl LayerSpec {
             LayerSpec::Dropout { .. } => "Dropout",
             LayerSpec::Flatten => "Flatten",
             LayerSpec::Rescaling { .. } => "Rescaling",
+            LayerSpec::Conv2D { .. } => "Conv2D",
+            LayerSpec::Conv1D { .. } => "Conv1D",
+            LayerSpec::MaxPool2D { .. } => "MaxPool2D",
+            LayerSpec::AvgPool2D { .. } => "AvgPool2D",
+            LayerSpec::MaxPool1D { .. } => "MaxPool1D",
+            LayerSpec::AvgPool1D { .. } => "AvgPool1D",
+            LayerSpec::GlobalAvgPool2D => "GlobalAvgPool2D",
+            LayerSpec::BatchNorm1D { .. } => "BatchNorm1D",
+            LayerSpec::BatchNorm2D { .. } => "BatchNorm2D",
         }
     }
 }
@@ -197,17 +349,42 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_errors() {
-        let spec = LayerSpec::Dense { in_features: 3, out_features: 2, bias: true, init: Init::Xavier };
+        let spec = LayerSpec::Conv2D {
+            in_channels: 1,
+            out_channels: 8,
+            kernel_size: [3, 3],
+            stride: [1, 1],
+            padding: Padding::Same,
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        };
         let text = spec.to_json();
         assert_eq!(LayerSpec::from_json(&text).unwrap(), spec);
+        let dense =
+            r#"{"type": "Dense", "in_features": 3, "out_features": 2, "bias": true, "init": "xavier"}"#;
+        assert!(matches!(LayerSpec::from_json(dense).unwrap(), LayerSpec::Dense { init: Init::Xavier, .. }));
         let err = |t: &str| LayerSpec::from_json(t).unwrap_err().message;
         assert_eq!(err(r#"{"type": "Conv3D"}"#), "unknown layer type \"Conv3D\"");
-        assert!(err(&text.replace(":3", ":-3")).contains("Dense: in_features must be >= 1, got -3"));
-        assert!(err(&text.replace("\"xavier\"", "null")).starts_with("Dense: unknown init null"));
+        assert!(err(&text.replace("\"same\"", "\"sam\"")).contains("unknown padding \"sam\""));
+        assert!(err(&text.replace("\"same\"", "[-1, 0]")).contains("padding must be >= 0, got -1"));
+        assert!(err(&text.replace("\"same\"", "[1]")).starts_with("Conv2D:"));
         assert!(err(r#"{"type": "Dropout", "p": 1.5}"#).contains("p must be in [0, 1)"));
         assert!(err(r#"{"type": "Dropout", "p": "nan"}"#).contains("p must be in [0, 1), got NaN"));
         assert!(err(r#"{"type": "Rescaling", "scale": "-inf", "offset": 0}"#).contains("must be finite"));
         assert!(err("[1, 2]").contains("JSON object"));
         assert!(err("{").contains("invalid layer JSON"));
+        let dense =
+            LayerSpec::Dense { in_features: 3, out_features: 2, bias: true, init: Init::Xavier }.to_json();
+        assert!(err(&dense.replace(":3", ":-3")).contains("Dense: in_features must be >= 1, got -3"));
+        assert!(err(&dense.replace("\"xavier\"", "null")).starts_with("Dense: unknown init null"));
+        let bn = r#"{"type": "BatchNorm2D", "num_features": 4, "eps": 1e-5, "momentum": null}"#;
+        assert!(matches!(LayerSpec::from_json(bn).unwrap(), LayerSpec::BatchNorm2D { momentum: None, .. }));
+        assert!(err(&bn.replace("null", "1.5")).contains("momentum must be in [0, 1]"));
+        assert!(err(&bn.replace("1e-5", "0")).contains("eps must be a finite value > 0"));
+        let pool = r#"{"type": "MaxPool2D", "kernel_size": [3, 3], "stride": [1, 1], "padding": [2, 1]}"#;
+        assert!(err(pool).contains("padding must be at most half the kernel size"));
+        let strided = text.replace("\"stride\":[1,1]", "\"stride\":[2,1]");
+        assert!(err(&strided).contains("padding=\"same\" needs stride 1"));
     }
 }
