@@ -2,8 +2,12 @@
 scikit-learn (whichever import), run interleaved in fresh processes.
 
 Each run trains one full epoch of MNIST (60,000 samples, float32, inputs
-scaled to [0, 1]) from a fresh model and then measures test accuracy, so
-speed is never bought with wrong math. Reports medians over ``--repeats``
+scaled to [0, 1]; the CNN: the first 12,000) from a fresh model and then
+measures test accuracy, so speed is never bought with wrong math. The CNN
+(conv5x5(32, same)-ReLU-maxpool2-conv5x5(64, same)-ReLU-maxpool2-dense
+256-ReLU-dense 10, batch 64, Adam) runs against PyTorch only, and also times
+inference: predict on the 10,000 test images in batches of 1024 (torch:
+its forward under no_grad). Reports medians over ``--repeats``
 runs: samples/s, ratio to each peer, GFLOPS and percent of numpy's float32
 matmul speed measured in the same run (the practical roofline), peak RSS,
 import time and test accuracy.
@@ -39,14 +43,34 @@ CONFIGS = {
     "small": ([128], 32, "sgd"),
     "medium": ([512, 512], 128, "adam"),
     "large": ([1024, 1024], 256, "adam"),
+    "cnn": ("cnn", 64, "adam"),
 }
+CNN_SAMPLES = 12_000
+INFER_BATCH = 1024
+# Frameworks with a CNN runner.
+CNN_FRAMEWORKS = ("ferrograd", "ferrograd-u8", "torch")
 LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 
 
-def train_flops_per_sample(hidden: list[int]) -> int:
+def cnn_flops_per_sample() -> int:
+    """Forward, weight gradient and input gradient of each layer (the
+    first convolution needs no input gradient): 67.5 MFLOP."""
+    conv1 = 2 * 32 * 25 * 28 * 28
+    conv2 = 2 * 64 * (32 * 25) * 14 * 14
+    dense = 2 * 3136 * 256 + 2 * 256 * 10
+    return 2 * conv1 + 3 * conv2 + 3 * dense
+
+
+def cnn_infer_flops_per_sample() -> int:
+    return 2 * 32 * 25 * 28 * 28 + 2 * 64 * 800 * 14 * 14 + 2 * 3136 * 256 + 2 * 256 * 10
+
+
+def train_flops_per_sample(hidden) -> int:
     """Forward 2*in*out, weight gradient 2*in*out, input gradient 2*in*out
     except for the first layer (its input needs no gradient)."""
+    if hidden == "cnn":
+        return cnn_flops_per_sample()
     sizes = [784, *hidden, 10]
     total = 0
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -54,8 +78,9 @@ def train_flops_per_sample(hidden: list[int]) -> int:
     return total
 
 
-def load_data(raw: bool = False):
-    """MNIST as float32 in [0, 1], flattened; with ``raw``, the uint8 pixels."""
+def load_data(raw: bool = False, images: bool = False):
+    """MNIST as float32 in [0, 1], flattened; with ``raw``, the uint8
+    pixels; with ``images``, shaped (N, 1, 28, 28)."""
     import numpy as np
 
     try:
@@ -66,6 +91,18 @@ def load_data(raw: bool = False):
 
     root = os.environ.get("FERROGRAD_DATA", str(REPO.parent / "shared" / "datasets"))
     (xt, yt), (xs, ys) = load_mnist(root=root, download=False)
+    if images:
+        xt, yt = xt[:CNN_SAMPLES], yt[:CNN_SAMPLES]
+        shape = (-1, 1, 28, 28)
+        if raw:
+            return xt.reshape(shape), yt.astype(np.int64), xs.reshape(shape), ys.astype(np.int64)
+        f = np.float32
+        return (
+            xt.reshape(shape).astype(f) / f(255),
+            yt.astype(np.int64),
+            xs.reshape(shape).astype(f) / f(255),
+            ys.astype(np.int64),
+        )
     if raw:
         return xt.reshape(-1, 784), yt.astype(np.int64), xs.reshape(-1, 784), ys.astype(np.int64)
     f = np.float32
@@ -80,6 +117,23 @@ def load_data(raw: bool = False):
 # ---------------------------------------------------------------- workers
 
 
+def ferrograd_cnn(raw: bool):
+    from ferrograd import layers as L
+
+    return ([L.Rescaling(1 / 255)] if raw else []) + [
+        L.Conv2D(1, 32, 5, padding="same"),
+        L.ReLU(),
+        L.MaxPool2D(2),
+        L.Conv2D(32, 64, 5, padding="same"),
+        L.ReLU(),
+        L.MaxPool2D(2),
+        L.Flatten(),
+        L.Dense(3136, 256),
+        L.ReLU(),
+        L.Dense(256, 10),
+    ]
+
+
 def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False):
     t0 = time.perf_counter()
     import ferrograd as fg
@@ -89,6 +143,18 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False):
     if threads:
         fg.set_num_threads(threads)
     xt, yt, xs, ys = data
+    if hidden == "cnn":
+        model = fg.Sequential(ferrograd_cnn(raw), seed=0)
+        opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
+        start = time.perf_counter()
+        model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0)
+        elapsed = time.perf_counter() - start
+        model.predict(xs[:INFER_BATCH], batch_size=INFER_BATCH)  # warm
+        start = time.perf_counter()
+        out = model.predict(xs, batch_size=INFER_BATCH)
+        infer = time.perf_counter() - start
+        acc = float((out.argmax(1) == ys).mean())
+        return elapsed, acc, import_s, infer
     # raw: uint8 pixels in, scaled per batch by the model (no float copy of the data).
     stack, width = ([L.Rescaling(1 / 255)] if raw else []), 784
     for h in hidden:
@@ -167,6 +233,40 @@ def run_torch(hidden, batch, opt_name, data, threads):
     if threads:
         torch.set_num_threads(threads)
     xt, yt, xs, ys = (torch.from_numpy(a) for a in data)
+    if hidden == "cnn":
+        nn = torch.nn
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(3136, 256),
+            nn.ReLU(),
+            nn.Linear(256, 10),
+        )
+        opt = torch.optim.Adam(model.parameters(), lr=LR["adam"])
+        lossf = nn.CrossEntropyLoss()
+        perm = torch.from_numpy(np.random.default_rng(0).permutation(len(xt)))
+        start = time.perf_counter()
+        for i in range(0, len(xt), batch):
+            idx = perm[i : i + batch]
+            opt.zero_grad()
+            lossf(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+        elapsed = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            model(xs[:INFER_BATCH])  # warm
+            start = time.perf_counter()
+            out = torch.cat(
+                [model(xs[i : i + INFER_BATCH]) for i in range(0, len(xs), INFER_BATCH)]
+            )
+            infer = time.perf_counter() - start
+        acc = (out.argmax(1) == ys).float().mean().item()
+        return elapsed, acc, import_s, infer
     sizes = [784, *hidden, 10]
     mods = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -245,10 +345,14 @@ def worker(fw: str, config: str, threads: int) -> None:
     import resource
 
     hidden, batch, opt_name = CONFIGS[config]
-    data = load_data(raw=fw == "ferrograd-u8")
-    elapsed, acc, import_s = RUNNERS[fw](hidden, batch, opt_name, data, threads)
+    data = load_data(raw=fw == "ferrograd-u8", images=hidden == "cnn")
+    elapsed, acc, import_s, *infer = RUNNERS[fw](hidden, batch, opt_name, data, threads)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"elapsed": elapsed, "acc": acc, "import_s": import_s, "rss_mb": rss_mb}))
+    out = {"elapsed": elapsed, "acc": acc, "import_s": import_s, "rss_mb": rss_mb}
+    if infer:
+        out["infer"] = infer[0]
+    out["samples"] = len(data[0])
+    print(json.dumps(out))
 
 
 # ---------------------------------------------------------------- driver
@@ -327,6 +431,8 @@ def main() -> None:
     for rep in range(args.repeats):
         for config in configs:
             for fw in fws:  # interleaved: every framework once per round
+                if config == "cnn" and fw not in CNN_FRAMEWORKS + ("ferrograd-base",):
+                    continue
                 base = fw == "ferrograd-base"
                 cmd = [
                     args.baseline if base else sys.executable,
@@ -343,9 +449,10 @@ def main() -> None:
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault((config, fw), []).append(r)
+                infer = f"  predict {10000 / r['infer']:,.0f}/s" if "infer" in r else ""
                 print(
-                    f"  round {rep + 1} {config:>6} {fw:>9}: {60000 / r['elapsed']:>9,.0f} samples/s"
-                    f"  acc {r['acc']:.4f}  rss {r['rss_mb']:.0f} MB",
+                    f"  round {rep + 1} {config:>6} {fw:>9}: {r['samples'] / r['elapsed']:>9,.0f} samples/s"
+                    f"  acc {r['acc']:.4f}  rss {r['rss_mb']:.0f} MB{infer}",
                     flush=True,
                 )
         roof.append(matmul_gflops())
@@ -359,9 +466,12 @@ def main() -> None:
     for config in configs:
         hidden, batch, opt_name = CONFIGS[config]
         flops = train_flops_per_sample(hidden)
-        name = f"784-{'-'.join(map(str, hidden))}-10 b{batch} {opt_name}"
+        if hidden == "cnn":
+            name = f"CNN b{batch} {opt_name}"
+        else:
+            name = f"784-{'-'.join(map(str, hidden))}-10 b{batch} {opt_name}"
         speeds = {
-            fw: 60000 / statistics.median(r["elapsed"] for r in results[(config, fw)])
+            fw: statistics.median(r["samples"] / r["elapsed"] for r in results[(config, fw)])
             for fw in fws
             if (config, fw) in results
         }
@@ -389,6 +499,22 @@ def main() -> None:
                     "runs": rs,
                 }
             )
+    if "cnn" in configs:
+        print(f"\nCNN inference: predict on 10,000 images, batch {INFER_BATCH} (median):")
+        print("| framework | images/s | vs ferrograd | GFLOPS | % roofline |")
+        print("|---|---|---|---|---|")
+        rates = {
+            fw: statistics.median(10000 / r["infer"] for r in results[("cnn", fw)])
+            for fw in fws
+            if ("cnn", fw) in results
+        }
+        ours = rates.get("ferrograd")
+        for fw, rate in rates.items():
+            gf = rate * cnn_infer_flops_per_sample() / 1e9
+            ratio = (
+                f"{ours / rate:.2f}x" if ours and fw not in ("ferrograd", "ferrograd-u8") else "-"
+            )
+            print(f"| {fw} | {rate:,.0f} | {ratio} | {gf:.0f} | {100 * gf / roofline:.0f}% |")
     print("\nimport time (fresh process, median of 3, minus bare interpreter start):")
     for mod in dict.fromkeys(MODULES[fw] for fw in fws if fw in MODULES):
         print(f"  import {mod:>9}: {import_time(mod):.3f} s")

@@ -180,6 +180,45 @@ CASES = {
         kinks=window_gaps(2, 3, 2, 1, dims=1),
     ),
     "avgpool1d": Case(lambda: [L.Conv1D(2, 3, 3), L.AvgPool1D(2)], (2, 9)),
+    # Between two convolutions (or before Flatten or global pooling), the
+    # model keeps channels-last buffers: these take those code paths.
+    "maxpool_between_convs_channels_last": Case(
+        lambda: [
+            L.Conv2D(1, 3, 3, padding=1),
+            L.MaxPool2D(2),
+            L.Conv2D(3, 2, 2),
+            L.Flatten(),
+            L.Dense(8, 2),
+        ],
+        (1, 6, 6),
+        loss="cross_entropy",
+        kinks=window_gaps(1, 2, 2, 0),
+    ),
+    "maxpool_overlapping_channels_last": Case(
+        lambda: [
+            L.Conv2D(2, 3, 3, padding=1),
+            L.MaxPool2D(3, stride=2, padding=1),
+            L.Conv2D(3, 2, 2),
+        ],
+        (2, 7, 7),
+        kinks=window_gaps(1, 3, 2, 1),
+    ),
+    "avgpool_channels_last_to_global": Case(
+        lambda: [
+            L.Conv2D(2, 3, 3),
+            L.Tanh(),
+            L.AvgPool2D(3, stride=2, padding=1),
+            L.Dropout(0.2),
+            L.Conv2D(3, 4, 2, padding="same"),
+            L.GlobalAvgPool2D(),
+        ],
+        (2, 7, 8),
+    ),
+    "conv1d_maxpool1d_channels_last": Case(
+        lambda: [L.Conv1D(2, 3, 3), L.MaxPool1D(2), L.Conv1D(3, 2, 2), L.Flatten()],
+        (2, 11),
+        kinks=window_gaps(1, 2, 2, 0, dims=1),
+    ),
     "global_avg_pool": Case(
         lambda: [L.Conv2D(2, 3, 3), L.Tanh(), L.GlobalAvgPool2D(), L.Dense(3, 2)],
         (2, 5, 5),

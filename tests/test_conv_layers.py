@@ -118,6 +118,32 @@ def test_conv2d_forward_matches_numpy(i: int, dtype: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cnn_forward_matches_numpy(dtype: str) -> None:
+    """A whole CNN (its pooling and ReLU run on channels-last buffers inside
+    the model) against numpy's planar forward pass."""
+    layers = [
+        L.Conv2D(2, 6, 3, padding="same"),
+        L.ReLU(),
+        L.MaxPool2D(2),
+        L.Conv2D(6, 5, 3, padding=1),
+        L.ReLU(),
+        L.AvgPool2D(2),
+        L.Flatten(),
+        L.Dense(5 * 3 * 2, 4),
+    ]
+    model = fg.Sequential(layers, seed=3, dtype=dtype)
+    x = np.random.default_rng(4).normal(size=(5, 2, 12, 9))
+    sd = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+    a = np.maximum(np_conv(x, sd["0.weight"], sd["0.bias"], (1, 1), (1, 1, 1, 1), (1, 1)), 0)
+    a = np_pool(a, "max", (2, 2), (2, 2), (0, 0))
+    a = np.maximum(np_conv(a, sd["3.weight"], sd["3.bias"], (1, 1), (1, 1, 1, 1), (1, 1)), 0)
+    a = np_pool(a, "avg", (2, 2), (2, 2), (0, 0)).reshape(5, -1)
+    want = a @ sd["7.weight"].T + sd["7.bias"]
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(model.predict(x.astype(dtype)), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_conv1d_is_a_conv2d_of_height_one(dtype: str) -> None:
     c1 = fg.Sequential([L.Conv1D(3, 4, 5, stride=2, padding=2, dilation=1)], seed=1, dtype=dtype)
     c2 = fg.Sequential([L.Conv2D(3, 4, (1, 5), stride=(1, 2), padding=(0, 2))], seed=1, dtype=dtype)

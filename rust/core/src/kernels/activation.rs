@@ -128,6 +128,46 @@ impl Act {
     }
 }
 
+crate::multiversion! {
+    /// `y = act(y)` in place, on the calling thread (one `match` for the
+    /// whole slice, so the loop vectorizes).
+    fn forward_serial_body<T: Float>(act: Act, y: &mut [T]) {
+        match act {
+            Act::Identity => {}
+            Act::Relu => y.iter_mut().for_each(|v| *v = Act::Relu.apply(*v)),
+            a => y.iter_mut().for_each(|v| *v = a.apply(*v)),
+        }
+    }
+}
+
+/// `y = act(y)` in place, serially.
+#[inline]
+pub fn forward_serial<T: Float>(act: Act, y: &mut [T]) {
+    if act != Act::Identity {
+        forward_serial_body(act, y);
+    }
+}
+
+crate::multiversion! {
+    /// `out = dy * act'(y)` from the output alone (serial; valid when
+    /// [`Act::derivative_from_output`]).
+    fn grad_at_output_body<T: Float>(act: Act, y: &[T], dy: &[T], out: &mut [T]) {
+        let it = out.iter_mut().zip(y).zip(dy);
+        match act {
+            Act::Identity => it.for_each(|((o, _), &g)| *o = g),
+            Act::Relu => it.for_each(|((o, &yi), &g)| *o = if yi > T::ZERO { g } else { T::ZERO }),
+            a => it.for_each(|((o, &yi), &g)| *o = g * a.derivative_at_output(yi)),
+        }
+    }
+}
+
+/// `out = dy * act'(y)`, serially, for `act` whose derivative is a function
+/// of its output.
+#[inline]
+pub fn grad_at_output<T: Float>(act: Act, y: &[T], dy: &[T], out: &mut [T]) {
+    grad_at_output_body(act, y, dy, out);
+}
+
 /// `y = act(y)` in place.
 pub fn forward_inplace<T: Float>(act: Act, y: &mut [T]) {
     if act == Act::Identity {

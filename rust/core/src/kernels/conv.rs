@@ -24,6 +24,8 @@
 
 use crate::float::Float;
 use crate::kernels::activation::Act;
+use crate::kernels::transpose::transpose;
+use crate::layers::Layout;
 use std::marker::PhantomData;
 
 /// One reduction segment: `len` steps starting `a` and `b` elements into
@@ -50,11 +52,28 @@ pub fn push_seg(segs: &mut Vec<Seg>, s: Seg, a_ts: usize, b_ts: usize) {
     segs.push(s);
 }
 
-/// What one tile computes: `acc[r][j] += sum_s sum_t a[s.a + t*a_ts + r*a_rs]
-/// * b[s.b + t*b_ts + j]` for `r < R`, `j < V * L`.
+/// What a tile's accumulators start from.
+#[derive(Clone, Copy, Debug)]
+pub enum Init<'a, T> {
+    Zero,
+    /// The values already in the output rows.
+    Keep,
+    /// The same row (a bias) for every row, `vecs x lanes` long.
+    Row(&'a [T]),
+}
+
+/// What one tile computes: `out[r * out_rs + j] = init + sum_s sum_t
+/// a[s.a + t*a_ts + r*a_rs] * b[s.b + t*b_ts + j]` (then `max(0, .)` with
+/// `relu`) for `r < R`, `j < live <= V * L`; lanes past `live` are neither
+/// read nor written.
 struct TileArgs<T> {
-    /// `R x (V * L)` accumulators, read and written back.
-    acc: *mut T,
+    out: *mut T,
+    out_rs: usize,
+    live: usize,
+    /// 0: zero, 1: keep, 2: `row`.
+    init: u8,
+    row: *const T,
+    relu: bool,
     a: *const T,
     a_rs: usize,
     a_ts: usize,
@@ -73,8 +92,14 @@ trait Simd<T: Float> {
     unsafe fn splat(x: T) -> Self::V;
     unsafe fn load(p: *const T) -> Self::V;
     unsafe fn store(p: *mut T, v: Self::V);
+    /// The first `n <= L` lanes from `p` (the rest zero).
+    unsafe fn load_partial(p: *const T, n: usize) -> Self::V;
+    /// The first `n <= L` lanes to `p`.
+    unsafe fn store_partial(p: *mut T, v: Self::V, n: usize);
     /// `a * b + c`.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `max(v, 0)`.
+    unsafe fn relu(v: Self::V) -> Self::V;
 }
 
 /// Plain arrays, vectorized by the compiler for whatever the enclosing
@@ -106,12 +131,32 @@ impl<T: Float> Simd<T> for Portable<T> {
         unsafe { std::ptr::write_unaligned(p as *mut Self::V, v) }
     }
     #[inline(always)]
+    unsafe fn load_partial(p: *const T, n: usize) -> Self::V {
+        let mut v = [T::ZERO; PORTABLE_LANES];
+        for (i, x) in v.iter_mut().enumerate().take(n) {
+            // SAFETY: the caller guarantees `n` readable elements at `p`.
+            *x = unsafe { *p.add(i) };
+        }
+        v
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut T, v: Self::V, n: usize) {
+        for (i, &x) in v.iter().enumerate().take(n) {
+            // SAFETY: the caller guarantees `n` writable elements at `p`.
+            unsafe { *p.add(i) = x };
+        }
+    }
+    #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         let mut out = c;
         for i in 0..PORTABLE_LANES {
             out[i] = a[i] * b[i] + c[i];
         }
         out
+    }
+    #[inline(always)]
+    unsafe fn relu(v: Self::V) -> Self::V {
+        v.map(|x| if x > T::ZERO { x } else { T::ZERO })
     }
 }
 
@@ -158,6 +203,38 @@ mod avx512 {
             unsafe { _mm512_storeu_ps(p as *mut f32, v) }
         }
         #[inline(always)]
+        unsafe fn load_partial(p: *const T, n: usize) -> __m512 {
+            let mask = (1u32 << n) - 1;
+            // SAFETY: see the impl; the mask keeps the load within `n` elements.
+            unsafe {
+                if is_f32::<T>() {
+                    _mm512_maskz_loadu_ps(mask as u16, p as *const f32)
+                } else {
+                    _mm512_castpd_ps(_mm512_maskz_loadu_pd(mask as u8, p as *const f64))
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_partial(p: *mut T, v: __m512, n: usize) {
+            let mask = (1u32 << n) - 1;
+            // SAFETY: see the impl; the mask keeps the store within `n` elements.
+            unsafe {
+                if is_f32::<T>() {
+                    _mm512_mask_storeu_ps(p as *mut f32, mask as u16, v)
+                } else {
+                    _mm512_mask_storeu_pd(p as *mut f64, mask as u8, _mm512_castps_pd(v))
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn relu(v: __m512) -> __m512 {
+            if is_f32::<T>() {
+                _mm512_max_ps(v, _mm512_setzero_ps())
+            } else {
+                _mm512_castpd_ps(_mm512_max_pd(_mm512_castps_pd(v), _mm512_setzero_pd()))
+            }
+        }
+        #[inline(always)]
         unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
             if is_f32::<T>() {
                 _mm512_fmadd_ps(a, b, c)
@@ -181,10 +258,15 @@ mod avx512 {
 unsafe fn tile_body<T: Float, S: Simd<T>, const R: usize, const V: usize>(t: &TileArgs<T>) {
     // SAFETY: the caller guarantees every address below (see above).
     unsafe {
+        let lanes = |v: usize| t.live.saturating_sub(v * S::L).min(S::L);
         let mut c = [[S::zero(); V]; R];
         for (r, row) in c.iter_mut().enumerate() {
             for (v, cv) in row.iter_mut().enumerate() {
-                *cv = S::load(t.acc.add((r * V + v) * S::L));
+                *cv = match t.init {
+                    0 => S::zero(),
+                    1 => S::load_partial(t.out.add(r * t.out_rs + v * S::L), lanes(v)),
+                    _ => S::load(t.row.add(v * S::L)),
+                };
             }
         }
         for s in std::slice::from_raw_parts(t.segs, t.nseg) {
@@ -207,7 +289,13 @@ unsafe fn tile_body<T: Float, S: Simd<T>, const R: usize, const V: usize>(t: &Ti
         }
         for (r, row) in c.iter().enumerate() {
             for (v, &cv) in row.iter().enumerate() {
-                S::store(t.acc.add((r * V + v) * S::L), cv);
+                let cv = if t.relu { S::relu(cv) } else { cv };
+                let n = lanes(v);
+                if n == S::L {
+                    S::store(t.out.add(r * t.out_rs + v * S::L), cv);
+                } else if n > 0 {
+                    S::store_partial(t.out.add(r * t.out_rs + v * S::L), cv, n);
+                }
             }
         }
     }
@@ -288,16 +376,19 @@ impl<T: Float> Tiles<T> {
         Tiles { lanes: PORTABLE_LANES, rows: 3, fns: tile_table!(tile_base, T, 1 2 3) }
     }
 
-    /// Runs one tile of `rows` rows by `vecs` vectors: `acc` (`rows x vecs
-    /// x lanes`, row-major) `+= sum_s sum_t a[s.a + t*a_ts + r*a_rs] *
-    /// b[s.b + t*b_ts + j]`. Panics if any element it would touch lies
-    /// outside the slices, or the tile shape is not supported.
+    /// Runs one tile of `rows` rows by `vecs` vectors of lanes:
+    /// `out[r * out.rs + j] = init + sum_s sum_t a[s.a + t*a_ts + r*a_rs] *
+    /// b[s.b + t*b_ts + j]` (then `max(0, .)` with `relu`) for `j <
+    /// out.live`. Panics if any element it would touch lies outside the
+    /// slices, or the tile shape is not supported.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         rows: usize,
         vecs: usize,
-        acc: &mut [T],
+        out: &mut Out<'_, T>,
+        init: Init<'_, T>,
+        relu: bool,
         a: &[T],
         a_rs: usize,
         a_ts: usize,
@@ -311,14 +402,28 @@ impl<T: Float> Tiles<T> {
             .flatten()
             .unwrap_or_else(|| panic!("conv tile: no kernel for {rows} rows x {vecs} vectors"));
         let width = vecs * self.lanes;
-        assert!(acc.len() >= rows * width, "conv tile: accumulators too short");
+        assert!(out.live <= width, "conv tile: {} live lanes in {width}", out.live);
+        assert!(out.data.len() >= (rows - 1) * out.rs + out.live, "conv tile: output rows out of bounds");
+        let (init, row) = match init {
+            Init::Zero => (0, std::ptr::null()),
+            Init::Keep => (1, std::ptr::null()),
+            Init::Row(r) => {
+                assert!(r.len() >= width, "conv tile: initial row too short");
+                (2, r.as_ptr())
+            }
+        };
         for s in segs.iter().filter(|s| s.len > 0) {
             let a_end = s.a + (s.len - 1) * a_ts + (rows - 1) * a_rs;
             let b_end = s.b + (s.len - 1) * b_ts + width - 1;
             assert!(a_end < a.len() && b_end < b.len(), "conv tile: segment {s:?} out of bounds");
         }
         let args = TileArgs {
-            acc: acc.as_mut_ptr(),
+            out: out.data.as_mut_ptr(),
+            out_rs: out.rs,
+            live: out.live,
+            init,
+            row,
+            relu,
             a: a.as_ptr(),
             a_rs,
             a_ts,
@@ -329,9 +434,25 @@ impl<T: Float> Tiles<T> {
         };
         // SAFETY: `detect` chose `f` for an instruction set this CPU has;
         // every element a segment reaches was checked to lie inside `a` and
-        // `b` above (a segment of length 0 reaches none), the accumulators
-        // inside `acc`, and `acc` (a unique borrow) cannot alias `a` or `b`.
+        // `b` above (a segment of length 0 reaches none), every output lane
+        // (`r < rows`, `j < live`) inside `out.data`, the initial row inside
+        // its slice; `out.data` (a unique borrow) cannot alias `a`, `b` or
+        // the row.
         unsafe { f(&args) }
+    }
+}
+
+/// The rows a tile writes: `data[r * rs .. r * rs + live]`.
+pub struct Out<'a, T> {
+    pub data: &'a mut [T],
+    pub rs: usize,
+    pub live: usize,
+}
+
+impl<'a, T> Out<'a, T> {
+    /// A dense `rows x width` buffer.
+    pub fn dense(data: &'a mut [T], width: usize) -> Self {
+        Out { data, rs: width, live: width }
     }
 }
 
@@ -370,21 +491,24 @@ pub fn channel_blocks(c: usize, lanes: usize) -> impl Iterator<Item = (usize, us
 const SEG_CHUNK: usize = 64;
 
 /// Collects segments (merging those that continue each other) into a stack
-/// buffer and hands them over in chunks of at most [`SEG_CHUNK`].
+/// buffer and hands them over in chunks of at most [`SEG_CHUNK`], as
+/// `flush(segs, first, last)`: every tile gets at least one call (with no
+/// segments when there are none), and exactly one `last`.
 struct SegBuf {
     segs: [Seg; SEG_CHUNK],
     len: usize,
     a_ts: usize,
     b_ts: usize,
+    calls: usize,
 }
 
 impl SegBuf {
     fn new(a_ts: usize, b_ts: usize) -> Self {
-        SegBuf { segs: [Seg::default(); SEG_CHUNK], len: 0, a_ts, b_ts }
+        SegBuf { segs: [Seg::default(); SEG_CHUNK], len: 0, a_ts, b_ts, calls: 0 }
     }
 
     /// Adds `s`; when the buffer is full, first passes it to `flush`.
-    fn push(&mut self, s: Seg, flush: &mut impl FnMut(&[Seg])) {
+    fn push(&mut self, s: Seg, flush: &mut impl FnMut(&[Seg], bool, bool)) {
         if s.len == 0 {
             return;
         }
@@ -396,18 +520,18 @@ impl SegBuf {
             }
         }
         if self.len == SEG_CHUNK {
-            flush(&self.segs[..]);
+            flush(&self.segs[..], self.calls == 0, false);
+            self.calls += 1;
             self.len = 0;
         }
         self.segs[self.len] = s;
         self.len += 1;
     }
 
-    fn finish(&mut self, flush: &mut impl FnMut(&[Seg])) {
-        if self.len > 0 {
-            flush(&self.segs[..self.len]);
-            self.len = 0;
-        }
+    fn finish(&mut self, flush: &mut impl FnMut(&[Seg], bool, bool)) {
+        flush(&self.segs[..self.len], self.calls == 0, true);
+        self.calls += 1;
+        self.len = 0;
     }
 }
 
@@ -567,9 +691,9 @@ pub fn pack_backward<T: Float>(g: &ConvGeom, lanes: usize, w: &[T], panel: &mut 
     }
 }
 
-/// One sample's input `(cin, h, w)` into its padded channels-last copy
-/// `(hp, wp, cin)`, zeros in the padding.
-pub fn pad_input<T: Float>(g: &ConvGeom, x: &[T], xp: &mut [T]) {
+/// One sample's input `(cin, h, w)` (ordered by `layout`) into its padded
+/// channels-last copy `(hp, wp, cin)`, zeros in the padding.
+pub fn pad_input<T: Float>(g: &ConvGeom, layout: Layout, x: &[T], xp: &mut [T]) {
     let (wp, cin) = (g.wp(), g.cin);
     assert!(x.len() >= cin * g.h * g.w && xp.len() >= g.xp_len(), "pad_input: bad sizes");
     let hw = g.h * g.w;
@@ -582,23 +706,24 @@ pub fn pad_input<T: Float>(g: &ConvGeom, x: &[T], xp: &mut [T]) {
         row[..g.pl * cin].fill(T::ZERO);
         row[(g.pl + g.w) * cin..].fill(T::ZERO);
         let inner = &mut row[g.pl * cin..(g.pl + g.w) * cin];
-        if cin == 1 {
+        if layout == Layout::ChannelsLast {
+            let src = &x[ih * g.w * cin..(ih + 1) * g.w * cin];
+            for (d, &s) in inner.iter_mut().zip(src) {
+                *d = flush(s);
+            }
+        } else if cin == 1 {
             for (d, &s) in inner.iter_mut().zip(&x[ih * g.w..(ih + 1) * g.w]) {
                 *d = flush(s);
             }
         } else {
-            for ci in 0..cin {
-                let src = &x[ci * hw + ih * g.w..ci * hw + (ih + 1) * g.w];
-                for (iw, &s) in src.iter().enumerate() {
-                    inner[iw * cin + ci] = flush(s);
-                }
-            }
+            transpose(cin, g.w, &x[ih * g.w..], hw, inner, cin);
+            inner.iter_mut().for_each(|v| *v = flush(*v));
         }
     }
 }
 
-/// One sample's forward pass: `y (cout, oh, ow) = act(conv(x) + bias)` from
-/// its padded input `xp` and the packed weight.
+/// One sample's forward pass: `y (cout, oh, ow) = act(conv(x) + bias)`
+/// (ordered by `layout`) from its padded input `xp` and the packed weight.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_sample<T: Float>(
     g: &ConvGeom,
@@ -607,32 +732,52 @@ pub fn forward_sample<T: Float>(
     panel: &[T],
     bias: Option<&[T]>,
     act: Act,
+    layout: Layout,
     y: &mut [T],
 ) {
     let (lanes, k, cin, wp) = (tiles.lanes, g.k(), g.cin, g.wp());
     let plane = g.oh * g.ow;
     assert!(xp.len() >= g.xp_len() && y.len() >= g.cout * plane && panel.len() >= g.panel_len(lanes));
     let mut acc = [T::ZERO; 2 * 64 * MAX_ROWS];
+    let mut brow = [T::ZERO; 2 * 64];
     for (co0, vecs) in channel_blocks(g.cout, lanes) {
         let width = vecs * lanes;
         let block = &panel[co0 * k..co0 * k + k * width];
         let live = width.min(g.cout - co0);
+        let brow = &mut brow[..width];
+        brow.fill(T::ZERO);
+        if let Some(b) = bias {
+            brow[..live].copy_from_slice(&b[co0..co0 + live]);
+        }
+        let relu = act == Act::Relu;
         for oh in 0..g.oh {
             for (ow0, rows) in row_blocks(g.ow, tiles.rows) {
-                let acc = &mut acc[..rows * width];
-                for r in 0..rows {
-                    for j in 0..width {
-                        acc[r * width + j] = match bias {
-                            Some(b) if j < live => b[co0 + j],
-                            _ => T::ZERO,
-                        };
-                    }
-                }
+                let at = oh * g.ow + ow0;
                 let x = &xp[(oh * g.sh * wp + ow0 * g.sw) * cin..];
+                // Channels-last output: the tile writes its rows in place;
+                // planar: into `acc`, then a transpose into channel planes.
+                let mut out = match layout {
+                    Layout::ChannelsLast => Out { data: &mut y[at * g.cout + co0..], rs: g.cout, live },
+                    Layout::Planar => Out::dense(&mut acc[..rows * width], width),
+                };
                 {
                     // One segment per kernel row (per tap when dilated).
-                    let mut run =
-                        |segs: &[Seg]| tiles.run(rows, vecs, acc, x, g.sw * cin, 1, block, width, segs);
+                    let mut run = |segs: &[Seg], first: bool, last: bool| {
+                        let init = if first { Init::Row(&*brow) } else { Init::Keep };
+                        tiles.run(
+                            rows,
+                            vecs,
+                            &mut out,
+                            init,
+                            relu && last,
+                            x,
+                            g.sw * cin,
+                            1,
+                            block,
+                            width,
+                            segs,
+                        )
+                    };
                     let mut sb = SegBuf::new(1, width);
                     for kh in 0..g.kh {
                         for kw in 0..g.kw {
@@ -642,10 +787,77 @@ pub fn forward_sample<T: Float>(
                     }
                     sb.finish(&mut run);
                 }
-                for j in 0..live {
-                    let out = &mut y[(co0 + j) * plane + oh * g.ow + ow0..][..rows];
-                    for (r, o) in out.iter_mut().enumerate() {
-                        *o = act.apply(acc[r * width + j]);
+                let rs = out.rs;
+                if !relu && act != Act::Identity {
+                    for r in 0..rows {
+                        crate::kernels::activation::forward_serial(act, &mut out.data[r * rs..r * rs + live]);
+                    }
+                }
+                if layout == Layout::Planar {
+                    transpose(rows, live, &acc[..rows * width], width, &mut y[co0 * plane + at..], plane);
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dy = flush(dy * act'(y))` in place (the derivative from the output).
+    fn grad_flush<T: Float>(act: Act, y: &[T], dy: &mut [T]) {
+        let it = dy.iter_mut().zip(y);
+        match act {
+            Act::Identity => it.for_each(|(g, _)| *g = flush(*g)),
+            Act::Relu => it.for_each(|(g, &yi)| *g = if yi > T::ZERO { flush(*g) } else { T::ZERO }),
+            a => it.for_each(|(g, &yi)| *g = flush(*g * a.derivative_at_output(yi))),
+        }
+    }
+}
+
+/// One sample's output gradient `(cout, oh, ow)` (ordered by `order`),
+/// times the fused activation's derivative (from the output `y`, in place in
+/// `dy`), into its channels-last copy (`layout`), zeros around.
+pub fn pad_grad<T: Float>(
+    g: &ConvGeom,
+    layout: &GradLayout,
+    order: Layout,
+    act: Act,
+    y: &[T],
+    dy: &mut [T],
+    dz: &mut [T],
+) {
+    let plane = g.oh * g.ow;
+    let GradLayout { offh, offw, hz, wz, cpad } = *layout;
+    assert!(y.len() >= g.cout * plane && dy.len() >= g.cout * plane && dz.len() >= layout.len());
+    let dz = &mut dz[..layout.len()];
+    // Zeros where no output position lies: whole rows above and below,
+    // columns left and right, channels past `cout`.
+    let row_len = wz * cpad;
+    dz[..offh * row_len].fill(T::ZERO);
+    dz[(offh + g.oh) * row_len..hz * row_len].fill(T::ZERO);
+    for oh in 0..g.oh {
+        let row = &mut dz[(oh + offh) * row_len..(oh + offh + 1) * row_len];
+        row[..offw * cpad].fill(T::ZERO);
+        row[(offw + g.ow) * cpad..].fill(T::ZERO);
+        if cpad > g.cout {
+            for pos in row[offw * cpad..(offw + g.ow) * cpad].chunks_exact_mut(cpad) {
+                pos[g.cout..].fill(T::ZERO);
+            }
+        }
+    }
+    let dy = &mut dy[..g.cout * plane];
+    grad_flush(act, &y[..g.cout * plane], dy);
+    for oh in 0..g.oh {
+        let to = ((oh + offh) * wz + offw) * cpad;
+        match order {
+            Layout::Planar => transpose(g.cout, g.ow, &dy[oh * g.ow..], plane, &mut dz[to..], cpad),
+            Layout::ChannelsLast => {
+                let src = &dy[oh * g.ow * g.cout..(oh + 1) * g.ow * g.cout];
+                let dst = &mut dz[to..to + g.ow * cpad];
+                if cpad == g.cout {
+                    dst.copy_from_slice(src);
+                } else {
+                    for (d, s) in dst.chunks_exact_mut(cpad).zip(src.chunks_exact(g.cout)) {
+                        d[..g.cout].copy_from_slice(s);
                     }
                 }
             }
@@ -653,42 +865,16 @@ pub fn forward_sample<T: Float>(
     }
 }
 
-/// One sample's output gradient `(cout, oh, ow)`, times the fused
-/// activation's derivative (from the output `y`), into its channels-last
-/// copy (`layout`), zeros around.
-pub fn pad_grad<T: Float>(g: &ConvGeom, layout: &GradLayout, act: Act, y: &[T], dy: &[T], dz: &mut [T]) {
-    let plane = g.oh * g.ow;
-    let GradLayout { offh, offw, wz, cpad, .. } = *layout;
-    assert!(y.len() >= g.cout * plane && dy.len() >= g.cout * plane && dz.len() >= layout.len());
-    let dz = &mut dz[..layout.len()];
-    if offh > 0 || offw > 0 || layout.hz > g.oh || wz > g.ow || cpad > g.cout {
-        dz.fill(T::ZERO);
-    }
-    for co in 0..g.cout {
-        for oh in 0..g.oh {
-            let at = co * plane + oh * g.ow;
-            let row = &mut dz[((oh + offh) * wz + offw) * cpad..];
-            for ow in 0..g.ow {
-                let d = if act == Act::Identity {
-                    dy[at + ow]
-                } else {
-                    dy[at + ow] * act.derivative_at_output(y[at + ow])
-                };
-                row[ow * cpad + co] = flush(d);
-            }
-        }
-    }
-}
-
-/// One sample's input gradient `dx (cin, h, w)` from its channels-last
-/// output gradient `dz` (laid out by [`ConvGeom::grad_layout`] with
-/// `for_dx`) and the packed, flipped weight.
+/// One sample's input gradient `dx (cin, h, w)` (ordered by `order`) from
+/// its channels-last output gradient `dz` (laid out by
+/// [`ConvGeom::grad_layout`] with `for_dx`) and the packed, flipped weight.
 pub fn input_grad_sample<T: Float>(
     g: &ConvGeom,
     tiles: &Tiles<T>,
     layout: &GradLayout,
     dz: &[T],
     panel_t: &[T],
+    order: Layout,
     dx: &mut [T],
 ) {
     let lanes = tiles.lanes;
@@ -705,14 +891,21 @@ pub fn input_grad_sample<T: Float>(
                 let live = width.min(g.cin - ci0);
                 let block = &panel_t[ci0 * kb..ci0 * kb + kb * width];
                 for (j0, rows) in row_blocks(cols, tiles.rows) {
-                    let acc = &mut acc[..rows * width];
-                    acc.fill(T::ZERO);
+                    let cl = order == Layout::ChannelsLast;
+                    let mut out = if cl {
+                        let at = (ih * g.w + phase + g.sw * j0) * g.cin + ci0;
+                        Out { data: &mut dx[at..], rs: g.sw * g.cin, live }
+                    } else {
+                        Out::dense(&mut acc[..rows * width], width)
+                    };
                     {
                         // The taps that reach this row and phase: one
                         // segment each, merged along kernel rows.
                         let z = &dz[j0 * cpad..];
-                        let mut run =
-                            |segs: &[Seg]| tiles.run(rows, vecs, acc, z, cpad, 1, block, width, segs);
+                        let mut run = |segs: &[Seg], first: bool, _last: bool| {
+                            let init = if first { Init::Zero } else { Init::Keep };
+                            tiles.run(rows, vecs, &mut out, init, false, z, cpad, 1, block, width, segs)
+                        };
                         let mut sb = SegBuf::new(1, width);
                         for khp in 0..g.kh {
                             let kh = g.kh - 1 - khp;
@@ -734,10 +927,24 @@ pub fn input_grad_sample<T: Float>(
                         }
                         sb.finish(&mut run);
                     }
-                    for c in 0..live {
-                        let out = &mut dx[(ci0 + c) * plane + ih * g.w..][..g.w];
-                        for r in 0..rows {
-                            out[phase + g.sw * (j0 + r)] = acc[r * width + c];
+                    if cl {
+                        continue;
+                    }
+                    if g.sw == 1 {
+                        transpose(
+                            rows,
+                            live,
+                            &acc[..rows * width],
+                            width,
+                            &mut dx[ci0 * plane + ih * g.w + j0..],
+                            plane,
+                        );
+                    } else {
+                        for c in 0..live {
+                            let out = &mut dx[(ci0 + c) * plane + ih * g.w..][..g.w];
+                            for r in 0..rows {
+                                out[phase + g.sw * (j0 + r)] = acc[r * width + c];
+                            }
                         }
                     }
                 }
@@ -749,7 +956,8 @@ pub fn input_grad_sample<T: Float>(
 /// The weight and bias gradient of samples `0..n` of `xp` and `dz` (each
 /// sample's padded input and channels-last output gradient, one after the
 /// other), summed in sample order into `dw` (`[kh][kw][ci][cpad]`,
-/// overwritten) and `db` (`cpad`, overwritten).
+/// overwritten) and `db` (`cpad`, overwritten). Each tile of `dw` keeps its
+/// accumulators over all `n` samples, whose data stays in cache meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub fn weight_grad<T: Float>(
     g: &ConvGeom,
@@ -766,50 +974,46 @@ pub fn weight_grad<T: Float>(
     let (cin, wp) = (g.cin, g.wp());
     let (xlen, zlen) = (g.xp_len(), layout.len());
     assert!(xp.len() >= n * xlen && dz.len() >= n * zlen && dw.len() >= g.dw_len(lanes) && db.len() >= cpad);
-    dw[..g.dw_len(lanes)].fill(T::ZERO);
-    db[..cpad].fill(T::ZERO);
+    let (xp, dz) = (&xp[..n * xlen], &dz[..n * zlen]);
     // Row groups: rows of one group lie one element apart in the input.
     let (groups, glen) = if g.dw == 1 { (g.kh, g.kw * cin) } else { (g.kh * g.kw, cin) };
-    let mut acc = [T::ZERO; 2 * 64 * MAX_ROWS];
-    for s in 0..n {
-        let x = &xp[s * xlen..(s + 1) * xlen];
-        let z = &dz[s * zlen..(s + 1) * zlen];
-        for grp in 0..groups {
-            let (kh, kw) = if g.dw == 1 { (grp, 0) } else { (grp / g.kw, grp % g.kw) };
-            let goff = (kh * g.dh * wp + kw * g.dw) * cin;
-            for (q0, rows) in row_blocks(glen, tiles.rows) {
-                let row0 = grp * glen + q0;
-                for (co0, vecs) in channel_blocks(g.cout, lanes) {
-                    let width = vecs * lanes;
-                    let acc = &mut acc[..rows * width];
-                    for r in 0..rows {
-                        acc[r * width..(r + 1) * width]
-                            .copy_from_slice(&dw[(row0 + r) * cpad + co0..][..width]);
-                    }
-                    let mut sb = SegBuf::new(g.sw * cin, cpad);
-                    let mut run = |segs: &[Seg]| {
-                        tiles.run(rows, vecs, acc, &x[goff + q0..], 1, g.sw * cin, z, cpad, segs)
+    for grp in 0..groups {
+        let (kh, kw) = if g.dw == 1 { (grp, 0) } else { (grp / g.kw, grp % g.kw) };
+        let goff = (kh * g.dh * wp + kw * g.dw) * cin;
+        for (q0, rows) in row_blocks(glen, tiles.rows) {
+            let row0 = grp * glen + q0;
+            let x = &xp[goff + q0..];
+            for (co0, vecs) in channel_blocks(g.cout, lanes) {
+                let width = vecs * lanes;
+                let mut out = Out { data: &mut dw[row0 * cpad + co0..], rs: cpad, live: width };
+                {
+                    let mut run = |segs: &[Seg], first: bool, _last: bool| {
+                        let init = if first { Init::Zero } else { Init::Keep };
+                        tiles.run(rows, vecs, &mut out, init, false, x, 1, g.sw * cin, dz, cpad, segs)
                     };
-                    for oh in 0..g.oh {
-                        let seg = Seg {
-                            a: oh * g.sh * wp * cin,
-                            b: ((oh + offh) * wz + offw) * cpad + co0,
-                            len: g.ow,
-                        };
-                        sb.push(seg, &mut run);
+                    let mut sb = SegBuf::new(g.sw * cin, cpad);
+                    for s in 0..n {
+                        for oh in 0..g.oh {
+                            let seg = Seg {
+                                a: s * xlen + oh * g.sh * wp * cin,
+                                b: s * zlen + ((oh + offh) * wz + offw) * cpad + co0,
+                                len: g.ow,
+                            };
+                            sb.push(seg, &mut run);
+                        }
                     }
                     sb.finish(&mut run);
-                    for r in 0..rows {
-                        dw[(row0 + r) * cpad + co0..][..width]
-                            .copy_from_slice(&acc[r * width..(r + 1) * width]);
-                    }
                 }
             }
         }
+    }
+    let db = &mut db[..cpad];
+    db.fill(T::ZERO);
+    for z in dz.chunks_exact(zlen) {
         for oh in 0..g.oh {
-            let row = &z[((oh + offh) * wz + offw) * cpad..];
-            for ow in 0..g.ow {
-                for (b, &v) in db[..cpad].iter_mut().zip(&row[ow * cpad..(ow + 1) * cpad]) {
+            let row = &z[((oh + offh) * wz + offw) * cpad..][..g.ow * cpad];
+            for pos in row.chunks_exact(cpad) {
+                for (b, &v) in db.iter_mut().zip(pos) {
                     *b += v;
                 }
             }
@@ -849,8 +1053,9 @@ mod tests {
                     (0..60 + rows * a_rs).map(|i| T::from_f64(((i * 7) % 11) as f64 - 5.0)).collect();
                 let b: Vec<T> =
                     (0..8 * b_ts + width).map(|i| T::from_f64(((i * 5) % 13) as f64 - 6.0)).collect();
-                let mut acc: Vec<T> = (0..rows * width).map(|i| T::from_f64(i as f64)).collect();
+                let acc: Vec<T> = (0..rows * width).map(|i| T::from_f64(i as f64)).collect();
                 let mut want = acc.clone();
+                let bias: Vec<T> = (0..width).map(|j| T::from_f64(j as f64 - 3.0)).collect();
                 for r in 0..rows {
                     for j in 0..width {
                         for s in &segs {
@@ -860,9 +1065,36 @@ mod tests {
                         }
                     }
                 }
-                tiles.run(rows, vecs, &mut acc, &a, a_rs, a_ts, &b, b_ts, &segs);
+                let mut kept = acc.clone();
+                tiles.run(
+                    rows,
+                    vecs,
+                    &mut Out::dense(&mut kept, width),
+                    Init::Keep,
+                    false,
+                    &a,
+                    a_rs,
+                    a_ts,
+                    &b,
+                    b_ts,
+                    &segs,
+                );
                 // Small integers: every kernel gives the exact sums.
-                assert_eq!(acc, want, "{rows} x {vecs}");
+                assert_eq!(kept, want, "{rows} x {vecs}");
+                // From a bias row, with ReLU, into rows 3 apart of which 2
+                // lanes stay untouched.
+                let live = width - 2;
+                let rs = width + 3;
+                let mut strided = vec![T::from_f64(99.0); (rows - 1) * rs + width];
+                let mut out = Out { data: &mut strided, rs, live };
+                tiles.run(rows, vecs, &mut out, Init::Row(&bias), true, &a, a_rs, a_ts, &b, b_ts, &segs);
+                for r in 0..rows {
+                    for j in 0..width {
+                        let sum = want[r * width + j] - acc[r * width + j] + bias[j];
+                        let expect = if j < live { sum.max(T::ZERO) } else { T::from_f64(99.0) };
+                        assert_eq!(strided[r * rs + j], expect, "{rows} x {vecs} row {r} lane {j}");
+                    }
+                }
             }
         }
     }
@@ -882,7 +1114,8 @@ mod tests {
         let mut acc = vec![0.0f32; 8];
         let a = vec![0.0f32; 10];
         let b = vec![0.0f32; 8];
-        tiles.run(1, 1, &mut acc, &a, 1, 1, &b, 0, &[Seg { a: 5, b: 0, len: 6 }]);
+        let mut out = Out::dense(&mut acc, 8);
+        tiles.run(1, 1, &mut out, Init::Zero, false, &a, 1, 1, &b, 0, &[Seg { a: 5, b: 0, len: 6 }]);
     }
 
     #[test]

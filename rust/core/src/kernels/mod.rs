@@ -8,9 +8,11 @@
 pub mod activation;
 pub mod conv;
 pub mod gemm;
+pub mod pool2x2;
 pub mod reduce;
 pub mod simd;
 pub mod team;
+pub mod transpose;
 
 use rayon::prelude::*;
 

@@ -1,6 +1,6 @@
 //! Elementwise activation layers (ReLU, LeakyReLU, Sigmoid, Tanh, GELU).
 
-use super::{Backward, Forward, Layer};
+use super::{Backward, Forward, Layer, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::{self, Act};
@@ -34,6 +34,10 @@ impl<T: Float> Layer<T> for Activation {
 
     fn acts_on_last_dim(&self) -> bool {
         true
+    }
+
+    fn layouts(&self) -> Layouts {
+        Layouts::Preserve
     }
 
     fn forward(&self, f: Forward<'_, T>) {

@@ -136,7 +136,7 @@ impl<T: Float> Layer<T> for BatchNorm {
         Ok(())
     }
 
-    fn scratch_len(&self, _n: usize, _in_shape: &[usize]) -> usize {
+    fn scratch_len(&self, _n: usize, _in_shape: &[usize], _training: bool) -> usize {
         STATS * self.num_features
     }
 

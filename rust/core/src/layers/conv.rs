@@ -8,7 +8,7 @@
 //! gradient. A following ReLU, LeakyReLU, Sigmoid or Tanh is fused into the
 //! forward pass's output and differentiated while the gradient is copied.
 
-use super::{numel, Backward, Forward, Init, Layer, Padding, ParamDecl};
+use super::{numel, Backward, Forward, Init, Layer, Layouts, Padding, ParamDecl};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::Act;
@@ -175,9 +175,10 @@ impl Conv {
     }
 }
 
-/// The layer's scratch, in order: padded inputs (kept for the backward
-/// pass), the forward panel, the input-gradient panel, the output
-/// gradients, and the partial weight and bias gradients.
+/// The layer's scratch, in order: the forward panel and the padded inputs
+/// (kept for the backward pass), which evaluation needs too; then, for
+/// training only, the input-gradient panel, the output gradients, and the
+/// partial weight and bias gradients.
 struct Parts<'a, T> {
     xp: &'a mut [T],
     panel: &'a mut [T],
@@ -190,20 +191,24 @@ fn lens(g: &ConvGeom, lanes: usize, n: usize) -> [usize; 5] {
     let (_, count) = Conv::partials(g, lanes, n);
     let plen = g.dw_len(lanes) + g.cout.div_ceil(lanes) * lanes;
     [
-        n * g.xp_len(),
         g.panel_len(lanes),
+        n * g.xp_len(),
         g.panel_t_len(lanes),
         n * g.grad_layout(lanes, true).len(),
         count * plen,
     ]
 }
 
+/// The parts of a scratch sized for training (the training parts empty if
+/// it was sized for evaluation).
 fn split<'a, T>(s: &'a mut [T], g: &ConvGeom, lanes: usize, n: usize) -> Parts<'a, T> {
     let [a, b, c, d, e] = lens(g, lanes, n);
-    let (xp, s) = s.split_at_mut(a);
-    let (panel, s) = s.split_at_mut(b);
-    let (panel_t, s) = s.split_at_mut(c);
-    let (dz, s) = s.split_at_mut(d);
+    let (panel, s) = s.split_at_mut(a);
+    let (xp, s) = s.split_at_mut(b);
+    let rest = s.len().min(c + d + e);
+    let (panel_t, s) = s[..rest].split_at_mut(c.min(rest));
+    let (dz, s) = s.split_at_mut(d.min(s.len()));
+    let e = e.min(s.len());
     Parts { xp, panel, panel_t, dz, partials: &mut s[..e] }
 }
 
@@ -238,9 +243,20 @@ impl<T: Float> Layer<T> for Conv {
         Ok(if self.dims == 1 { vec![g.cout, g.ow] } else { vec![g.cout, g.oh, g.ow] })
     }
 
-    fn scratch_len(&self, n: usize, in_shape: &[usize]) -> usize {
+    fn layouts(&self) -> Layouts {
+        Layouts::Convert
+    }
+
+    fn scratch_len(&self, n: usize, in_shape: &[usize], training: bool) -> usize {
         match self.geom(in_shape) {
-            Ok(g) => lens(&g, Tiles::<T>::detect().lanes, n).iter().sum(),
+            Ok(g) => {
+                let l = lens(&g, Tiles::<T>::detect().lanes, n);
+                if training {
+                    l.iter().sum()
+                } else {
+                    l[0] + l[1]
+                }
+            }
             Err(_) => 0,
         }
     }
@@ -262,11 +278,11 @@ impl<T: Float> Layer<T> for Conv {
         k::pack_forward(&g, lanes, w, parts.panel);
         let panel = &*parts.panel;
         let bias = if self.bias { Some(b) } else { None };
-        let (x, act) = (f.x, self.act);
+        let (x, act, (lin, lout)) = (f.x, self.act, (f.in_layout, f.out_layout));
         let (in_len, out_len) = (numel(f.in_shape), numel(f.out_shape));
         par_chunks2(&mut f.y[..n * out_len], out_len, parts.xp, g.xp_len(), |i, y, xp| {
-            k::pad_input(&g, &x[i * in_len..(i + 1) * in_len], xp);
-            k::forward_sample(&g, &tiles, xp, panel, bias, act, y);
+            k::pad_input(&g, lin, &x[i * in_len..(i + 1) * in_len], xp);
+            k::forward_sample(&g, &tiles, xp, panel, bias, act, lout, y);
         });
     }
 
@@ -279,23 +295,23 @@ impl<T: Float> Layer<T> for Conv {
         let layout = g.grad_layout(lanes, b.dx.is_some());
         let zlen = layout.len();
         let (in_len, out_len) = (numel(b.in_shape), numel(b.out_shape));
-        let (y, dy, act) = (b.y, &*b.dy, self.act);
+        let (y, act) = (b.y, self.act);
         let (w, _) = b.params.split_at(self.weight_len());
         let dz = &mut parts.dz[..n * zlen];
-        let grad_of = |i: usize, dz: &mut [T]| {
-            let at = i * out_len..(i + 1) * out_len;
-            k::pad_grad(&g, &layout, act, &y[at.clone()], &dy[at], dz);
+        let dy = &mut b.dy[..n * out_len];
+        let (lin, lout) = (b.in_layout, b.out_layout);
+        let grad_of = |i: usize, dy: &mut [T], dz: &mut [T]| {
+            k::pad_grad(&g, &layout, lout, act, &y[i * out_len..(i + 1) * out_len], dy, dz);
         };
-        match b.dx {
-            Some(dx) => {
-                k::pack_backward(&g, lanes, w, parts.panel_t);
-                let panel_t = &*parts.panel_t;
-                par_chunks2(&mut dx[..n * in_len], in_len, dz, zlen, |i, dx, dz| {
-                    grad_of(i, dz);
-                    k::input_grad_sample(&g, &tiles, &layout, dz, panel_t, dx);
-                });
-            }
-            None => par_chunks(dz, zlen, grad_of),
+        // The output gradient's channels-last copy (dy is overwritten with
+        // dy * act'(y) on the way), then, per sample, the input gradient.
+        par_chunks2(dy, out_len, dz, zlen, grad_of);
+        if let Some(dx) = b.dx {
+            k::pack_backward(&g, lanes, w, parts.panel_t);
+            let (panel_t, dz) = (&*parts.panel_t, &*dz);
+            par_chunks(&mut dx[..n * in_len], in_len, |i, dx| {
+                k::input_grad_sample(&g, &tiles, &layout, &dz[i * zlen..(i + 1) * zlen], panel_t, lin, dx);
+            });
         }
         // Weight and bias gradients: partial sums over fixed chunks of
         // samples, then added in chunk order.
@@ -344,7 +360,7 @@ impl<T: Float> Layer<T> for Conv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{Backward, Buffers, Forward};
+    use crate::layers::{Backward, Buffers, Forward, Layout};
     use crate::rng::Rng;
 
     /// Forward, weight/bias and input gradients of `conv(x)` in float64,
@@ -394,9 +410,31 @@ mod tests {
         }
     }
 
+    /// Reorders each sample of `v` (`c` planes of `s` values) channels-last.
+    fn to_cl(v: &[f64], c: usize, s: usize) -> Vec<f64> {
+        let mut out = vec![0.0; v.len()];
+        for (src, dst) in v.chunks_exact(c * s).zip(out.chunks_exact_mut(c * s)) {
+            for ci in 0..c {
+                for p in 0..s {
+                    dst[p * c + ci] = src[ci * s + p];
+                }
+            }
+        }
+        out
+    }
+
     /// Runs the layer's forward and backward (with and without `dx`)
-    /// through the `Layer` API and compares with [`naive`].
+    /// through the `Layer` API, in every combination of input and output
+    /// layouts, and compares with [`naive`].
     fn check<T: Float>(conv: &Conv, input: &[usize], n: usize, tol: f64) {
+        for lin in [Layout::Planar, Layout::ChannelsLast] {
+            for lout in [Layout::Planar, Layout::ChannelsLast] {
+                check_layouts::<T>(conv, input, n, tol, lin, lout);
+            }
+        }
+    }
+
+    fn check_layouts<T: Float>(conv: &Conv, input: &[usize], n: usize, tol: f64, lin: Layout, lout: Layout) {
         let g = conv.geom(input).expect("geometry");
         let layer: &dyn Layer<T> = conv;
         let out = layer.output_shape(input).expect("shape");
@@ -408,13 +446,23 @@ mod tests {
         let b = if conv.bias { draw(conv.out_channels) } else { vec![0.0; conv.out_channels] };
         let dy = draw(n * out_len);
         let [y_ref, dx_ref, dw_ref, db_ref] = naive(&g, n, &x, &w, &b, &dy);
+        let cl = |v: &[f64], c: usize, s: usize, l: Layout| {
+            if l == Layout::Planar {
+                v.to_vec()
+            } else {
+                to_cl(v, c, s)
+            }
+        };
+        let (sin, sout) = (g.h * g.w, g.oh * g.ow);
+        let (x, dy) = (cl(&x, g.cin, sin, lin), cl(&dy, g.cout, sout, lout));
+        let (y_ref, dx_ref) = (cl(&y_ref, g.cout, sout, lout), cl(&dx_ref, g.cin, sin, lin));
         let t = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
         let mut params = t(&w);
         if conv.bias {
             params.extend(t(&b));
         }
         let xs = t(&x);
-        let mut scratch = vec![T::ZERO; layer.scratch_len(n, input)];
+        let mut scratch = vec![T::ZERO; layer.scratch_len(n, input, true)];
         let mut y = vec![T::ZERO; n * out_len];
         layer.forward(Forward {
             params: &params,
@@ -425,6 +473,8 @@ mod tests {
             n,
             in_shape: input,
             out_shape: &out,
+            in_layout: lin,
+            out_layout: lout,
             training: true,
             key: 0,
         });
@@ -446,6 +496,8 @@ mod tests {
                 n,
                 in_shape: input,
                 out_shape: &out,
+                in_layout: lin,
+                out_layout: lout,
                 key: 0,
             });
             let base = if with_dx { 0.5 } else { 0.0 };

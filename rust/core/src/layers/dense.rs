@@ -168,7 +168,7 @@ impl<T: Float> Layer<T> for Dense {
         true
     }
 
-    fn scratch_len(&self, n: usize, in_shape: &[usize]) -> usize {
+    fn scratch_len(&self, n: usize, in_shape: &[usize], _training: bool) -> usize {
         match self.pad_ld::<T>(Self::rows(n, in_shape)) {
             Some(ld) => self.out_features * ld,
             None => 0,

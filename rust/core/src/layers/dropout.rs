@@ -4,7 +4,7 @@
 //! element index, so any thread computes any element and backward recomputes
 //! it instead of storing it.
 
-use super::{Backward, Forward, Layer};
+use super::{Backward, Forward, Layer, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
@@ -60,6 +60,10 @@ impl<T: Float> Layer<T> for Dropout {
 
     fn acts_on_last_dim(&self) -> bool {
         true
+    }
+
+    fn layouts(&self) -> Layouts {
+        Layouts::Preserve
     }
 
     fn forward(&self, f: Forward<'_, T>) {

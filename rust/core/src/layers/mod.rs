@@ -31,6 +31,16 @@ pub use rescaling::Rescaling;
 pub use softmax::Softmax;
 pub use spec::{LayerSpec, Padding};
 
+/// Where element `(c, s)` of one sample lies (`c < channels`, `s` the
+/// flat spatial index, `< spatial`) in `layout`.
+#[inline(always)]
+pub fn at(layout: Layout, channels: usize, spatial: usize, c: usize, s: usize) -> usize {
+    match layout {
+        Layout::Planar => c * spatial + s,
+        Layout::ChannelsLast => s * channels + c,
+    }
+}
+
 use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::activation::Act;
@@ -73,6 +83,33 @@ impl BufferDecl {
     }
 }
 
+/// How one sample's values are ordered in an activation or gradient buffer.
+/// Shapes are always given in torch's order (`(C, H, W)`); with
+/// [`Layout::ChannelsLast`] the buffer holds `(H, W, C)` instead. Per-sample
+/// shapes of rank 1 have one order only and are always `Planar`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Torch's order: channel planes (what the model takes and returns).
+    Planar,
+    /// Channels innermost: what the convolution kernels read and write,
+    /// kept between layers that can work on it.
+    ChannelsLast,
+}
+
+/// Which buffer layouts a layer reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layouts {
+    /// Planar only (on inputs of rank > 1).
+    Planar,
+    /// Either, the output in the input's layout (elementwise layers,
+    /// pooling, BatchNorm).
+    Preserve,
+    /// Reads either, writes either (the model picks; convolutions).
+    Convert,
+    /// Reads either, writes a rank-1 sample (Flatten, global pooling).
+    Flatten,
+}
+
 /// A layer's buffers during a forward pass: read-only, or writable in a
 /// training pass that is allowed to update running statistics.
 pub enum Buffers<'a, T> {
@@ -108,6 +145,9 @@ pub struct Forward<'a, T> {
     pub n: usize,
     pub in_shape: &'a [usize],
     pub out_shape: &'a [usize],
+    /// How `x` and `y` are ordered (see [`Layer::layouts`]).
+    pub in_layout: Layout,
+    pub out_layout: Layout,
     /// Training mode (dropout active, batch statistics).
     pub training: bool,
     /// Random stream for this pass (dropout masks).
@@ -135,6 +175,9 @@ pub struct Backward<'a, T> {
     pub n: usize,
     pub in_shape: &'a [usize],
     pub out_shape: &'a [usize],
+    /// The forward pass's layouts; `dy` is in `out_layout`, `dx` in `in_layout`.
+    pub in_layout: Layout,
+    pub out_layout: Layout,
     /// The forward pass's random stream.
     pub key: u64,
 }
@@ -163,14 +206,21 @@ pub trait Layer<T: Float>: Send + Sync {
     fn acts_on_last_dim(&self) -> bool {
         false
     }
+    /// Which buffer layouts the layer can read and write; the model keeps
+    /// channels-last buffers between layers that support them.
+    fn layouts(&self) -> Layouts {
+        Layouts::Planar
+    }
     /// Refuses a batch the layer cannot process (BatchNorm in training with
     /// one value per channel). Called before any layer runs, so a refusal
     /// leaves the model untouched.
     fn check_batch(&self, _n: usize, _in_shape: &[usize], _training: bool) -> Result<()> {
         Ok(())
     }
-    /// Scratch elements this layer needs for a batch of `n` samples.
-    fn scratch_len(&self, _n: usize, _in_shape: &[usize]) -> usize {
+    /// Scratch elements this layer needs for a batch of `n` samples: for
+    /// forward passes only, or (`training`) also for backward passes. Must
+    /// not decrease as `n` grows.
+    fn scratch_len(&self, _n: usize, _in_shape: &[usize], _training: bool) -> usize {
         0
     }
     /// Floating-point operations of a forward and backward pass per sample,

@@ -3,7 +3,7 @@
 //! `AvgPool1d`, and a global average over `(H, W)`. Every plane is pooled
 //! on its own, so work splits by plane.
 
-use super::{numel, Backward, Forward, Layer};
+use super::{numel, Backward, Forward, Layer, Layout, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_chunks;
@@ -146,9 +146,104 @@ impl Pool {
         }
     }
 
-    fn backward_plane<T: Float>(&self, p: &Plane, x: &[T], dy: &[T], dx: &mut [T]) {
+    /// One channels-last sample: `x (h, w, c)` into `y (oh, ow, c)`, each
+    /// window's reduction vectorized over channels.
+    fn forward_cl<T: Float>(&self, p: &Plane, c: usize, x: &[T], y: &mut [T]) {
         if self.is_2x2() {
-            return unpool2x2(self.kind, p, x, dy, dx);
+            let row = p.w * c;
+            for oh in 0..p.oh {
+                let (r0, r1) = (&x[2 * oh * row..][..2 * p.ow * c], &x[(2 * oh + 1) * row..][..2 * p.ow * c]);
+                pool2x2_cl_row(
+                    self.kind == PoolKind::Max,
+                    c,
+                    r0,
+                    r1,
+                    &mut y[oh * p.ow * c..(oh + 1) * p.ow * c],
+                );
+            }
+            return;
+        }
+        let area = T::ONE / T::from_usize(self.kernel[0] * self.kernel[1]);
+        for oh in 0..p.oh {
+            for ow in 0..p.ow {
+                let (h0, h1, w0, w1) = self.window(p, oh, ow);
+                let out = &mut y[(oh * p.ow + ow) * c..][..c];
+                match self.kind {
+                    PoolKind::Max => {
+                        out.copy_from_slice(&x[(h0 * p.w + w0) * c..][..c]);
+                        for h in h0..h1 {
+                            for w in w0..w1 {
+                                max_into(out, &x[(h * p.w + w) * c..][..c]);
+                            }
+                        }
+                    }
+                    PoolKind::Avg => {
+                        out.fill(T::ZERO);
+                        for h in h0..h1 {
+                            for w in w0..w1 {
+                                add_into(out, &x[(h * p.w + w) * c..][..c]);
+                            }
+                        }
+                        out.iter_mut().for_each(|v| *v *= area);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gradient of [`Pool::forward_cl`] for one sample.
+    fn backward_cl<T: Float>(&self, p: &Plane, c: usize, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
+        if self.is_2x2() {
+            // Rows and columns past the last window get no gradient.
+            if p.h > 2 * p.oh || p.w > 2 * p.ow {
+                dx.fill(T::ZERO);
+            }
+            let row = p.w * c;
+            let n = 2 * p.ow * c;
+            for oh in 0..p.oh {
+                let (top, bottom) = dx[2 * oh * row..(2 * oh + 2) * row].split_at_mut(row);
+                let (r0, r1) = (&x[2 * oh * row..][..n], &x[(2 * oh + 1) * row..][..n]);
+                let out = oh * p.ow * c..(oh + 1) * p.ow * c;
+                let max = self.kind == PoolKind::Max;
+                unpool2x2_cl_row(max, c, r0, r1, &y[out.clone()], &dy[out], &mut top[..n], &mut bottom[..n]);
+            }
+            return;
+        }
+        dx.fill(T::ZERO);
+        let area = T::ONE / T::from_usize(self.kernel[0] * self.kernel[1]);
+        // Channels not yet given their window's gradient (1) or given (0).
+        let mut pending = [T::ZERO; 256];
+        for oh in 0..p.oh {
+            for ow in 0..p.ow {
+                let (h0, h1, w0, w1) = self.window(p, oh, ow);
+                let o = (oh * p.ow + ow) * c;
+                for c0 in (0..c).step_by(pending.len()) {
+                    let nc = pending.len().min(c - c0);
+                    let (m, g) = (&y[o + c0..o + c0 + nc], &dy[o + c0..o + c0 + nc]);
+                    let pend = &mut pending[..nc];
+                    pend.fill(T::ONE);
+                    for h in h0..h1 {
+                        for w in w0..w1 {
+                            let at = (h * p.w + w) * c + c0;
+                            let (xs, ds) = (&x[at..at + nc], &mut dx[at..at + nc]);
+                            match self.kind {
+                                PoolKind::Max => first_max_grad(xs, m, g, pend, ds),
+                                PoolKind::Avg => {
+                                    for (d, &gi) in ds.iter_mut().zip(g) {
+                                        *d += gi * area;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn backward_plane<T: Float>(&self, p: &Plane, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
+        if self.is_2x2() {
+            return unpool2x2(self.kind, p, x, y, dy, dx);
         }
         dx.fill(T::ZERO);
         let area = T::from_usize(self.kernel[0] * self.kernel[1]);
@@ -184,6 +279,106 @@ impl Pool {
 }
 
 crate::multiversion! {
+    /// One output row of 2x2, stride-2 pooling on channels-last rows: `r0`
+    /// and `r1` hold the two input rows (`2 * ow` positions of `c`
+    /// channels), `out` the `ow` outputs.
+    fn pool2x2_cl_row<T: Float>(max: bool, c: usize, r0: &[T], r1: &[T], out: &mut [T]) {
+        let quarter = T::from_f64(0.25);
+        for ((o, a), b) in out.chunks_exact_mut(c).zip(r0.chunks_exact(2 * c)).zip(r1.chunks_exact(2 * c)) {
+            let (a0, a1) = a.split_at(c);
+            let (b0, b1) = b.split_at(c);
+            for ((((o, &p), &q), &r), &s) in o.iter_mut().zip(a0).zip(a1).zip(b0).zip(b1) {
+                *o = if max {
+                    let m0 = if q > p { q } else { p };
+                    let m1 = if s > r { s } else { r };
+                    if m1 > m0 { m1 } else { m0 }
+                } else {
+                    (p + q + r + s) * quarter
+                };
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// The gradient of [`pool2x2_cl_row`]: for max pooling all of each
+    /// window's gradient to its first maximum in scan order (found by
+    /// comparing with the output `y`), for the mean a quarter to each input.
+    fn unpool2x2_cl_row<T: Float>(
+        max: bool,
+        c: usize,
+        r0: &[T],
+        r1: &[T],
+        y: &[T],
+        g: &[T],
+        d0: &mut [T],
+        d1: &mut [T],
+    ) {
+        let zero = T::ZERO;
+        let quarter = T::from_f64(0.25);
+        let windows = r0.chunks_exact(2 * c).zip(r1.chunks_exact(2 * c)).zip(d0.chunks_exact_mut(2 * c)).zip(d1.chunks_exact_mut(2 * c));
+        for ((((a, b), da), db), (ym, gw)) in windows.zip(y.chunks_exact(c).zip(g.chunks_exact(c))) {
+            let (a0, a1) = a.split_at(c);
+            let (b0, _) = b.split_at(c);
+            let (da0, da1) = da.split_at_mut(c);
+            let (db0, db1) = db.split_at_mut(c);
+            for j in 0..c {
+                let (m, gi) = (ym[j], gw[j]);
+                if max {
+                    let s0 = a0[j] == m;
+                    let s1 = !s0 && a1[j] == m;
+                    let s2 = !s0 && !s1 && b0[j] == m;
+                    let s3 = !s0 && !s1 && !s2;
+                    da0[j] = if s0 { gi } else { zero };
+                    da1[j] = if s1 { gi } else { zero };
+                    db0[j] = if s2 { gi } else { zero };
+                    db1[j] = if s3 { gi } else { zero };
+                } else {
+                    let v = gi * quarter;
+                    da0[j] = v;
+                    da1[j] = v;
+                    db0[j] = v;
+                    db1[j] = v;
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `out = max(out, v)` elementwise.
+    fn max_into<T: Float>(out: &mut [T], v: &[T]) {
+        for (o, &x) in out.iter_mut().zip(v) {
+            if x > *o {
+                *o = x;
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `out += v` elementwise.
+    fn add_into<T: Float>(out: &mut [T], v: &[T]) {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += x;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// One window position of the max-pooling gradient: where `x` equals the
+    /// window's maximum `m` and the channel is still `pending`, the
+    /// gradient `g` goes here (the first maximum in scan order, as torch).
+    fn first_max_grad<T: Float>(x: &[T], m: &[T], g: &[T], pending: &mut [T], dx: &mut [T]) {
+        for ((((&xi, &mi), &gi), p), d) in x.iter().zip(m).zip(g).zip(pending.iter_mut()).zip(dx.iter_mut()) {
+            let hit = xi == mi && *p != T::ZERO;
+            *d += if hit { gi } else { T::ZERO };
+            *p = if hit { T::ZERO } else { *p };
+        }
+    }
+}
+
+crate::multiversion! {
     /// 2x2 windows, stride 2: each output from two input rows.
     fn pool2x2_rows<T: Float>(max: bool, r0: &[T], r1: &[T], out: &mut [T]) {
         let quarter = T::from_f64(0.25);
@@ -200,50 +395,73 @@ crate::multiversion! {
 }
 
 fn pool2x2<T: Float>(kind: PoolKind, p: &Plane, x: &[T], y: &mut [T]) {
+    let max = kind == PoolKind::Max;
+    let fast = crate::kernels::pool2x2::available::<T>();
     for oh in 0..p.oh {
         let r0 = &x[2 * oh * p.w..][..2 * p.ow];
         let r1 = &x[(2 * oh + 1) * p.w..][..2 * p.ow];
-        pool2x2_rows(kind == PoolKind::Max, r0, r1, &mut y[oh * p.ow..(oh + 1) * p.ow]);
+        let out = &mut y[oh * p.ow..(oh + 1) * p.ow];
+        if fast {
+            crate::kernels::pool2x2::forward(max, r0, r1, out);
+        } else {
+            pool2x2_rows(max, r0, r1, out);
+        }
     }
 }
 
-fn unpool2x2<T: Float>(kind: PoolKind, p: &Plane, x: &[T], dy: &[T], dx: &mut [T]) {
+crate::multiversion! {
+    /// The gradient of one row of 2x2 windows: for max pooling, all of
+    /// each window's gradient to its first maximum in scan order (torch's
+    /// choice), found by comparing with the forward output `y`.
+    fn unpool2x2_rows<T: Float>(
+        max: bool,
+        x0: &[T],
+        x1: &[T],
+        y: &[T],
+        g: &[T],
+        d0: &mut [T],
+        d1: &mut [T],
+    ) {
+        let zero = T::ZERO;
+        let quarter = T::from_f64(0.25);
+        let rows = x0.chunks_exact(2).zip(x1.chunks_exact(2)).zip(d0.chunks_exact_mut(2)).zip(d1.chunks_exact_mut(2));
+        for ((((a, b), da), db), (&m, &gi)) in rows.zip(y.iter().zip(g)) {
+            if max {
+                let s0 = a[0] == m;
+                let s1 = !s0 && a[1] == m;
+                let s2 = !s0 && !s1 && b[0] == m;
+                let s3 = !s0 && !s1 && !s2;
+                da[0] = if s0 { gi } else { zero };
+                da[1] = if s1 { gi } else { zero };
+                db[0] = if s2 { gi } else { zero };
+                db[1] = if s3 { gi } else { zero };
+            } else {
+                let s = gi * quarter;
+                da[0] = s;
+                da[1] = s;
+                db[0] = s;
+                db[1] = s;
+            }
+        }
+    }
+}
+
+fn unpool2x2<T: Float>(kind: PoolKind, p: &Plane, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
     // Rows and columns past the last window get no gradient.
     if p.h > 2 * p.oh || p.w > 2 * p.ow {
         dx.fill(T::ZERO);
     }
-    let quarter = T::from_f64(0.25);
+    let max = kind == PoolKind::Max;
+    let fast = crate::kernels::pool2x2::available::<T>();
     for oh in 0..p.oh {
         let (top, bottom) = dx[2 * oh * p.w..(2 * oh + 2) * p.w].split_at_mut(p.w);
-        let (x0, x1) = (&x[2 * oh * p.w..], &x[(2 * oh + 1) * p.w..]);
-        for ow in 0..p.ow {
-            let g = dy[oh * p.ow + ow];
-            let j = 2 * ow;
-            match kind {
-                PoolKind::Max => {
-                    // The first maximum in scan order (torch's choice).
-                    let v = [x0[j], x0[j + 1], x1[j], x1[j + 1]];
-                    let mut at = 0;
-                    for k in 1..4 {
-                        if v[k] > v[at] {
-                            at = k;
-                        }
-                    }
-                    let mut d = [T::ZERO; 4];
-                    d[at] = g;
-                    top[j] = d[0];
-                    top[j + 1] = d[1];
-                    bottom[j] = d[2];
-                    bottom[j + 1] = d[3];
-                }
-                PoolKind::Avg => {
-                    let s = g * quarter;
-                    top[j] = s;
-                    top[j + 1] = s;
-                    bottom[j] = s;
-                    bottom[j + 1] = s;
-                }
-            }
+        let (x0, x1) = (&x[2 * oh * p.w..][..2 * p.ow], &x[(2 * oh + 1) * p.w..][..2 * p.ow]);
+        let out = oh * p.ow..(oh + 1) * p.ow;
+        let (d0, d1) = (&mut top[..2 * p.ow], &mut bottom[..2 * p.ow]);
+        if fast {
+            crate::kernels::pool2x2::backward(max, x0, x1, &y[out.clone()], &dy[out], d0, d1);
+        } else {
+            unpool2x2_rows(max, x0, x1, &y[out.clone()], &dy[out], d0, d1);
         }
     }
 }
@@ -262,11 +480,21 @@ impl<T: Float> Layer<T> for Pool {
         2 * numel(in_shape)
     }
 
+    fn layouts(&self) -> Layouts {
+        Layouts::Preserve
+    }
+
     fn forward(&self, f: Forward<'_, T>) {
         let Ok((c, p)) = self.plane(f.in_shape) else { return };
-        let planes = f.n * c;
         let x = f.x;
         let (ilen, olen) = (p.h * p.w, p.oh * p.ow);
+        if f.in_layout == Layout::ChannelsLast {
+            par_chunks(&mut f.y[..f.n * c * olen], c * olen, |i, y| {
+                self.forward_cl(&p, c, &x[i * c * ilen..(i + 1) * c * ilen], y);
+            });
+            return;
+        }
+        let planes = f.n * c;
         par_chunks(&mut f.y[..planes * olen], olen, |i, y| {
             self.forward_plane(&p, &x[i * ilen..(i + 1) * ilen], y);
         });
@@ -275,11 +503,21 @@ impl<T: Float> Layer<T> for Pool {
     fn backward(&self, b: Backward<'_, T>) {
         let Some(dx) = b.dx else { return };
         let Ok((c, p)) = self.plane(b.in_shape) else { return };
+        if b.in_layout == Layout::ChannelsLast {
+            let (x, y, dy) = (b.x, b.y, &*b.dy);
+            let (ilen, olen) = (c * p.h * p.w, c * p.oh * p.ow);
+            par_chunks(&mut dx[..b.n * ilen], ilen, |i, dx| {
+                let out = i * olen..(i + 1) * olen;
+                self.backward_cl(&p, c, &x[i * ilen..(i + 1) * ilen], &y[out.clone()], &dy[out], dx);
+            });
+            return;
+        }
         let planes = b.n * c;
-        let (x, dy) = (b.x, &*b.dy);
+        let (x, y, dy) = (b.x, b.y, &*b.dy);
         let (ilen, olen) = (p.h * p.w, p.oh * p.ow);
         par_chunks(&mut dx[..planes * ilen], ilen, |i, dx| {
-            self.backward_plane(&p, &x[i * ilen..(i + 1) * ilen], &dy[i * olen..(i + 1) * olen], dx);
+            let out = i * olen..(i + 1) * olen;
+            self.backward_plane(&p, &x[i * ilen..(i + 1) * ilen], &y[out.clone()], &dy[out], dx);
         });
     }
 }
@@ -302,10 +540,25 @@ impl<T: Float> Layer<T> for GlobalAvgPool {
         }
     }
 
+    fn layouts(&self) -> Layouts {
+        Layouts::Flatten
+    }
+
     fn forward(&self, f: Forward<'_, T>) {
         let hw = numel(&f.in_shape[1..]);
         let x = f.x;
         let inv = T::ONE / T::from_usize(hw);
+        if f.in_layout == Layout::ChannelsLast {
+            let c = f.in_shape[0];
+            par_chunks(&mut f.y[..f.n * c], c, |i, y| {
+                y.fill(T::ZERO);
+                for pos in x[i * c * hw..(i + 1) * c * hw].chunks_exact(c) {
+                    add_into(y, pos);
+                }
+                y.iter_mut().for_each(|v| *v *= inv);
+            });
+            return;
+        }
         let planes = f.n * f.in_shape[0];
         par_chunks(&mut f.y[..planes], 256, |i, y| {
             for (j, o) in y.iter_mut().enumerate() {
@@ -325,6 +578,18 @@ impl<T: Float> Layer<T> for GlobalAvgPool {
         let planes = b.n * b.in_shape[0];
         let inv = T::ONE / T::from_usize(hw);
         let dy = &*b.dy;
+        if b.in_layout == Layout::ChannelsLast {
+            let c = b.in_shape[0];
+            par_chunks(&mut dx[..b.n * c * hw], c * hw, |i, d| {
+                let g = &dy[i * c..(i + 1) * c];
+                for pos in d.chunks_exact_mut(c) {
+                    for (o, &gi) in pos.iter_mut().zip(g) {
+                        *o = gi * inv;
+                    }
+                }
+            });
+            return;
+        }
         par_chunks(&mut dx[..planes * hw], hw, |i, d| d.fill(dy[i] * inv));
     }
 }

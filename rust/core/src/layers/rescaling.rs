@@ -1,7 +1,7 @@
 //! `y = x * scale + offset`, like Keras' `Rescaling`: lets uint8 images go
 //! into the model as they are (`Rescaling(1/255)`), converted per batch.
 
-use super::{Backward, Forward, Layer};
+use super::{Backward, Forward, Layer, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
@@ -35,6 +35,10 @@ impl<T: Float> Layer<T> for Rescaling {
 
     fn acts_on_last_dim(&self) -> bool {
         true
+    }
+
+    fn layouts(&self) -> Layouts {
+        Layouts::Preserve
     }
 
     fn forward(&self, f: Forward<'_, T>) {

@@ -48,7 +48,7 @@ impl<T: Float> Sequential<T> {
         self.validate_data(data, loss)?;
         let Data { x, n, shape, y } = data;
         let cols = self.out_len();
-        self.plan(shape, n)?;
+        self.plan(shape, n, true)?;
         self.check_batch(n, true)?;
         let in_len = self.in_len();
         self.load(&x, Rows::Range(0, n), in_len);

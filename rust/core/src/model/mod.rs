@@ -379,7 +379,7 @@ impl<T: Float> Sequential<T> {
     /// what [`Sequential::backward`] needs.
     pub fn forward(&mut self, x: &Features<'_>, n: usize, shape: &[usize], training: bool) -> Result<&[T]> {
         self.check_input(x, n, shape, "input")?;
-        self.plan(shape, n)?;
+        self.plan(shape, n, training)?;
         self.check_batch(n, training)?;
         let in_len = self.in_len();
         self.load(x, crate::data::Rows::Range(0, n), in_len);

@@ -145,10 +145,10 @@ impl<T: Float> Sequential<T> {
                 x.len()
             )));
         }
-        self.plan(shape, 1)?;
+        self.plan(shape, 1, false)?;
         let cols = self.out_len();
         let bs = opts.batch_size.min(n);
-        self.plan(shape, bs)?;
+        self.plan(shape, bs, true)?;
         self.check_batch(bs, true)?;
         if n % bs != 0 {
             self.check_batch(n % bs, true).map_err(|e| Error {
@@ -255,7 +255,7 @@ impl<T: Float> Sequential<T> {
         }
         self.check_input(x, n, shape, "X")?;
         let bs = batch_size.min(n);
-        self.plan(shape, bs)?;
+        self.plan(shape, bs, false)?;
         let (in_len, out_len) = (self.in_len(), self.out_len());
         if out.len() != n * out_len {
             return Err(Error::shape(format!(
@@ -284,7 +284,7 @@ impl<T: Float> Sequential<T> {
         self.check_input(&x, n, shape, "X")?;
         let cols = self.check_target(loss, y, n)?;
         let bs = batch_size.min(n);
-        self.plan(shape, bs)?;
+        self.plan(shape, bs, false)?;
         self.cache = None;
         let in_len = self.in_len();
         let mut totals = LossTotals::default();

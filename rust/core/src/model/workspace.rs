@@ -6,7 +6,7 @@ use super::{layer_error, Sequential};
 use crate::data::{Features, Rows};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::layers::{numel, Backward, Buffers, Forward};
+use crate::layers::{numel, Backward, Buffers, Forward, Layout, Layouts};
 use crate::loss::{RowStat, Target};
 use crate::rng::mix64;
 use std::ops::Range;
@@ -14,7 +14,12 @@ use std::ops::Range;
 pub(crate) struct Workspace<T> {
     /// Per-sample shape at each op boundary: `shapes[0]` is the input.
     pub(crate) shapes: Vec<Vec<usize>>,
+    /// The buffer layout at each op boundary (planar at both ends).
+    pub(crate) layouts: Vec<Layout>,
     pub(crate) cap: usize,
+    /// The largest batch the scratch is sized to train on (backward
+    /// passes need more scratch than evaluation).
+    pub(crate) train_cap: usize,
     pub(crate) acts: Vec<Vec<T>>,
     /// Each op's scratch ([`crate::layers::Layer::scratch_len`]).
     pub(crate) scratch: Vec<Vec<T>>,
@@ -30,7 +35,9 @@ impl<T> Default for Workspace<T> {
     fn default() -> Self {
         Workspace {
             shapes: Vec::new(),
+            layouts: Vec::new(),
             cap: 0,
+            train_cap: 0,
             acts: Vec::new(),
             scratch: Vec::new(),
             d_a: Vec::new(),
@@ -44,8 +51,9 @@ impl<T> Default for Workspace<T> {
 }
 
 impl<T: Float> Sequential<T> {
-    /// Sizes the workspace for `n` samples of per-sample shape `input`.
-    pub(crate) fn plan(&mut self, input: &[usize], n: usize) -> Result<()> {
+    /// Sizes the workspace for `n` samples of per-sample shape `input`, for
+    /// evaluation or (`training`) training passes.
+    pub(crate) fn plan(&mut self, input: &[usize], n: usize, training: bool) -> Result<()> {
         let ws = &mut self.ws;
         let same = ws.shapes.first().is_some_and(|s| s == input);
         if !same {
@@ -56,21 +64,28 @@ impl<T: Float> Sequential<T> {
                     op.layer.output_shape(prev).map_err(|e| layer_error(op.spec, &self.specs[op.spec], e))?;
                 shapes.push(next);
             }
+            ws.layouts = plan_layouts(&self.ops, &shapes);
             ws.shapes = shapes;
             ws.cap = 0;
+            ws.train_cap = 0;
             ws.acts = vec![Vec::new(); self.ops.len() + 1];
             ws.scratch = vec![Vec::new(); self.ops.len()];
             self.cache = None;
         }
-        if n > ws.cap {
-            let cap = n;
+        if n > ws.cap || (training && n > ws.train_cap) {
+            let cap = n.max(ws.cap);
+            if training {
+                ws.train_cap = ws.train_cap.max(n);
+            }
             let sized = |s: &[usize]| cap.checked_mul(numel(s)).ok_or_else(too_big);
             // Below the prefix nothing is ever stored (see `load`).
             for (a, s) in ws.acts.iter_mut().zip(&ws.shapes).skip(self.prefix) {
                 grow(a, sized(s)?)?;
             }
             for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
-                grow(&mut ws.scratch[i], op.layer.scratch_len(cap, &ws.shapes[i]))?;
+                let (l, s) = (&op.layer, &ws.shapes[i]);
+                let need = l.scratch_len(cap, s, false).max(l.scratch_len(ws.train_cap, s, true));
+                grow(&mut ws.scratch[i], need)?;
             }
             let widest = ws.shapes.iter().map(|s| numel(s)).max().unwrap_or(0);
             grow(&mut ws.d_a, sized(&[widest])?)?;
@@ -118,7 +133,7 @@ impl<T: Float> Sequential<T> {
                 n * numel(shape)
             )));
         }
-        self.plan(shape, 1)?;
+        self.plan(shape, 1, false)?;
         x.check_finite(what, numel(shape))?;
         if T::NAME == "float32" {
             x.check_fits_f32(what, numel(shape))?;
@@ -160,6 +175,8 @@ impl<T: Float> Sequential<T> {
                 n,
                 in_shape,
                 out_shape,
+                in_layout: ws.layouts[i],
+                out_layout: ws.layouts[i + 1],
                 training,
                 key: key ^ mix64(i as u64),
             });
@@ -197,6 +214,8 @@ impl<T: Float> Sequential<T> {
                 n,
                 in_shape,
                 out_shape,
+                in_layout: ws.layouts[i],
+                out_layout: ws.layouts[i + 1],
                 key: key ^ mix64(i as u64),
             });
             std::mem::swap(&mut ws.d_a, &mut ws.d_b);
@@ -220,6 +239,31 @@ impl<T: Float> Sequential<T> {
             }
         }
     }
+}
+
+/// The layout of every op boundary: channels-last from a convolution's
+/// output through layers that preserve it, when the next layer that is not
+/// one of those reads channels-last too (another convolution, `Flatten`,
+/// global pooling); planar everywhere else, and for rank-1 samples.
+fn plan_layouts<T: Float>(ops: &[super::Op<T>], shapes: &[Vec<usize>]) -> Vec<Layout> {
+    let mut out = vec![Layout::Planar; ops.len() + 1];
+    for (i, op) in ops.iter().enumerate() {
+        out[i + 1] = match op.layer.layouts() {
+            Layouts::Preserve => out[i],
+            Layouts::Planar | Layouts::Flatten => Layout::Planar,
+            Layouts::Convert => {
+                let next = ops[i + 1..].iter().map(|o| o.layer.layouts()).find(|l| *l != Layouts::Preserve);
+                match next {
+                    Some(Layouts::Convert | Layouts::Flatten) => Layout::ChannelsLast,
+                    _ => Layout::Planar,
+                }
+            }
+        };
+        if shapes[i + 1].len() <= 1 {
+            out[i + 1] = Layout::Planar;
+        }
+    }
+    out
 }
 
 pub(crate) fn too_big() -> Error {
