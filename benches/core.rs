@@ -1,16 +1,19 @@
 //! Criterion benchmarks of the core: matrix products from the benchmark
-//! configurations (with GFLOPS), dense forward and backward, softmax
-//! cross-entropy, each optimizer step, and whole training epochs.
+//! configurations (with GFLOPS), dense forward and backward, the benchmark
+//! CNN's convolutions (forward, weight gradient, weight + input gradient),
+//! pooling and BatchNorm, softmax cross-entropy, each optimizer step, and
+//! whole training epochs.
 //!
 //! `cargo bench -p ferrograd-core` (all), or `cargo bench -p ferrograd-core -- gemm`.
 //! Set `FERROGRAD_NUM_THREADS` to fix the thread count.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrograd::kernels::gemm::{gemm, gemm_ldb, pad_rows, padded_ld};
+use ferrograd::layers::{numel, Backward, Buffers, Forward, Layer, Layout};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
-use ferrograd::{threads, Data, EpochOptions, Features, Init, LayerSpec, Loss, Sequential, Target};
+use ferrograd::{threads, Data, EpochOptions, Features, Init, LayerSpec, Loss, Padding, Sequential, Target};
 use std::hint::black_box;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -105,6 +108,209 @@ fn bench_dense(c: &mut Criterion) {
             b.iter(|| threads::install(|| model.backward(&dout, &[batch, fo]).unwrap()).unwrap())
         });
     }
+    g.finish();
+}
+
+/// One layer's buffers for a batch: input, output, gradients, scratch.
+struct LayerRun {
+    layer: Box<dyn Layer<f32>>,
+    input: Vec<usize>,
+    output: Vec<usize>,
+    n: usize,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    buffers: Vec<f32>,
+    counts: Vec<i64>,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+    scratch: Vec<f32>,
+    layout: Layout,
+}
+
+impl LayerRun {
+    fn new(spec: LayerSpec, input: &[usize], n: usize, layout: Layout) -> Self {
+        let layer = spec.build::<f32>().unwrap();
+        let output = layer.output_shape(input).unwrap();
+        let np: usize = layer.params().iter().map(|p| p.numel()).sum();
+        let nb: usize = layer
+            .buffers()
+            .iter()
+            .filter(|b| b.kind == ferrograd::layers::BufferKind::Float)
+            .map(|b| b.numel())
+            .sum();
+        let mut params = randn(np, 11);
+        let mut rng = Rng::new(12);
+        layer.init_params(&mut params, &mut rng);
+        let mut buffers = vec![0.0; nb];
+        let mut counts = vec![0; 1];
+        layer.init_buffers(&mut buffers, &mut counts);
+        let scratch = vec![0.0; layer.scratch_len(n, input, true)];
+        LayerRun {
+            x: randn(n * numel(input), 13),
+            y: vec![0.0; n * numel(&output)],
+            dy: randn(n * numel(&output), 14),
+            dx: vec![0.0; n * numel(input)],
+            grads: vec![0.0; np],
+            layer,
+            input: input.to_vec(),
+            output,
+            n,
+            params,
+            buffers,
+            counts,
+            scratch,
+            layout,
+        }
+    }
+
+    fn forward(&mut self) {
+        self.layer.forward(Forward {
+            params: &self.params,
+            buffers: Buffers::Update { values: &mut self.buffers, counts: &mut self.counts },
+            x: &self.x,
+            y: &mut self.y,
+            scratch: &mut self.scratch,
+            n: self.n,
+            in_shape: &self.input,
+            out_shape: &self.output,
+            in_layout: self.layout,
+            out_layout: self.layout,
+            training: true,
+            key: 1,
+        });
+    }
+
+    fn backward(&mut self, with_dx: bool) {
+        self.layer.backward(Backward {
+            params: &self.params,
+            grads: &mut self.grads,
+            accumulate: false,
+            buffers: &self.buffers,
+            x: &self.x,
+            y: &self.y,
+            dy: &mut self.dy,
+            dx: if with_dx { Some(&mut self.dx) } else { None },
+            scratch: &mut self.scratch,
+            n: self.n,
+            in_shape: &self.input,
+            out_shape: &self.output,
+            in_layout: self.layout,
+            out_layout: self.layout,
+            key: 1,
+        });
+    }
+}
+
+/// The benchmark CNN's layers at batch 64 (their GFLOPS as Gelem/s):
+/// `forward`, `weight_grad` (backward without the input gradient, as for a
+/// first layer), `weight_and_input_grad`; the input gradient's cost is the
+/// difference. Then 2x2 max pooling and BatchNorm2D (training).
+fn bench_cnn_layers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cnn_layers");
+    let n = 64;
+    let conv = |cin, cout| LayerSpec::Conv2D {
+        in_channels: cin,
+        out_channels: cout,
+        kernel_size: [5, 5],
+        stride: [1, 1],
+        padding: Padding::Same,
+        dilation: [1, 1],
+        bias: true,
+        init: Init::He,
+    };
+    for (name, spec, input, flops) in [
+        ("conv1_1x28x28_to_32", conv(1, 32), vec![1, 28, 28], 2 * 32 * 25 * 784),
+        ("conv2_32x14x14_to_64", conv(32, 64), vec![32, 14, 14], 2 * 64 * 800 * 196),
+    ] {
+        let mut run = LayerRun::new(spec, &input, n, Layout::ChannelsLast);
+        g.throughput(Throughput::Elements((flops * n) as u64));
+        g.bench_function(BenchmarkId::new("forward", name), |b| {
+            b.iter(|| threads::install(|| run.forward()).unwrap())
+        });
+        run.forward();
+        g.bench_function(BenchmarkId::new("weight_grad", name), |b| {
+            b.iter(|| threads::install(|| run.backward(false)).unwrap())
+        });
+        g.throughput(Throughput::Elements((2 * flops * n) as u64));
+        g.bench_function(BenchmarkId::new("weight_and_input_grad", name), |b| {
+            b.iter(|| threads::install(|| run.backward(true)).unwrap())
+        });
+    }
+    let pool = LayerSpec::MaxPool2D { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] };
+    let bn = LayerSpec::BatchNorm2D { num_features: 32, eps: 1e-5, momentum: Some(0.1) };
+    for (name, spec, layout) in [
+        ("maxpool2x2_channels_last", pool.clone(), Layout::ChannelsLast),
+        ("maxpool2x2_planar", pool, Layout::Planar),
+        ("batchnorm2d", bn, Layout::Planar),
+    ] {
+        let mut run = LayerRun::new(spec, &[32, 28, 28], n, layout);
+        g.throughput(Throughput::Elements((n * 32 * 784) as u64));
+        g.bench_function(BenchmarkId::new("forward", name), |b| {
+            b.iter(|| threads::install(|| run.forward()).unwrap())
+        });
+        run.forward();
+        g.bench_function(BenchmarkId::new("backward", name), |b| {
+            b.iter(|| threads::install(|| run.backward(true)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// The convolution algorithm, chosen by this measurement: the second CNN
+/// convolution's forward pass at batch 64 as ferrograd runs it (direct,
+/// register-tiled over channels-last data, no im2col) against im2col into a
+/// `(n * 196) x 800` matrix followed by one matrix product through the gemm
+/// crate (the im2col time included), both on the library's threads.
+fn bench_conv_algorithms(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv_algorithm");
+    let n = 64;
+    let spec = LayerSpec::Conv2D {
+        in_channels: 32,
+        out_channels: 64,
+        kernel_size: [5, 5],
+        stride: [1, 1],
+        padding: Padding::Same,
+        dilation: [1, 1],
+        bias: false,
+        init: Init::He,
+    };
+    g.throughput(Throughput::Elements((2 * 64 * 800 * 196 * n) as u64));
+    let mut direct = LayerRun::new(spec, &[32, 14, 14], n, Layout::ChannelsLast);
+    g.bench_function("direct_tiles", |b| b.iter(|| threads::install(|| direct.forward()).unwrap()));
+    // im2col on the channels-last input: column (kh, kw, ci) of row (n, oh, ow).
+    let x = randn(n * 196 * 32, 15);
+    let w = randn(800 * 64, 16); // (kh, kw, ci) x co
+    let mut cols = vec![0.0f32; n * 196 * 800];
+    let mut y = vec![0.0f32; n * 196 * 64];
+    g.bench_function("im2col_gemm", |b| {
+        b.iter(|| {
+            threads::install(|| {
+                use rayon::prelude::*;
+                cols.par_chunks_mut(196 * 800).enumerate().for_each(|(s, cs)| {
+                    let xs = &x[s * 196 * 32..(s + 1) * 196 * 32];
+                    for (p, row) in cs.chunks_exact_mut(800).enumerate() {
+                        let (oh, ow) = (p / 14, p % 14);
+                        for kh in 0..5 {
+                            for kw in 0..5 {
+                                let (ih, iw) = (oh + kh, ow + kw);
+                                let dst = &mut row[(kh * 5 + kw) * 32..(kh * 5 + kw + 1) * 32];
+                                if (2..16).contains(&ih) && (2..16).contains(&iw) {
+                                    let at = ((ih - 2) * 14 + iw - 2) * 32;
+                                    dst.copy_from_slice(&xs[at..at + 32]);
+                                } else {
+                                    dst.fill(0.0);
+                                }
+                            }
+                        }
+                    }
+                });
+                gemm(false, false, n * 196, 64, 800, 1.0, &cols, &w, 0.0, &mut y);
+            })
+            .unwrap()
+        })
+    });
     g.finish();
 }
 
@@ -210,5 +416,14 @@ fn bench_train(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_dense, bench_loss, bench_optim, bench_train);
+criterion_group!(
+    benches,
+    bench_gemm,
+    bench_dense,
+    bench_cnn_layers,
+    bench_conv_algorithms,
+    bench_loss,
+    bench_optim,
+    bench_train
+);
 criterion_main!(benches);

@@ -238,3 +238,41 @@ def test_thread_count_does_not_change_predict(mnist):
     assert ev1 == ev2
     # inference mode: dropout is off, so repeated predictions are identical too
     assert model.predict(x).tobytes() == out2.tobytes()
+
+
+def cnn_model() -> fg.Sequential:
+    """Channels-last buffers between the convolutions, a planar BatchNorm
+    block after them, dropout: every CNN code path that splits work."""
+    return fg.Sequential(
+        [
+            L.Rescaling(1 / 255),
+            L.Conv2D(1, 16, 5, padding="same"),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Conv2D(16, 32, 3, padding=1, bias=False),
+            L.BatchNorm2D(32),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Flatten(),
+            L.Dropout(0.2),
+            L.Dense(32 * 7 * 7, 10),
+        ],
+        seed=11,
+    )
+
+
+@pytest.mark.parametrize("threads", [(1, 2), (2, 3)])
+def test_thread_count_does_not_change_cnn_training(mnist, threads):
+    (x_train, y_train), (x_test, _) = mnist
+    x, y = x_train[:1000, None], y_train[:1000]  # 15 full batches of 64 + 1 partial
+    runs = []
+    for t in threads:
+        fg.set_num_threads(t)
+        model = cnn_model()
+        model.fit(
+            x, y, "cross_entropy", fg.optim.Adam(model.parameters()), batch_size=64, verbose=0
+        )
+        runs.append((model.state_dict(), model.predict(x_test[:500, None])))
+    assert_state_bitwise_equal(runs[0][0], runs[1][0])
+    assert runs[0][1].tobytes() == runs[1][1].tobytes()
+    assert_differs(runs[0][0], cnn_model().state_dict())

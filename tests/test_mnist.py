@@ -68,3 +68,35 @@ def test_mlp_reaches_97_percent_in_two_epochs(mnist):
     # evaluate and predict agree on every sample's verdict
     assert round(res["accuracy"] * len(y_test)) == correct
     assert res["accuracy"] == correct / len(y_test)
+
+
+def test_cnn_reaches_98_percent_in_one_epoch(mnist):
+    """A small CNN (the CLI's, with half the channels) on the raw uint8
+    images viewed as (N, 1, 28, 28): one epoch, then >= 98% test accuracy
+    (measured 98.3-98.7% over seeds 0-2, in 7-10 s on 2 cores)."""
+    (x_train, y_train), (x_test, y_test) = mnist
+    model = fg.Sequential(
+        [
+            L.Rescaling(1 / 255),
+            L.Conv2D(1, 16, 5, padding="same"),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Conv2D(16, 32, 5, padding="same"),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Flatten(),
+            L.Dense(32 * 7 * 7, 128),
+            L.ReLU(),
+            L.Dense(128, 10),
+        ],
+        seed=0,
+    )
+    opt = fg.optim.Adam(model.parameters(), lr=2e-3)
+    hist = model.fit(
+        x_train[:, None], y_train, "cross_entropy", opt, epochs=1, batch_size=64, verbose=0
+    )
+    assert hist["accuracy"][0] > 0.95
+    res = model.evaluate(x_test[:, None], y_test, "cross_entropy")
+    assert res["accuracy"] >= 0.98, res
+    # BatchNorm-free: nothing but the weights changed; the output is (N, 10).
+    assert model.predict(x_test[:3, None]).shape == (3, 10)

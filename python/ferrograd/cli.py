@@ -1,8 +1,9 @@
 """The ``ferrograd`` command line.
 
-``ferrograd mnist`` trains an MLP on MNIST with a progress display per
-epoch, prints the test accuracy and saves the weights (a ``state_dict`` in
-an ``.npz`` file, loadable with ``model.load_state_dict(dict(np.load(path)))``).
+``ferrograd mnist`` trains an MLP (or, with ``--model cnn``, a small CNN)
+on MNIST with a line per epoch, prints the test accuracy and saves the
+weights (a ``state_dict`` in an ``.npz`` file, loadable with
+``model.load_state_dict(dict(np.load(path)))``).
 """
 
 from __future__ import annotations
@@ -39,21 +40,42 @@ def _positive(kind: type):
     return parse
 
 
+# Per-model defaults: epochs, batch size, dropout. The CNN's were chosen by
+# measurement (README, "CNN on MNIST"): 10 epochs of batch 64 with dropout
+# 0.3 before the output layer reach 99.1% or more in about five minutes.
+DEFAULTS = {"mlp": (12, 128, 0.2), "cnn": (10, 64, 0.3)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="ferrograd", description="ferrograd command line")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser(
         "mnist",
-        help="train an MLP on MNIST",
-        description="Train an MLP on MNIST, print the test accuracy and save the weights.",
-    )
-    m.add_argument("--epochs", type=_positive(int), default=12, help="epochs (default 12)")
-    m.add_argument(
-        "--batch-size", type=_positive(int), default=128, help="minibatch size (default 128)"
+        help="train an MLP or a CNN on MNIST",
+        description="Train an MLP (or a CNN) on MNIST, print the test accuracy and save the weights.",
     )
     m.add_argument(
-        "--hidden", type=_hidden, default=[512, 256], help="hidden layer sizes (default 512,256)"
+        "--model",
+        choices=sorted(DEFAULTS),
+        default="mlp",
+        help="mlp: Dense layers (--hidden); cnn: conv5x5(32)-pool-conv5x5(64)-pool-dense 256 "
+        "(default mlp)",
+    )
+    m.add_argument(
+        "--epochs", type=_positive(int), default=None, help="epochs (default: mlp 12, cnn 10)"
+    )
+    m.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=None,
+        help="minibatch size (default: mlp 128, cnn 64)",
+    )
+    m.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=[512, 256],
+        help="hidden layer sizes of the MLP (default 512,256)",
     )
     m.add_argument(
         "--lr",
@@ -62,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam learning rate; cosine-decayed (default 1e-3)",
     )
     m.add_argument(
-        "--dropout", type=float, default=0.2, help="dropout after each hidden layer (default 0.2)"
+        "--dropout",
+        type=float,
+        default=None,
+        help="dropout after each hidden Dense layer (default: mlp 0.2, cnn 0.3)",
     )
     m.add_argument(
         "--data",
@@ -70,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder containing mnist/ (default: $FERROGRAD_DATA, else ~/.cache/ferrograd; downloads if missing)",
     )
     m.add_argument(
-        "--out", default="mnist_mlp.npz", help="where to save the weights (default mnist_mlp.npz)"
+        "--out",
+        default=None,
+        help="where to save the weights (default mnist_mlp.npz or mnist_cnn.npz)",
     )
     m.add_argument(
         "--threads", type=_positive(int), default=None, help="worker threads (default: all cores)"
@@ -85,42 +112,67 @@ def run_mnist(args: argparse.Namespace) -> float:
     import ferrograd as fg
     from ferrograd import layers as L
 
+    epochs, batch_size, dropout = DEFAULTS[args.model]
+    epochs = args.epochs or epochs
+    batch_size = args.batch_size or batch_size
+    dropout = dropout if args.dropout is None else args.dropout
+    out = args.out or f"mnist_{args.model}.npz"
     if args.threads:
         fg.set_num_threads(args.threads)
-    if not 0.0 <= args.dropout < 1.0:
-        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {dropout}")
     (x_train, y_train), (x_test, y_test) = fg.datasets.load_mnist(
         root=args.data, download=not args.no_download
     )
-    stack: list[L.Layer] = [L.Flatten(), L.Rescaling(1 / 255)]
-    width = 28 * 28
-    for h in args.hidden:
-        stack += [L.Dense(width, h), L.ReLU()]
-        if args.dropout > 0:
-            stack.append(L.Dropout(args.dropout))
-        width = h
-    stack.append(L.Dense(width, 10, init="xavier"))
+    stack: list[L.Layer]
+    if args.model == "cnn":
+        # (N, 28, 28) uint8 images as (N, 1, 28, 28): a view, no copy.
+        x_train, x_test = x_train[:, None], x_test[:, None]
+        stack = [
+            L.Rescaling(1 / 255),
+            L.Conv2D(1, 32, 5, padding="same"),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Conv2D(32, 64, 5, padding="same"),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Flatten(),
+            L.Dense(64 * 7 * 7, 256),
+            L.ReLU(),
+        ]
+        if dropout > 0:
+            stack.append(L.Dropout(dropout))
+        stack.append(L.Dense(256, 10, init="xavier"))
+    else:
+        stack = [L.Flatten(), L.Rescaling(1 / 255)]
+        width = 28 * 28
+        for h in args.hidden:
+            stack += [L.Dense(width, h), L.ReLU()]
+            if dropout > 0:
+                stack.append(L.Dropout(dropout))
+            width = h
+        stack.append(L.Dense(width, 10, init="xavier"))
     model = fg.Sequential(stack, seed=args.seed)
-    model.summary(input_shape=(28, 28))
+    model.summary(input_shape=x_train.shape[1:])
     print(f"threads: {fg.get_num_threads()}, train {len(x_train):,}, test {len(x_test):,}")
     opt = fg.optim.Adam(model.parameters(), lr=args.lr)
     start = time.perf_counter()
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         # Cosine decay from lr to ~0 over the run.
-        opt.lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+        opt.lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         hist = model.fit(
             x_train,
             y_train,
             "cross_entropy",
             opt,
             epochs=1,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             validation_data=(x_test, y_test),
             verbose=0,
         )
         h = {k: v[-1] for k, v in hist.history.items()}
         print(
-            f"Epoch {epoch + 1}/{args.epochs} - lr {opt.lr:.2e} - loss {h['loss']:.4f} - "
+            f"Epoch {epoch + 1}/{epochs} - lr {opt.lr:.2e} - loss {h['loss']:.4f} - "
             f"accuracy {h['accuracy']:.4f} - test_loss {h['val_loss']:.4f} - "
             f"test_accuracy {h['val_accuracy']:.4f} - {time.perf_counter() - start:.1f}s",
             flush=True,
@@ -128,10 +180,10 @@ def run_mnist(args: argparse.Namespace) -> float:
     acc = model.evaluate(x_test, y_test, "cross_entropy")["accuracy"]
     elapsed = time.perf_counter() - start
     print(
-        f"test accuracy: {acc:.4f} ({elapsed:.1f}s, {args.epochs * len(x_train) / elapsed:,.0f} samples/s)"
+        f"test accuracy: {acc:.4f} ({elapsed:.1f}s, {epochs * len(x_train) / elapsed:,.0f} samples/s)"
     )
-    np.savez(args.out, **dict(model.state_dict()))  # type: ignore[arg-type]
-    print(f"saved weights to {args.out}")
+    np.savez(out, **dict(model.state_dict()))  # type: ignore[arg-type]
+    print(f"saved weights to {out}")
     return acc
 
 

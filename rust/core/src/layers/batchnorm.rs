@@ -76,6 +76,69 @@ impl BatchNorm {
 /// forward pass; the sums of `dy` and `dy * xhat` in the backward pass).
 const STATS: usize = 4;
 
+/// Lanes of the float64 sums: eight independent accumulators (a fixed
+/// order, so results do not depend on anything but the data), added up at
+/// the end; one dependent chain would cost an add's latency per element.
+const LANES: usize = 8;
+
+fn finish(acc: [f64; LANES]) -> f64 {
+    acc.iter().sum()
+}
+
+crate::multiversion! {
+    /// `out[0] += sum(x)`, in float64.
+    fn sum_into<T: Float>(x: &[T], out: &mut [f64; LANES]) {
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, &v) in out.iter_mut().zip(c) {
+                *a += v.to_f64();
+            }
+        }
+        for (a, &v) in out.iter_mut().zip(tail) {
+            *a += v.to_f64();
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `out += sum((x - mean)^2)`, in float64.
+    fn sq_dev_into<T: Float>(x: &[T], mean: f64, out: &mut [f64; LANES]) {
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, &v) in out.iter_mut().zip(c) {
+                let d = v.to_f64() - mean;
+                *a += d * d;
+            }
+        }
+        for (a, &v) in out.iter_mut().zip(tail) {
+            let d = v.to_f64() - mean;
+            *a += d * d;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `sd += sum(dy)`, `sdx += sum(dy * (x - mean) * inv)`, in float64.
+    fn grad_sums_into<T: Float>(dy: &[T], x: &[T], mean: T, inv: T, sd: &mut [f64; LANES], sdx: &mut [f64; LANES]) {
+        let n = dy.len().min(x.len());
+        let whole = n - n % LANES;
+        for (g, v) in dy[..whole].chunks_exact(LANES).zip(x[..whole].chunks_exact(LANES)) {
+            for j in 0..LANES {
+                let gj = g[j].to_f64();
+                sd[j] += gj;
+                sdx[j] += gj * ((v[j] - mean) * inv).to_f64();
+            }
+        }
+        for j in 0..n - whole {
+            let gj = dy[whole + j].to_f64();
+            sd[j] += gj;
+            sdx[j] += gj * ((x[whole + j] - mean) * inv).to_f64();
+        }
+    }
+}
+
 /// `f(channel, stats of that channel)` over all channels, split into
 /// fixed chunks of channels across threads.
 fn per_channel<T: Float>(stats: &mut [T], c: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
@@ -155,18 +218,16 @@ impl<T: Float> Layer<T> for BatchNorm {
             let eps = self.eps;
             // Two passes in float64 over each channel: mean, then squared deviations.
             per_channel(stats, c, |ch, st| {
-                let mut sum = 0.0f64;
+                let mut acc = [0.0f64; LANES];
                 for row in 0..n {
-                    sum += x[at(row, ch)..at(row, ch) + s].iter().map(|v| v.to_f64()).sum::<f64>();
+                    sum_into(&x[at(row, ch)..at(row, ch) + s], &mut acc);
                 }
-                let mean = sum / cnt;
-                let mut sq = 0.0f64;
+                let mean = finish(acc) / cnt;
+                let mut acc = [0.0f64; LANES];
                 for row in 0..n {
-                    for v in &x[at(row, ch)..at(row, ch) + s] {
-                        let d = v.to_f64() - mean;
-                        sq += d * d;
-                    }
+                    sq_dev_into(&x[at(row, ch)..at(row, ch) + s], mean, &mut acc);
                 }
+                let sq = finish(acc);
                 let var = sq / cnt;
                 st[0] = T::from_f64(mean);
                 st[1] = T::from_f64(1.0 / (var + eps).sqrt());
@@ -212,17 +273,13 @@ impl<T: Float> Layer<T> for BatchNorm {
         // Per channel: sum of dy (beta's gradient) and of dy * xhat (gamma's).
         per_channel(stats, c, |ch, st| {
             let (mean, inv) = (st[0], st[1]);
-            let (mut sd, mut sdx) = (0.0f64, 0.0f64);
+            let (mut sd, mut sdx) = ([0.0f64; LANES], [0.0f64; LANES]);
             for row in 0..n {
                 let r = at(row, ch)..at(row, ch) + s;
-                for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
-                    let g = g.to_f64();
-                    sd += g;
-                    sdx += g * ((v - mean) * inv).to_f64();
-                }
+                grad_sums_into(&dy[r.clone()], &x[r], mean, inv, &mut sd, &mut sdx);
             }
-            st[2] = T::from_f64(sd);
-            st[3] = T::from_f64(sdx);
+            st[2] = T::from_f64(finish(sd));
+            st[3] = T::from_f64(finish(sdx));
         });
         let (gw, gb) = b.grads.split_at_mut(c);
         for (ch, st) in stats.chunks_exact(STATS).enumerate() {
