@@ -431,7 +431,7 @@ def main() -> None:
     for rep in range(args.repeats):
         for config in configs:
             for fw in fws:  # interleaved: every framework once per round
-                if config == "cnn" and fw not in CNN_FRAMEWORKS + ("ferrograd-base",):
+                if config == "cnn" and fw not in CNN_FRAMEWORKS:
                     continue
                 base = fw == "ferrograd-base"
                 cmd = [

@@ -12,6 +12,7 @@ the layer is created, so a bad value raises a ``ValueError`` right away.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from typing import Any
@@ -111,8 +112,25 @@ class Layer:
         return 0
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
-        return f"{type(self).__name__}({args})"
+        """The arguments as one would write them: required ones by
+        position (a pair of equal sizes as one int), the others only when
+        they differ from their defaults."""
+        config = self._config()
+        parts = []
+        params = list(inspect.signature(type(self).__init__).parameters.values())[1:]
+        for p in params:
+            if p.name not in config:
+                continue
+            v = config[p.name]
+            if isinstance(v, tuple) and len(set(v)) == 1:
+                short = v[0]
+            else:
+                short = v
+            if p.default is inspect.Parameter.empty:
+                parts.append(repr(short))
+            elif short != p.default and not (p.name == "stride" and v == config.get("kernel_size")):
+                parts.append(f"{p.name}={short!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self._spec() == other._spec()  # type: ignore[union-attr]

@@ -647,17 +647,28 @@ pub fn pack_forward<T: Float>(g: &ConvGeom, lanes: usize, w: &[T], panel: &mut [
     let k = g.k();
     assert!(w.len() >= g.cout * k && panel.len() >= g.panel_len(lanes), "pack_forward: bad sizes");
     let khw = g.kh * g.kw;
-    for (co0, vecs) in channel_blocks(g.cout, lanes) {
+    // Blocks of two vectors' channels (the last may be one), in parallel.
+    let blocks: Vec<(usize, usize)> = channel_blocks(g.cout, lanes).collect();
+    let panel = &mut panel[..g.panel_len(lanes)];
+    crate::kernels::par_chunks(panel, 2 * lanes * k, |i, block| {
+        let (co0, vecs) = blocks[i];
         let width = vecs * lanes;
-        let block = &mut panel[co0 * k..co0 * k + k * width];
         for j in 0..width {
             let co = co0 + j;
-            for (tap, ci) in (0..khw).flat_map(|t| (0..g.cin).map(move |c| (t, c))) {
-                let v = if co < g.cout { flush(w[(co * g.cin + ci) * khw + tap]) } else { T::ZERO };
-                block[(tap * g.cin + ci) * width + j] = v;
+            if co >= g.cout {
+                for t in 0..k {
+                    block[t * width + j] = T::ZERO;
+                }
+                continue;
+            }
+            for ci in 0..g.cin {
+                let src = &w[(co * g.cin + ci) * khw..][..khw];
+                for (tap, &v) in src.iter().enumerate() {
+                    block[(tap * g.cin + ci) * width + j] = flush(v);
+                }
             }
         }
-    }
+    });
 }
 
 /// Packs the weight for the input gradient: per input-channel block,
@@ -668,27 +679,23 @@ pub fn pack_backward<T: Float>(g: &ConvGeom, lanes: usize, w: &[T], panel: &mut 
     let khw = g.kh * g.kw;
     let kb = khw * cpad;
     assert!(w.len() >= g.cout * g.k() && panel.len() >= g.panel_t_len(lanes), "pack_backward: bad sizes");
-    for (ci0, vecs) in channel_blocks(g.cin, lanes) {
+    let blocks: Vec<(usize, usize)> = channel_blocks(g.cin, lanes).collect();
+    let panel = &mut panel[..g.panel_t_len(lanes)];
+    crate::kernels::par_chunks(panel, 2 * lanes * kb, |i, block| {
+        let (ci0, vecs) = blocks[i];
         let width = vecs * lanes;
-        let block = &mut panel[ci0 * kb..ci0 * kb + kb * width];
-        for khp in 0..g.kh {
-            for kwp in 0..g.kw {
-                let tap = (g.kh - 1 - khp) * g.kw + (g.kw - 1 - kwp);
-                for co in 0..cpad {
-                    let row = ((khp * g.kw + kwp) * cpad + co) * width;
-                    for j in 0..width {
-                        let ci = ci0 + j;
-                        let v = if co < g.cout && ci < g.cin {
-                            flush(w[(co * g.cin + ci) * khw + tap])
-                        } else {
-                            T::ZERO
-                        };
-                        block[row + j] = v;
-                    }
+        block.fill(T::ZERO);
+        for co in 0..g.cout {
+            for j in 0..width.min(g.cin - ci0) {
+                let src = &w[(co * g.cin + ci0 + j) * khw..][..khw];
+                for (tap, &v) in src.iter().enumerate() {
+                    // Flipped: tap (kh, kw) goes to (kh_size-1-kh, kw_size-1-kw).
+                    let t = khw - 1 - tap;
+                    block[(t * cpad + co) * width + j] = flush(v);
                 }
             }
         }
-    }
+    });
 }
 
 /// One sample's input `(cin, h, w)` (ordered by `layout`) into its padded
