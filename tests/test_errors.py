@@ -709,13 +709,29 @@ def test_unknown_optimizer_name_via_get():
         fg.optim.get("lbfgs", classifier().parameters())
 
 
-@pytest.mark.parametrize(("lr", "exc"), [(0.0, ValueError), (-1.0, ValueError), ("x", TypeError)])
+@pytest.mark.parametrize(
+    ("lr", "exc"), [(-1.0, ValueError), (float("nan"), ValueError), ("x", TypeError)]
+)
 def test_failed_lr_assignment_keeps_the_old_lr(lr, exc):
     opt = fg.optim.Adam(classifier().parameters(), lr=0.003)
     with pytest.raises(exc, match=r"learning rate|lr"):
         opt.lr = lr
     assert opt.lr == 0.003
     assert opt.defaults["lr"] == 0.003
+
+
+def test_a_schedule_may_anneal_the_learning_rate_to_zero():
+    opt = fg.optim.SGD(classifier().parameters(), lr=0.1, momentum=0.9)
+    opt.lr = 0.0
+    assert opt.lr == 0.0
+    opt.momentum = 0.85
+    assert opt.momentum == 0.85 and opt.defaults["momentum"] == 0.85
+    adam = fg.optim.Adam(classifier().parameters())
+    adam.momentum = 0.95
+    assert adam.momentum == 0.95 and adam.defaults["beta1"] == 0.95
+    with pytest.raises(ValueError, match=r"beta1.*\[0, 1\)"):
+        adam.momentum = 1.0
+    assert adam.momentum == 0.95
 
 
 # ------------------------------------------------------------------ layers and models

@@ -128,7 +128,7 @@ def test_fit_history_keys_and_lengths():
     for key in hist.history:
         assert len(hist[key]) == 3
         assert all(isinstance(v, float) and np.isfinite(v) for v in hist[key])
-    assert hist.epoch == [1, 2, 3]
+    assert hist.epoch == [0, 1, 2]
     for key in ("accuracy", "val_accuracy"):
         assert all(0.0 <= v <= 1.0 for v in hist[key])
     # no validation -> only training keys

@@ -350,7 +350,7 @@ def test_lr_change_in_adam_keeps_moments() -> None:
             np.testing.assert_allclose(v, want[name], **TOL["float64"], err_msg=name)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
 def test_bad_lr_assignment_raises_and_keeps_lr(bad: float) -> None:
     opt = optim.SGD(small_model().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="learning rate"):

@@ -16,11 +16,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import datasets, layers, losses, optim
+from . import callbacks, datasets, diagnostics, layers, losses, optim, plot
 from ._core import InternalError, NonFiniteError, ShapeError, StateError
 from ._core import get_num_threads as _get_num_threads
 from ._core import set_num_threads as _set_num_threads
-from .model import History, Parameter, Sequential, gradcheck
+from .model import History, Parameter, Sequential, clip_grad_norm_, gradcheck
 
 try:
     __version__ = _version("ferrograd")
@@ -32,10 +32,14 @@ __all__ = [
     "Parameter",
     "History",
     "gradcheck",
+    "clip_grad_norm_",
     "layers",
     "losses",
     "optim",
     "datasets",
+    "callbacks",
+    "diagnostics",
+    "plot",
     "set_num_threads",
     "get_num_threads",
     "ShapeError",

@@ -12,6 +12,16 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
     return " - ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
 
 
+def _eta(elapsed: float, step: int, steps: int) -> str:
+    """The time left, extrapolated from the steps so far (``m:ss``, like tqdm)."""
+    if step <= 0:
+        return "?"
+    left = elapsed / step * max(steps - step, 0)
+    minutes, seconds = divmod(int(round(left)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
 class EpochProgress:
     """Shows one epoch's progress. ``verbose``: 0 silent, 1 live bar on a
     terminal (a line per epoch otherwise), 2 a line per epoch."""
@@ -34,7 +44,8 @@ class EpochProgress:
         bar = "=" * done + (">" if done < width else "") + "." * max(width - done - 1, 0)
         elapsed = time.perf_counter() - self.start
         rate = samples / elapsed if elapsed > 0 else 0.0
-        text = f"\r{self.prefix} [{bar}] {step}/{steps} - loss: {loss:.4f}"
+        text = f"\r{self.prefix} [{bar}] {step}/{steps} - ETA {_eta(elapsed, step, steps)}"
+        text += f" - loss: {loss:.4f}"
         if acc is not None:
             text += f" - accuracy: {acc:.4f}"
         text += f" - {rate:,.0f} samples/s"

@@ -11,12 +11,34 @@ so a custom loop reads like PyTorch::
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import numpy as np
 
 from . import _core
 from ._data import as_target
 
 __all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get"]
+
+
+def _weights(name: str, value: Any, owner: str) -> list[float] | None:
+    """A 1-d sequence of numbers as floats (the engine checks the values)."""
+    if value is None:
+        return None
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 1 or arr.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}: {name} must be a 1-d sequence of numbers, got {value!r}")
+    return [float(v) for v in arr]
+
+
+def _json_float(v: float) -> Any:
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
 
 
 class Loss:
@@ -29,8 +51,20 @@ class Loss:
         self._grad: np.ndarray | None = None
         self.last_accuracy: float | None = None
 
-    def __call__(self, output: np.ndarray, target: np.ndarray) -> float:
-        """Mean loss of ``output`` (float32/float64 array) against ``target``.
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def _spec(self) -> str:
+        """The loss as the engine reads it: its name, or a JSON configuration."""
+        options = self._options()
+        if not options:
+            return self.name
+        return json.dumps({"kind": self.name, **options})
+
+    def __call__(self, output: np.ndarray, target: np.ndarray, sample_weight: Any = None) -> float:
+        """Mean loss of ``output`` (float32/float64 array) against ``target``,
+        each sample's term multiplied by ``sample_weight`` when given (the
+        mean divides by what it would without weights).
 
         Also stores ``dloss/doutput`` for :meth:`backward` and the batch
         accuracy (where defined) in :attr:`last_accuracy`.
@@ -39,7 +73,10 @@ class Loss:
             raise TypeError("output must be a float32 or float64 numpy array (a model output)")
         output = np.ascontiguousarray(output)
         y = as_target(target, self.name, output.dtype, len(output))
-        value, acc, grad = _core.loss_value(self.name, output, y, True)
+        sw = None
+        if sample_weight is not None:
+            sw = np.require(np.asarray(sample_weight, dtype=output.dtype), requirements=["C", "A"])
+        value, acc, grad = _core.loss_value(self._spec(), output, y, True, sw)
         self._grad = grad
         self.last_accuracy = acc
         return float(value)
@@ -51,13 +88,14 @@ class Loss:
         return self._grad
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+        return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Loss) and other.name == self.name
+        return isinstance(other, Loss) and other._spec() == self._spec()
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return hash(self._spec())
 
 
 class MSE(Loss):
@@ -70,20 +108,67 @@ class CrossEntropy(Loss):
     """Softmax cross-entropy from logits (``torch.nn.CrossEntropyLoss``).
 
     Targets are integer class labels of shape ``(N,)`` or class
-    probabilities of the output's shape ``(N, C)``. Mean over samples. The
-    log-softmax is fused, so large logits are safe.
+    probabilities of the output's shape ``(N, C)``. The log-softmax is
+    fused, so large logits are safe.
+
+    Parameters
+    ----------
+    weight:
+        A weight per class (``C`` non-negative numbers), as torch's: each
+        sample's term is multiplied by its class's weight and, for labels,
+        the mean divides by the summed weights of the batch's labels (for
+        probability targets, by the number of samples).
+    label_smoothing:
+        ``s`` in ``[0, 1]``: the target becomes ``(1 - s) * target + s / C``
+        (labels as one-hot), as torch's.
     """
 
     name = "cross_entropy"
+
+    def __init__(self, weight: Any = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.weight = _weights("weight", weight, "CrossEntropy")
+        if isinstance(label_smoothing, bool) or not isinstance(
+            label_smoothing, (int, float, np.number)
+        ):
+            raise TypeError(
+                f"CrossEntropy: label_smoothing must be a number, got {label_smoothing!r}"
+            )
+        self.label_smoothing = float(label_smoothing)
+        _core.check_loss(self._spec())
+
+    def _options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.weight is not None:
+            out["weight"] = [_json_float(w) for w in self.weight]
+        if self.label_smoothing != 0.0:
+            out["label_smoothing"] = _json_float(self.label_smoothing)
+        return out
 
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid binary cross-entropy from logits (``torch.nn.BCEWithLogitsLoss``).
 
     Targets in ``[0, 1]`` of the output's shape. Mean over all elements.
+
+    Parameters
+    ----------
+    pos_weight:
+        The weight of positive examples, one per output column (torch's
+        ``pos_weight``): ``-[p * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x))]``.
     """
 
     name = "binary_cross_entropy"
+
+    def __init__(self, pos_weight: Any = None) -> None:
+        super().__init__()
+        self.pos_weight = _weights("pos_weight", pos_weight, "BinaryCrossEntropy")
+        _core.check_loss(self._spec())
+
+    def _options(self) -> dict[str, Any]:
+        if self.pos_weight is None:
+            return {}
+        return {"pos_weight": [_json_float(w) for w in self.pos_weight]}
 
 
 _BY_NAME = {cls.name: cls for cls in (MSE, CrossEntropy, BinaryCrossEntropy)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Callable
 
 import numpy as np
@@ -87,18 +87,43 @@ class Parameter:
 class History:
     """What :meth:`Sequential.fit` returns: per-epoch metrics, Keras style.
 
-    ``history`` maps ``"loss"``, ``"accuracy"``, ``"val_loss"``, ... to lists
-    with one value per epoch; ``epoch`` lists the epoch numbers.
+    ``history`` maps ``"loss"``, ``"accuracy"``, ``"val_loss"``, ... (and
+    ``"learning_rate"``, the epoch's first, with a scheduler or a learning
+    rate callback) to lists with one value per epoch; ``epoch`` lists the epochs'
+    0-based indices (as Keras). ``params`` holds ``epochs``, ``steps`` and
+    ``verbose``. With ``fit(..., diagnostics=True)``, ``diagnostics`` maps
+    each statistic (``"grad_norm"``, ``"weight_norm"``, ``"update_ratio"``
+    per parameter; ``"dead_fraction"``, ``"saturated_fraction"`` per
+    activation layer) to ``{name: [one value per epoch]}``. An
+    :class:`~ferrograd.callbacks.EarlyStopping` sets ``stopped_epoch`` (the
+    epoch after which training stopped, or ``None``) and ``best_epoch`` (the
+    epoch whose weights it restored).
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self.params: dict[str, Any] = {}
+        self.diagnostics: dict[str, dict[str, list[float]]] = {}
+        self.stopped_epoch: int | None = None
+        self.best_epoch: int | None = None
 
     def _append(self, epoch: int, metrics: Mapping[str, float]) -> None:
         self.epoch.append(epoch)
         for k, v in metrics.items():
             self.history.setdefault(k, []).append(float(v))
+
+    def _append_diagnostics(self, d: Mapping[str, Any] | None) -> None:
+        if d is None:
+            return
+        diag = self.diagnostics
+        for name, grad, weight, ratio in d["params"]:
+            diag.setdefault("grad_norm", {}).setdefault(name, []).append(grad)
+            diag.setdefault("weight_norm", {}).setdefault(name, []).append(weight)
+            diag.setdefault("update_ratio", {}).setdefault(name, []).append(ratio)
+        for layer, kind, fraction in d["activations"]:
+            key = "dead_fraction" if kind == "dead" else "saturated_fraction"
+            diag.setdefault(key, {}).setdefault(str(layer), []).append(fraction)
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
@@ -161,6 +186,13 @@ class Sequential:
         #: The mode :meth:`forward` uses when ``training`` is not given:
         #: ``False`` (evaluation) until :meth:`train` is called.
         self.training = False
+        #: Epochs trained so far (by every ``fit`` call).
+        self.epochs_trained = 0
+        #: Set to ``True`` (by a callback) to end ``fit`` after the current epoch.
+        self.stop_training = False
+        #: The optimizer and :class:`History` of the latest ``fit``.
+        self.optimizer: _optim.Optimizer | None = None
+        self.history: History | None = None
 
     # ------------------------------------------------------------ mode
 
@@ -314,6 +346,14 @@ class Sequential:
         metrics: Sequence[str] | None = None,
         verbose: int = 1,
         stream: IO[str] | None = None,
+        callbacks: Sequence[Any] | None = None,
+        initial_epoch: int = 0,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
+        class_weight: Any = None,
+        sample_weight: Any = None,
+        clip_grad_norm: float | None = None,
+        diagnostics: bool = False,
     ) -> History:
         """Trains the model; returns a :class:`History`.
 
@@ -339,20 +379,87 @@ class Sequential:
         metrics:
             ``("accuracy",)`` by default where it applies (classification losses).
         verbose:
-            0 silent, 1 progress bar on a terminal (a line per epoch
-            otherwise), 2 a line per epoch.
+            0 silent, 1 progress bar with an ETA on a terminal (a line per
+            epoch otherwise), 2 a line per epoch.
+        callbacks:
+            :mod:`ferrograd.callbacks` instances (Keras's protocol; epochs
+            are 0-based). A callback may set ``model.stop_training = True``.
+        initial_epoch:
+            The first epoch's index (Keras): epochs ``initial_epoch ..
+            epochs - 1`` are trained.
+        scheduler, scheduler_interval:
+            A :mod:`ferrograd.optim.lr_scheduler` scheduler of this
+            optimizer, stepped after every epoch (``"epoch"``) or after every
+            optimizer step (``"step"``: the schedule is evaluated for the whole
+            epoch before it starts and applied inside the Rust loop, giving
+            the weights of the same schedule stepped by hand).
+            ``ReduceLROnPlateau`` is stepped per epoch with ``val_loss`` (or
+            ``loss`` without validation data).
+        class_weight, sample_weight:
+            As in Keras: a weight per class (a mapping from class index to
+            weight, classes not named weighing 1, or a sequence of one per
+            class) and/or a weight per training sample, multiplying each
+            sample's loss term (the mean divides by the batch size as without
+            weights); classes come from the labels (or the argmax of
+            probability targets, or 0/1 for a single binary output). They
+            apply to training only; validation losses are unweighted.
+        clip_grad_norm:
+            Clip the gradients' total L2 norm (over all parameters) to this
+            value before every update, as ``torch.nn.utils.clip_grad_norm_``
+            does; in the Rust step. A non-finite gradient norm stops training
+            with :class:`~ferrograd.NonFiniteError`.
+        diagnostics:
+            Record per-epoch diagnostics in ``history.diagnostics``, computed
+            in Rust at every step (see :mod:`ferrograd.diagnostics`): per
+            parameter the gradient's and the weights' L2 norms and the
+            update-to-weight ratio, per activation layer the fraction of dead
+            ReLU units or saturated sigmoid/tanh outputs; each the mean over
+            the epoch's steps.
 
         The epochs run in Rust with the GIL released; Ctrl-C stops within a
         fraction of a second with ``KeyboardInterrupt``, leaving the model
-        usable (its weights as of the last completed step).
+        usable (its weights as of the last completed step). Everything is
+        checked before the first step, so a bad argument leaves the model,
+        the optimizer and the scheduler as they were.
         """
         loss_fn = losses.get(loss)
         opt = _optim.get(optimizer, self.parameters())
         if opt._model is not self:
             raise ValueError("the optimizer was built from another model's parameters")
         epochs = _int_arg("epochs", epochs, 0)
+        initial_epoch = _int_arg("initial_epoch", initial_epoch, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         verbose = _int_arg("verbose", verbose, 0)
+        from .callbacks import Callback
+
+        cbs = list(callbacks) if callbacks is not None else []
+        for i, cb in enumerate(cbs):
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"callbacks[{i}] is a {type(cb).__name__}, expected a ferrograd.callbacks.Callback"
+                )
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f'scheduler_interval must be "epoch" or "step", got {scheduler_interval!r}'
+            )
+        from .lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+        plateau = isinstance(scheduler, ReduceLROnPlateau)
+        if scheduler is not None:
+            if not isinstance(scheduler, LRScheduler):
+                raise TypeError(
+                    f"scheduler is a {type(scheduler).__name__}, expected a "
+                    "ferrograd.optim.lr_scheduler scheduler"
+                )
+            if scheduler.optimizer is not opt:
+                raise ValueError(
+                    "the scheduler was built on another optimizer than the one given to fit"
+                )
+            if scheduler_interval == "step" and plateau:
+                raise ValueError(
+                    "ReduceLROnPlateau is stepped once per epoch with a metric: "
+                    'use scheduler_interval="epoch"'
+                )
         try:
             validation_split = float(validation_split)
         except (TypeError, ValueError):
@@ -364,12 +471,25 @@ class Sequential:
         if validation_split and validation_data is not None:
             raise ValueError("pass validation_data or validation_split, not both")
         metric_names = self._metrics_for(loss_fn, metrics)
+        clip = None
+        if clip_grad_norm is not None:
+            if isinstance(clip_grad_norm, bool) or not isinstance(
+                clip_grad_norm, (int, float, np.integer, np.floating)
+            ):
+                raise TypeError(
+                    f"clip_grad_norm must be a number, got {type(clip_grad_norm).__name__}"
+                )
+            clip = (float(clip_grad_norm), 2.0)
+            _core.check_clip(*clip)
+        if not isinstance(diagnostics, (bool, np.bool_)):
+            raise TypeError(f"diagnostics must be a bool, got {type(diagnostics).__name__}")
 
         xa, ya = self._prepare(X, y, loss_fn, "X")
         if len(xa) != len(ya):
             raise _core.ShapeError(
                 f"X and y have different lengths: {len(xa)} samples but {len(ya)} targets"
             )
+        sw = self._sample_weights(xa, ya, class_weight, sample_weight)
         val = None
         if validation_split:
             split = int(len(xa) * (1.0 - validation_split))
@@ -380,48 +500,187 @@ class Sequential:
                 )
             val = (xa[split:], ya[split:])
             xa, ya = xa[:split], ya[:split]
+            if sw is not None:
+                sw = np.ascontiguousarray(sw[:split])
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
             val = self._prepare(validation_data[0], validation_data[1], loss_fn, "validation X")
         # Everything is checked before the first step, so a bad call changes nothing.
-        self._core.validate(xa, ya, loss_fn.name)
+        spec = loss_fn._spec()
+        self._core.validate(xa, ya, spec, sw)
         if val is not None:
             try:
-                self._core.validate(val[0], val[1], loss_fn.name)
+                self._core.validate(val[0], val[1], spec)
             except ValueError as exc:
                 raise type(exc)(f"validation data: {exc}") from None
         self._input_shape = tuple(xa.shape[1:])
 
+        steps = -(-len(xa) // batch_size)
+        keys = ["loss", *metric_names]
+        if val is not None:
+            keys += [f"val_{k}" for k in keys]
+        if scheduler is not None:
+            keys.append("learning_rate")
+        for cb in cbs:
+            cb._check_keys(keys)
+        if scheduler is not None and scheduler_interval == "step":
+            check = getattr(scheduler, "_check_steps", None)
+            if check is not None:
+                check(max(epochs - initial_epoch, 0) * steps)
+
         history = History()
-        for epoch in range(1, epochs + 1):
-            progress = EpochProgress(epoch, epochs, verbose, stream)
+        history.params = {"epochs": epochs, "steps": steps, "verbose": verbose}
+        self.history, self.optimizer, self.stop_training = history, opt, False
+        for cb in cbs:
+            cb.set_model(self)
+            cb.set_params(dict(history.params))
+        batch_cbs = [cb for cb in cbs if cb._wants_batches()]
+        for cb in cbs:
+            cb.on_train_begin({})
+        logs: dict[str, float] = {}
+        for epoch in range(initial_epoch, epochs):
+            for cb in cbs:
+                cb.on_epoch_begin(epoch, {})
+            if self.stop_training:  # set by on_epoch_begin: train no more
+                break
+            lrs = momenta = snap = None
+            if scheduler is not None and scheduler_interval == "step":
+                snap = scheduler._snapshot()
+                lrs, momenta = scheduler._per_step_values(steps)
+            epoch_lr = opt.lr if lrs is None else lrs[0]
+            progress = EpochProgress(epoch + 1, epochs, verbose, stream)
+            report = self._reporter(progress, batch_cbs, metric_names)
+            steps_before = opt.steps
             try:
                 train_loss, train_acc = self._core.train_epoch(
                     xa,
                     ya,
-                    loss_fn.name,
+                    spec,
                     opt._core,
                     batch_size,
                     bool(shuffle),
-                    epoch,
+                    epoch + 1,
                     False,
-                    progress.update if progress.live else None,
+                    report,
+                    lrs,
+                    momenta,
+                    bool(batch_cbs),
+                    sw,
+                    clip,
+                    bool(diagnostics),
                 )
             except BaseException:
                 progress.abort()
                 raise
+            finally:
+                # The schedule was advanced for the whole epoch; an epoch
+                # that ended early (a callback, Ctrl-C, an error) took fewer.
+                taken = opt.steps - steps_before
+                if lrs is not None and taken < len(lrs):
+                    assert scheduler is not None and snap is not None
+                    scheduler._rewind(snap, taken)
             logs = {"loss": train_loss}
             if "accuracy" in metric_names and train_acc is not None:
                 logs["accuracy"] = train_acc
             if val is not None:
-                vl, va = self._core.evaluate(val[0], val[1], loss_fn.name, DEFAULT_EVAL_BATCH)
+                vl, va = self._core.evaluate(val[0], val[1], spec, DEFAULT_EVAL_BATCH)
                 logs["val_loss"] = vl
                 if "accuracy" in metric_names and va is not None:
                     logs["val_accuracy"] = va
+            if scheduler is not None:
+                logs["learning_rate"] = epoch_lr
+            self.epochs_trained += 1
+            if scheduler is not None and scheduler_interval == "epoch":
+                if plateau:
+                    scheduler.step(logs.get("val_loss", logs["loss"]))
+                else:
+                    scheduler.step()
+            if diagnostics:
+                history._append_diagnostics(self._core.last_diagnostics())
+            # As in Keras: the callbacks first (they may add to the logs),
+            # then the History and the progress line.
+            for cb in cbs:
+                cb.on_epoch_end(epoch, logs)
             history._append(epoch, logs)
             progress.finish(len(xa), logs)
+            if self.stop_training:
+                break
+        for cb in cbs:
+            cb.on_train_end(logs)
         return history
+
+    def _sample_weights(
+        self, xa: np.ndarray, ya: np.ndarray, class_weight: Any, sample_weight: Any
+    ) -> np.ndarray | None:
+        """Keras's sample_weight times class_weight (by each sample's class),
+        as one weight per sample in the model's dtype, or None."""
+        weights = None
+        if sample_weight is not None:
+            arr = np.asarray(sample_weight)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"sample_weight must hold numbers, got dtype {arr.dtype}")
+            weights = arr.astype(np.float64)
+        if class_weight is not None:
+            out = self._core.layer_shapes(list(xa.shape[1:]))[-1]
+            if ya.ndim == 1 and ya.dtype == np.int64:
+                classes, index = int(np.prod(out)), ya
+            elif ya.ndim == 2 and ya.shape[1] > 1:
+                classes, index = ya.shape[1], ya.argmax(axis=1)
+            elif ya.size == len(ya):
+                classes, index = 2, (ya.reshape(len(ya)) > 0.5).astype(np.int64)
+            else:
+                raise ValueError(
+                    "class_weight needs class labels, one-hot or probability targets (N, C), "
+                    f"or one binary output; got targets of shape {ya.shape}"
+                )
+            if isinstance(class_weight, Mapping):
+                keys = []
+                for k in class_weight:
+                    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+                        raise TypeError(
+                            f"class_weight keys must be class indices (ints), got {k!r}"
+                        )
+                    keys.append(int(k))
+                values = [float(class_weight[k]) for k in class_weight]
+                full = self._core_class_weights(keys, values, classes)
+            else:
+                arr = np.asarray(class_weight)
+                if arr.ndim != 1 or arr.dtype.kind not in "biuf":
+                    raise TypeError(
+                        "class_weight must be a mapping {class: weight} or a 1-d sequence"
+                    )
+                full = self._core_class_weights(None, [float(v) for v in arr], classes)
+            by_class = np.asarray(full)[index]
+            weights = by_class if weights is None else weights * by_class
+        if weights is None:
+            return None
+        return np.require(weights.astype(self.dtype), requirements=["C", "A"])
+
+    @staticmethod
+    def _core_class_weights(
+        keys: list[int] | None, values: list[float], classes: int
+    ) -> list[float]:
+        return _core.class_weights(keys, values, classes)
+
+    def _reporter(
+        self, progress: EpochProgress, batch_cbs: list[Any], metric_names: tuple[str, ...]
+    ) -> Callable[[int, int, int, float, float | None], bool] | None:
+        """The engine's progress callback: the live bar, and per-batch
+        callbacks (it returns ``True`` when one of them asks to stop)."""
+        if not batch_cbs and not progress.live:
+            return None
+
+        def report(step: int, steps: int, samples: int, loss: float, acc: float | None) -> bool:
+            progress.update(step, steps, samples, loss, acc)
+            logs = {"loss": loss}
+            if acc is not None and "accuracy" in metric_names:
+                logs["accuracy"] = acc
+            for cb in batch_cbs:
+                cb.on_train_batch_end(step - 1, logs)
+            return bool(self.stop_training)
+
+        return report
 
     def evaluate(
         self,
@@ -437,7 +696,7 @@ class Sequential:
         metric_names = self._metrics_for(loss_fn, metrics)
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa, ya = self._prepare(X, y, loss_fn, "X")
-        value, acc = self._core.evaluate(xa, ya, loss_fn.name, batch_size)
+        value, acc = self._core.evaluate(xa, ya, loss_fn._spec(), batch_size)
         self._input_shape = tuple(xa.shape[1:])
         out = {"loss": value}
         if "accuracy" in metric_names and acc is not None:
@@ -526,5 +785,53 @@ def gradcheck(
         raise TypeError(f"model must be a ferrograd.Sequential, got {type(model).__name__}")
     loss_fn = losses.get(loss)
     xa, ya = model._prepare(X, y, loss_fn, "X")
-    report = model._core.gradcheck(xa, ya, loss_fn.name, float(eps))
+    report = model._core.gradcheck(xa, ya, loss_fn._spec(), float(eps))
     return {name: rel for name, rel, _abs in report}
+
+
+def clip_grad_norm_(
+    parameters: Parameter | Iterable[Parameter],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+) -> float:
+    """Clips gradients in place to a total norm of at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_``; returns the total norm before
+    clipping.
+
+    The total norm is the ``norm_type``-norm of the per-parameter gradient
+    norms (``float("inf")`` for the largest magnitude); when it exceeds
+    ``max_norm`` every gradient is multiplied by
+    ``max_norm / (total + 1e-6)``. For custom loops, between
+    :meth:`Sequential.backward` and ``optimizer.step()``; ``fit`` takes
+    ``clip_grad_norm=`` and clips in the Rust step. With a NaN or infinite
+    total, the gradients are scaled by NaN or 0 as torch does, unless
+    ``error_if_nonfinite`` raises :class:`~ferrograd.NonFiniteError` first.
+    """
+    params = [parameters] if isinstance(parameters, Parameter) else list(parameters)
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(
+                f"parameters[{i}] is a {type(p).__name__}, expected a ferrograd Parameter"
+            )
+    for name, v in (("max_norm", max_norm), ("norm_type", norm_type)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    max_norm, norm_type = float(max_norm), float(norm_type)
+    _core.check_clip(max_norm, norm_type)
+    groups: dict[int, tuple[Sequential, list[int]]] = {}
+    for p in params:
+        groups.setdefault(id(p._model), (p._model, []))[1].append(p._index)
+    norms: list[float] = []
+    for model, idx in groups.values():
+        norms += model._core.grad_norms(idx, norm_type)
+    total, coef = _core.clip_coef(norms, max_norm, norm_type)
+    if error_if_nonfinite and not np.isfinite(total):
+        raise _core.NonFiniteError(
+            f"the total norm of order {norm_type} of the gradients is {total}; "
+            "pass error_if_nonfinite=False to clip anyway"
+        )
+    if coef < 1.0 or np.isnan(coef):
+        for model, idx in groups.values():
+            model._core.scale_grads(idx, coef)
+    return float(total)

@@ -19,7 +19,7 @@ from . import _core
 if TYPE_CHECKING:
     from .model import Parameter, Sequential
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "lr_scheduler"]
 
 
 def _num(name: str, v: Any) -> float:
@@ -69,13 +69,28 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """The learning rate; assign to change it between steps."""
+        """The learning rate; assign to change it between steps (a schedule
+        may set it to 0; negative or non-finite values are refused)."""
         return self._core.lr
 
     @lr.setter
     def lr(self, value: float) -> None:
         self._core.lr = _num("lr", value)
         self.defaults["lr"] = self._core.lr
+
+    @property
+    def momentum(self) -> float:
+        """The momentum schedules cycle (``OneCycleLR``): SGD's and RMSprop's
+        ``momentum``, Adam's and AdamW's ``beta1``; assign to change it."""
+        return self._core.momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._core.momentum = _num("momentum", value)
+        if "beta1" in self.defaults:
+            self.defaults["beta1"] = self._core.momentum
+        else:
+            self.defaults["momentum"] = self._core.momentum
 
     @property
     def steps(self) -> int:
@@ -233,3 +248,6 @@ def get(optimizer: str | Optimizer, params: Iterable[Parameter]) -> Optimizer:
     raise TypeError(
         f"optimizer must be a name or a ferrograd.optim.Optimizer, got {type(optimizer).__name__}"
     )
+
+
+from . import lr_scheduler  # noqa: E402  (it builds on the classes above)

@@ -43,6 +43,10 @@ pub trait Float:
     fn erf(self) -> Self;
     fn abs(self) -> Self;
     fn max(self, other: Self) -> Self;
+    /// `self * a + b` with one rounding (a fused multiply-add where the
+    /// CPU has one; slow in software elsewhere: use it in kernels that are
+    /// compiled with FMA enabled).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     fn is_finite(self) -> bool;
     /// Views a slice of this type as model input.
     fn as_features(s: &[Self]) -> crate::data::Features<'_>;
@@ -135,6 +139,10 @@ macro_rules! impl_float {
                 } else {
                     other
                 }
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             #[inline(always)]
             fn is_finite(self) -> bool {

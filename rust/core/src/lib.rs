@@ -5,11 +5,12 @@
 //! - [`layers`]: one file per layer, registered in [`layers::LayerSpec`].
 //! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
 //! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
+//! - [`clip`]: gradient clipping by the total norm, as torch's `clip_grad_norm_`.
 //! - [`model`]: [`Sequential`], which owns the parameters, the layers'
 //!   buffers and the workspace, and runs the fused training step.
 //!
 //! ```
-//! use ferrograd::{Data, EpochOptions, Features, Init, LayerSpec, Loss, Sequential, Target};
+//! use ferrograd::{Data, EpochOptions, Features, Flow, Init, LayerSpec, Loss, Sequential, Target};
 //! use ferrograd::optim::{OptimConfig, Optimizer};
 //! let specs = vec![
 //!     LayerSpec::Dense { in_features: 2, out_features: 8, bias: true, init: Init::He },
@@ -22,15 +23,16 @@
 //! let ranges = model.entries().iter().map(|e| e.range.clone()).collect();
 //! let cfg = OptimConfig::Adam { lr: 0.05, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
 //! let mut opt = Optimizer::new(cfg, ranges).unwrap();
-//! let data = Data { x: Features::F32(&x), n: 4, shape: &[2], y: Target::Labels(&y) };
+//! let data = Data::new(Features::F32(&x), 4, &[2], Target::Labels(&y));
 //! let opts = EpochOptions { shuffle: false, ..EpochOptions::new(Loss::CrossEntropy, 4) };
 //! for _ in 0..300 {
-//!     model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(())).unwrap();
+//!     model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(Flow::Continue)).unwrap();
 //! }
-//! let t = model.evaluate(data, Loss::CrossEntropy, 4).unwrap();
+//! let t = model.evaluate(data, &Loss::CrossEntropy.into(), 4).unwrap();
 //! assert_eq!(t.accuracy(), 1.0);
 //! ```
 
+pub mod clip;
 pub mod data;
 pub mod error;
 pub mod float;
@@ -42,12 +44,14 @@ pub mod optim;
 pub mod rng;
 pub mod threads;
 
+pub use clip::ClipNorm;
 pub use data::{Features, Rows};
 pub use error::{Error, ErrorKind, Result};
 pub use float::Float;
 pub use layers::{Init, LayerSpec, Padding};
-pub use loss::{Loss, LossTotals, Target};
+pub use loss::{Loss, LossSpec, LossTotals, Target};
 pub use model::{
-    Data, EpochOptions, GradCheck, ParamEntry, Progress, Sequential, StateEntry, StateKind, StateValues,
+    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, ParamEntry,
+    ParamStats, Progress, Sequential, StateEntry, StateKind, StateValues,
 };
 pub use optim::{OptimConfig, Optimizer};

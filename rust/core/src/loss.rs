@@ -1,12 +1,19 @@
-//! Loss functions with mean reduction. Each computes its value and, in the
-//! same pass, the gradient with respect to the model output.
+//! Loss functions with torch's mean reductions. Each computes its value
+//! and, in the same pass, the gradient with respect to the model output.
+//!
+//! A [`LossSpec`] is a loss kind with torch's options: class weights and
+//! label smoothing for cross-entropy, `pos_weight` for binary cross-entropy.
+//! Per-sample weights (Keras's `sample_weight` / `class_weight`) multiply
+//! each sample's term without changing what the mean divides by.
 
 use crate::error::{Error, Result};
 use crate::float::Float;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-/// A loss function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A loss function's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Mean squared error over all elements.
     Mse,
@@ -46,6 +53,117 @@ impl Loss {
     }
 }
 
+/// A loss with its options, as `torch.nn.CrossEntropyLoss(weight,
+/// label_smoothing)` and `BCEWithLogitsLoss(pos_weight)` take them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossSpec {
+    pub kind: Loss,
+    /// Cross-entropy: a weight per class. The mean over labels divides by the
+    /// summed weights of the samples' classes (torch); over probability
+    /// targets by the number of samples.
+    #[serde(default, deserialize_with = "crate::layers::de_opt_floats")]
+    pub weight: Option<Vec<f64>>,
+    /// Cross-entropy: the target mixed with the uniform distribution,
+    /// `(1 - s) * target + s / C`, `s` in `[0, 1]`.
+    #[serde(default, deserialize_with = "crate::layers::de_float")]
+    pub label_smoothing: f64,
+    /// Binary cross-entropy: the weight of positive examples, one per output
+    /// column (torch broadcasts it over the last dimension).
+    #[serde(default, deserialize_with = "crate::layers::de_opt_floats")]
+    pub pos_weight: Option<Vec<f64>>,
+}
+
+impl From<Loss> for LossSpec {
+    fn from(kind: Loss) -> Self {
+        LossSpec { kind, weight: None, label_smoothing: 0.0, pos_weight: None }
+    }
+}
+
+fn check_weights(what: &str, w: &[f64], want: usize) -> Result<()> {
+    if w.len() != want {
+        return Err(Error::value(format!(
+            "{what} has {} entries, expected {want} (one per output)",
+            w.len()
+        )));
+    }
+    if let Some((i, &v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+        return Err(Error::value(format!("{what} must be finite and >= 0, got {v} at index {i}")));
+    }
+    Ok(())
+}
+
+impl LossSpec {
+    /// Parses `{"kind": "cross_entropy", "weight": [...], ...}` or a plain
+    /// kind name, and checks the options that do not depend on the model.
+    pub fn from_json(text: &str) -> Result<LossSpec> {
+        if let Ok(kind) = Loss::parse(text) {
+            return Ok(kind.into());
+        }
+        let spec: LossSpec = serde_json::from_str(text)
+            .map_err(|e| Error::value(format!("invalid loss configuration: {e}")))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The configuration as JSON (what [`LossSpec::from_json`] reads).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks the options on their own.
+    pub fn check(&self) -> Result<()> {
+        let s = self.label_smoothing;
+        if !(0.0..=1.0).contains(&s) {
+            return Err(Error::value(format!("label_smoothing must be in [0, 1], got {s}")));
+        }
+        if s != 0.0 && self.kind != Loss::CrossEntropy {
+            return Err(Error::value(format!(
+                "label_smoothing applies to cross_entropy, not {}",
+                self.kind.name()
+            )));
+        }
+        if self.weight.is_some() && self.kind != Loss::CrossEntropy {
+            return Err(Error::value(format!(
+                "class weights apply to cross_entropy, not {}",
+                self.kind.name()
+            )));
+        }
+        if self.pos_weight.is_some() && self.kind != Loss::BinaryCrossEntropy {
+            return Err(Error::value(format!(
+                "pos_weight applies to binary_cross_entropy, not {}",
+                self.kind.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the options against an output of `cols` columns.
+    pub fn check_cols(&self, cols: usize) -> Result<()> {
+        self.check()?;
+        if let Some(w) = &self.weight {
+            check_weights("CrossEntropy weight", w, cols)?;
+        }
+        if let Some(w) = &self.pos_weight {
+            check_weights("BinaryCrossEntropy pos_weight", w, cols)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks per-sample weights: one per sample, finite, `>= 0`.
+pub fn check_sample_weights<T: Float>(w: &[T], rows: usize) -> Result<()> {
+    if w.len() != rows {
+        return Err(Error::shape(format!(
+            "sample_weight has {} entries, expected {rows} (one per sample)",
+            w.len()
+        )));
+    }
+    if let Some((i, &v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= T::ZERO)) {
+        return Err(Error::value(format!("sample_weight must be finite and >= 0, got {v} at index {i}")));
+    }
+    Ok(())
+}
+
 /// Targets for one batch (or a whole dataset).
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a, T> {
@@ -58,8 +176,11 @@ pub enum Target<'a, T> {
 /// Per-sample sums a loss pass produces.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RowStat {
-    /// Sum of the loss over this sample's elements.
+    /// This sample's weighted loss terms (the mean's numerator).
     pub loss: f64,
+    /// What this sample adds to the mean's denominator: 1 (or its class's
+    /// weight) for cross-entropy, its number of elements otherwise.
+    pub denom: f64,
     /// Correct predictions in this sample (for accuracy).
     pub correct: u32,
 }
@@ -67,12 +188,13 @@ pub struct RowStat {
 /// Totals over a batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossTotals {
-    /// Sum of the loss terms (divide by `units` for the mean).
+    /// Sum of the loss terms (divide by `denom` for the mean).
     pub loss_sum: f64,
+    /// What the mean divides by: samples (or their class weights) for
+    /// cross-entropy, elements otherwise.
+    pub denom: f64,
     /// Correct predictions.
     pub correct: u64,
-    /// What the mean is taken over: samples for cross-entropy, elements otherwise.
-    pub units: u64,
     /// What accuracy is taken over: samples, or elements for binary cross-entropy.
     pub acc_units: u64,
 }
@@ -81,15 +203,15 @@ impl LossTotals {
     pub fn add(&mut self, o: &LossTotals) {
         self.loss_sum += o.loss_sum;
         self.correct += o.correct;
-        self.units += o.units;
+        self.denom += o.denom;
         self.acc_units += o.acc_units;
     }
     /// The mean loss.
     pub fn mean(&self) -> f64 {
-        if self.units == 0 {
+        if self.denom == 0.0 {
             0.0
         } else {
-            self.loss_sum / self.units as f64
+            self.loss_sum / self.denom
         }
     }
     /// Fraction correct.
@@ -161,11 +283,30 @@ fn argmax<T: Float>(r: &[T]) -> usize {
     best
 }
 
-/// One row of the loss: returns its stats and writes `scale * dL/dout` into `g`.
+/// The options of one loss pass, in the element type.
+struct RowCtx<'a> {
+    kind: Loss,
+    weight: Option<&'a [f64]>,
+    /// Sum of the class weights (C without weights).
+    weight_sum: f64,
+    smoothing: f64,
+    pos_weight: Option<&'a [f64]>,
+}
+
+/// One row of the loss: returns its stats (numerator unweighted by the
+/// sample weight) and writes `scale * d(numerator)/dout` into `g`.
 #[inline]
-fn row<T: Float>(loss: Loss, x: &[T], target: RowTarget<'_, T>, g: Option<&mut [T]>, scale: T) -> RowStat {
-    match loss {
+fn row<T: Float>(
+    cx: &RowCtx<'_>,
+    x: &[T],
+    target: RowTarget<'_, T>,
+    g: Option<&mut [T]>,
+    scale: T,
+) -> RowStat {
+    match cx.kind {
         Loss::CrossEntropy => {
+            let c = x.len();
+            let cw = |j: usize| cx.weight.map_or(1.0, |w| w[j]);
             let m = x.iter().copied().fold(x[0], T::max);
             let mut s = T::ZERO;
             for &v in x {
@@ -173,27 +314,57 @@ fn row<T: Float>(loss: Loss, x: &[T], target: RowTarget<'_, T>, g: Option<&mut [
             }
             let lse = m + s.ln();
             let pred = argmax(x);
+            let eps = cx.smoothing;
             match target {
                 RowTarget::Label(l) => {
-                    if let Some(g) = g {
-                        let inv = scale / s;
-                        for (gj, &v) in g.iter_mut().zip(x) {
-                            *gj = (v - m).exp() * inv;
+                    let wl = cw(l);
+                    // (1 - eps) * w_l * nll + eps / C * sum_j w_j * (-log p_j)
+                    let nll = (lse - x[l]).to_f64();
+                    let mut smooth = 0.0;
+                    if eps != 0.0 {
+                        for (j, &v) in x.iter().enumerate() {
+                            smooth += cw(j) * (lse - v).to_f64();
                         }
-                        g[l] -= scale;
                     }
-                    RowStat { loss: (lse - x[l]).to_f64(), correct: (pred == l) as u32 }
+                    let loss = (1.0 - eps) * wl * nll + eps / c as f64 * smooth;
+                    if let Some(g) = g {
+                        // d/dx_j = (1 - eps) w_l (p_j - [j = l]) + eps / C (W p_j - w_j)
+                        let a = T::from_f64((1.0 - eps) * wl + eps / c as f64 * cx.weight_sum) * scale / s;
+                        for (gj, &v) in g.iter_mut().zip(x) {
+                            *gj = (v - m).exp() * a;
+                        }
+                        if eps != 0.0 {
+                            let b = T::from_f64(eps / c as f64) * scale;
+                            for (j, gj) in g.iter_mut().enumerate() {
+                                *gj -= b * T::from_f64(cw(j));
+                            }
+                        }
+                        g[l] -= T::from_f64((1.0 - eps) * wl) * scale;
+                    }
+                    RowStat { loss, denom: wl, correct: (pred == l) as u32 }
                 }
                 RowTarget::Values(t) => {
-                    let tsum: T = t.iter().copied().sum();
-                    let tx: T = t.iter().zip(x).map(|(&a, &b)| a * b).sum();
+                    // Smoothed targets t' = (1 - eps) t + eps / C, each weighted:
+                    // loss = -sum_j w_j t'_j log p_j; the mean is over samples.
+                    let tj = |j: usize| T::from_f64(cw(j) * ((1.0 - eps) * t[j].to_f64() + eps / c as f64));
+                    let mut tsum = T::ZERO;
+                    let mut tx = T::ZERO;
+                    for (j, &v) in x.iter().enumerate() {
+                        let w = tj(j);
+                        tsum += w;
+                        tx += w * v;
+                    }
                     if let Some(g) = g {
                         let inv = tsum * scale / s;
-                        for ((gj, &v), &tj) in g.iter_mut().zip(x).zip(t) {
-                            *gj = (v - m).exp() * inv - tj * scale;
+                        for (j, (gj, &v)) in g.iter_mut().zip(x).enumerate() {
+                            *gj = (v - m).exp() * inv - tj(j) * scale;
                         }
                     }
-                    RowStat { loss: (lse * tsum - tx).to_f64(), correct: (pred == argmax(t)) as u32 }
+                    RowStat {
+                        loss: (lse * tsum - tx).to_f64(),
+                        denom: 1.0,
+                        correct: (pred == argmax(t)) as u32,
+                    }
                 }
             }
         }
@@ -202,22 +373,27 @@ fn row<T: Float>(loss: Loss, x: &[T], target: RowTarget<'_, T>, g: Option<&mut [
             let mut l = 0.0f64;
             let mut correct = 0u32;
             let half = T::from_f64(0.5);
-            for (&v, &tj) in x.iter().zip(t) {
-                l += (v.max(T::ZERO) - v * tj + (-v.abs()).exp().ln_1p()).to_f64();
+            let pw = |j: usize| cx.pos_weight.map_or(T::ONE, |w| T::from_f64(w[j]));
+            for (j, (&v, &tj)) in x.iter().zip(t).enumerate() {
+                // (1 - y) x + (1 + (p - 1) y) (log(1 + e^-|x|) + max(-x, 0))
+                let soft = (-v.abs()).exp().ln_1p() + (-v).max(T::ZERO);
+                l += ((T::ONE - tj) * v + (T::ONE + (pw(j) - T::ONE) * tj) * soft).to_f64();
                 correct += ((v > T::ZERO) == (tj > half)) as u32;
             }
             if let Some(g) = g {
-                for ((gj, &v), &tj) in g.iter_mut().zip(x).zip(t) {
+                for (j, ((gj, &v), &tj)) in g.iter_mut().zip(x).zip(t).enumerate() {
                     let sig = if v >= T::ZERO {
                         T::ONE / (T::ONE + (-v).exp())
                     } else {
                         let e = v.exp();
                         e / (T::ONE + e)
                     };
-                    *gj = (sig - tj) * scale;
+                    // sigma (1 + (p - 1) y) - p y
+                    let p = pw(j);
+                    *gj = (sig * (T::ONE + (p - T::ONE) * tj) - p * tj) * scale;
                 }
             }
-            RowStat { loss: l, correct }
+            RowStat { loss: l, denom: x.len() as f64, correct }
         }
         Loss::Mse => {
             let RowTarget::Values(t) = target else { return RowStat::default() };
@@ -232,7 +408,7 @@ fn row<T: Float>(loss: Loss, x: &[T], target: RowTarget<'_, T>, g: Option<&mut [
                     *gj = (v - tj) * two;
                 }
             }
-            RowStat { loss: l, correct: 0 }
+            RowStat { loss: l, denom: x.len() as f64, correct: 0 }
         }
     }
 }
@@ -244,21 +420,27 @@ enum RowTarget<'a, T> {
 }
 
 /// Computes the loss of `out` (`rows x cols`) against `target` and, when
-/// `grad` is given, writes `dL/dout` of the *mean* loss into it. `stats` is
-/// caller-owned scratch of at least `rows` entries; totals are summed from it
-/// in row order, so they do not depend on the thread count.
+/// `grad` is given, writes `dL/dout` of the *mean* loss into it. With
+/// `sample_weight`, each row's term is multiplied by its weight (the mean
+/// still divides by what it would without). `stats` is caller-owned
+/// scratch of at least `rows` entries; totals are summed from it in row
+/// order, so they do not depend on the thread count.
 ///
-/// The target must have passed [`validate_target`]; a label out of range is
-/// still caught here and reported instead of read out of bounds.
+/// The target must have passed [`validate_target`] and the options
+/// [`LossSpec::check_cols`]; a label out of range is still caught here and
+/// reported instead of read out of bounds.
+#[allow(clippy::too_many_arguments)]
 pub fn loss_grad<T: Float>(
-    loss: Loss,
+    spec: &LossSpec,
     out: &[T],
     rows: usize,
     cols: usize,
     target: Target<'_, T>,
+    sample_weight: Option<&[T]>,
     grad: Option<&mut [T]>,
     stats: &mut [RowStat],
 ) -> Result<LossTotals> {
+    let loss = spec.kind;
     if cols == 0 || rows == 0 {
         return Ok(LossTotals::default());
     }
@@ -279,47 +461,73 @@ pub fn loss_grad<T: Float>(
         }
         Target::Values(_) => {}
     }
-    let units = if loss == Loss::CrossEntropy { rows } else { rows * cols };
+    if sample_weight.is_some_and(|w| w.len() < rows) {
+        return Err(Error::shape(format!("expected {rows} sample weights")));
+    }
+    for w in [&spec.weight, &spec.pos_weight].into_iter().flatten() {
+        if w.len() != cols {
+            spec.check_cols(cols)?;
+        }
+    }
+    let cx = RowCtx {
+        kind: loss,
+        weight: spec.weight.as_deref(),
+        weight_sum: spec.weight.as_ref().map_or(cols as f64, |w| w.iter().sum()),
+        smoothing: spec.label_smoothing,
+        pos_weight: spec.pos_weight.as_deref(),
+    };
     let acc_units = if loss == Loss::BinaryCrossEntropy { rows * cols } else { rows };
-    let scale = T::ONE / T::from_usize(units);
     let stats = &mut stats[..rows];
     let row_target = |i: usize| match target {
         Target::Labels(l) => RowTarget::Label(l[i] as usize),
         Target::Values(v) => RowTarget::Values(&v[i * cols..(i + 1) * cols]),
     };
     let x_row = |i: usize| &out[i * cols..(i + 1) * cols];
+    let sw = |i: usize| sample_weight.map_or(T::ONE, |w| w[i]);
+    // The mean's denominator: known before any gradient (it depends on
+    // the targets only), and summed in row order.
+    let denom: f64 = match (loss, target, cx.weight) {
+        (Loss::CrossEntropy, Target::Labels(l), Some(w)) => l[..rows].iter().map(|&c| w[c as usize]).sum(),
+        (Loss::CrossEntropy, _, _) => rows as f64,
+        _ => (rows * cols) as f64,
+    };
+    let inv = if denom > 0.0 { T::from_f64(1.0 / denom) } else { T::ZERO };
     let parallel = rows * cols >= crate::kernels::PAR_MIN_WORK / 16
         && !crate::kernels::team::in_job()
         && rayon::current_num_threads() > 1;
+    let one = |i: usize, g: Option<&mut [T]>| {
+        let w = sw(i);
+        let mut st = row(&cx, x_row(i), row_target(i), g, inv * w);
+        st.loss *= w.to_f64();
+        st
+    };
     match grad {
         Some(grad) => {
             let grad = &mut grad[..rows * cols];
             if parallel {
                 grad.par_chunks_mut(cols).zip(stats.par_iter_mut()).enumerate().for_each(|(i, (g, s))| {
-                    *s = row(loss, x_row(i), row_target(i), Some(g), scale);
+                    *s = one(i, Some(g));
                 });
             } else {
                 for (i, (g, s)) in grad.chunks_mut(cols).zip(stats.iter_mut()).enumerate() {
-                    *s = row(loss, x_row(i), row_target(i), Some(g), scale);
+                    *s = one(i, Some(g));
                 }
             }
         }
         None => {
             if parallel {
-                stats
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(i, s)| *s = row(loss, x_row(i), row_target(i), None, scale));
+                stats.par_iter_mut().enumerate().for_each(|(i, s)| *s = one(i, None));
             } else {
                 for (i, s) in stats.iter_mut().enumerate() {
-                    *s = row(loss, x_row(i), row_target(i), None, scale);
+                    *s = one(i, None);
                 }
             }
         }
     }
-    let mut t = LossTotals { units: units as u64, acc_units: acc_units as u64, ..Default::default() };
+    let mut t = LossTotals { acc_units: acc_units as u64, ..Default::default() };
     for s in stats.iter() {
         t.loss_sum += s.loss;
+        t.denom += s.denom;
         t.correct += s.correct as u64;
     }
     Ok(t)
@@ -330,12 +538,24 @@ mod tests {
     use super::*;
 
     fn fd_check(loss: Loss, x: &[f64], rows: usize, cols: usize, target: Target<'_, f64>) {
+        fd_spec(&loss.into(), None, x, rows, cols, target)
+    }
+
+    fn fd_spec(
+        spec: &LossSpec,
+        sw: Option<&[f64]>,
+        x: &[f64],
+        rows: usize,
+        cols: usize,
+        target: Target<'_, f64>,
+    ) {
+        let loss = spec.kind;
         let mut stats = vec![RowStat::default(); rows];
         let mut g = vec![0.0; x.len()];
-        loss_grad(loss, x, rows, cols, target, Some(&mut g), &mut stats).unwrap();
+        loss_grad(spec, x, rows, cols, target, sw, Some(&mut g), &mut stats).unwrap();
         let f = |xx: &[f64]| {
             let mut st = vec![RowStat::default(); rows];
-            loss_grad(loss, xx, rows, cols, target, None, &mut st).unwrap().mean()
+            loss_grad(spec, xx, rows, cols, target, sw, None, &mut st).unwrap().mean()
         };
         let h = 1e-6;
         for i in 0..x.len() {
@@ -359,16 +579,91 @@ mod tests {
         fd_check(Loss::Mse, &x, 3, 4, Target::Values(&p));
     }
 
+    /// Every option, and per-sample weights, against central differences.
+    #[test]
+    fn options_match_finite_differences() {
+        let x = [0.3, -1.2, 2.0, 0.5, 0.1, -0.4, 1.5, -2.2, 0.0, 0.7, -0.9, 1.1];
+        let p = [0.1, 0.2, 0.3, 0.4, 1.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25];
+        let labels = Target::Labels(&[2, 0, 3]);
+        let sw = [0.5, 2.0, 1.25];
+        let ce = |weight: Option<Vec<f64>>, label_smoothing: f64| LossSpec {
+            kind: Loss::CrossEntropy,
+            weight,
+            label_smoothing,
+            pos_weight: None,
+        };
+        let w = Some(vec![2.0, 0.5, 1.0, 3.0]);
+        for spec in [ce(w.clone(), 0.0), ce(None, 0.3), ce(w.clone(), 0.15), ce(w, 1.0)] {
+            fd_spec(&spec, None, &x, 3, 4, labels);
+            fd_spec(&spec, Some(&sw), &x, 3, 4, labels);
+            fd_spec(&spec, Some(&sw), &x, 3, 4, Target::Values(&p));
+        }
+        let bce = LossSpec { pos_weight: Some(vec![3.0, 0.5, 1.0, 2.0]), ..Loss::BinaryCrossEntropy.into() };
+        fd_spec(&bce, None, &x, 3, 4, Target::Values(&p));
+        fd_spec(&bce, Some(&sw), &x, 3, 4, Target::Values(&p));
+        fd_spec(&Loss::Mse.into(), Some(&sw), &x, 3, 4, Target::Values(&p));
+    }
+
+    /// torch.nn.functional in float64 (the script's values in comments).
+    #[test]
+    fn options_match_torch() {
+        let mut st = vec![RowStat::default(); 2];
+        let x = [0.0f64, 1.0, -0.5, 2.0, 0.0, 0.3];
+        let spec =
+            LossSpec { weight: Some(vec![2.0, 1.0, 0.5]), label_smoothing: 0.1, ..Loss::CrossEntropy.into() };
+        // F.cross_entropy(x, [0, 1], weight=[2., 1., .5], label_smoothing=0.1)
+        let t = loss_grad(&spec, &x, 2, 3, Target::Labels(&[0, 1]), None, None, &mut st).unwrap();
+        assert!((t.mean() - 1.652_479_567_837_174_9).abs() < 1e-14, "{}", t.mean());
+        // F.cross_entropy(x, [[.25, .75, 0], [1, 0, 0]], weight=[2., 1., .5], label_smoothing=0.2)
+        let probs = [0.25, 0.75, 0.0, 1.0, 0.0, 0.0];
+        let spec = LossSpec { label_smoothing: 0.2, ..spec };
+        let t = loss_grad(&spec, &x, 2, 3, Target::Values(&probs), None, None, &mut st).unwrap();
+        assert!((t.mean() - 0.926_146_313_616_642_3).abs() < 1e-14, "{}", t.mean());
+        // F.binary_cross_entropy_with_logits([[.5, -1.]], [[1., 0.]], pos_weight=[3., 2.])
+        let bce = LossSpec { pos_weight: Some(vec![3.0, 2.0]), ..Loss::BinaryCrossEntropy.into() };
+        let t =
+            loss_grad(&bce, &[0.5, -1.0], 1, 2, Target::Values(&[1.0, 0.0]), None, None, &mut st).unwrap();
+        assert!((t.mean() - 0.867_746_320_029_271_4).abs() < 1e-14, "{}", t.mean());
+        // Sample weights multiply each sample's term; the mean still divides
+        // by the unweighted count: (2 * l0 + 0 * l1) / 2.
+        let plain: LossSpec = Loss::CrossEntropy.into();
+        let t =
+            loss_grad(&plain, &x, 2, 3, Target::Labels(&[0, 1]), Some(&[2.0, 0.0]), None, &mut st).unwrap();
+        let t0 = loss_grad(&plain, &x[..3], 1, 3, Target::Labels(&[0]), None, None, &mut st).unwrap();
+        assert!((t.mean() - t0.mean()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        let err = |text: &str| LossSpec::from_json(text).unwrap_err().message;
+        assert!(err(r#"{"kind": "cross_entropy", "label_smoothing": 1.5}"#)
+            .contains("label_smoothing must be in [0, 1]"));
+        assert!(err(r#"{"kind": "mse", "label_smoothing": 0.1}"#).contains("applies to cross_entropy"));
+        assert!(err(r#"{"kind": "mse", "pos_weight": [1.0]}"#).contains("applies to binary_cross_entropy"));
+        assert!(err(r#"{"kind": "hinge"}"#).contains("invalid loss configuration"));
+        let spec = LossSpec::from_json(r#"{"kind": "cross_entropy", "weight": [1.0, -2.0]}"#).unwrap();
+        assert!(spec
+            .check_cols(2)
+            .unwrap_err()
+            .message
+            .contains("must be finite and >= 0, got -2 at index 1"));
+        assert!(spec.check_cols(3).unwrap_err().message.contains("has 2 entries, expected 3"));
+        assert!(check_sample_weights(&[1.0f32, f32::NAN], 2).unwrap_err().message.contains("index 1"));
+        assert!(check_sample_weights(&[1.0f32], 2).is_err());
+        assert_eq!(LossSpec::from_json("mse").unwrap(), Loss::Mse.into());
+    }
+
     #[test]
     fn known_values() {
         let mut st = vec![RowStat::default(); 2];
         // log(1 + e) = 1.3132616875182228 (torch.nn.functional.cross_entropy([[0,1]], [0]))
         let t = loss_grad(
-            Loss::CrossEntropy,
+            &Loss::CrossEntropy.into(),
             &[0.0f64, 1.0, 0.0, 1.0],
             2,
             2,
             Target::Labels(&[0, 1]),
+            None,
             None,
             &mut st,
         )
@@ -378,18 +673,28 @@ mod tests {
         assert_eq!(t.correct, 1);
         // BCE of logit 0 is ln 2 whatever the target.
         let t = loss_grad(
-            Loss::BinaryCrossEntropy,
+            &Loss::BinaryCrossEntropy.into(),
             &[0.0f64, 0.0],
             1,
             2,
             Target::Values(&[1.0, 0.0]),
             None,
+            None,
             &mut st,
         )
         .unwrap();
         assert!((t.mean() - std::f64::consts::LN_2).abs() < 1e-12);
-        let t =
-            loss_grad(Loss::Mse, &[1.0f64, 3.0], 1, 2, Target::Values(&[0.0, 0.0]), None, &mut st).unwrap();
+        let t = loss_grad(
+            &Loss::Mse.into(),
+            &[1.0f64, 3.0],
+            1,
+            2,
+            Target::Values(&[0.0, 0.0]),
+            None,
+            None,
+            &mut st,
+        )
+        .unwrap();
         assert_eq!(t.mean(), 5.0);
     }
 
@@ -398,11 +703,12 @@ mod tests {
         let mut st = vec![RowStat::default(); 1];
         let mut g = [0.0f32; 2];
         let t = loss_grad(
-            Loss::CrossEntropy,
+            &Loss::CrossEntropy.into(),
             &[1000.0f32, -1000.0],
             1,
             2,
             Target::Labels(&[1]),
+            None,
             Some(&mut g),
             &mut st,
         )
@@ -413,7 +719,16 @@ mod tests {
     #[test]
     fn bad_labels_are_errors() {
         let mut st = vec![RowStat::default(); 1];
-        let r = loss_grad(Loss::CrossEntropy, &[0.0f32, 1.0], 1, 2, Target::Labels(&[2]), None, &mut st);
+        let r = loss_grad(
+            &Loss::CrossEntropy.into(),
+            &[0.0f32, 1.0],
+            1,
+            2,
+            Target::Labels(&[2]),
+            None,
+            None,
+            &mut st,
+        );
         assert!(r.is_err());
         assert!(validate_target::<f32>(Loss::CrossEntropy, Target::Labels(&[-1]), 1, 2).is_err());
         assert!(validate_target::<f32>(Loss::Mse, Target::Labels(&[0]), 1, 2).is_err());

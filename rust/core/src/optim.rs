@@ -36,6 +36,11 @@ impl OptimConfig {
     pub fn validate(&self) -> Result<()> {
         let lr = self.lr();
         check(lr.is_finite() && lr > 0.0, "learning rate", lr, "a finite value > 0")?;
+        self.validate_rest()
+    }
+
+    /// [`OptimConfig::validate`] for everything but the learning rate.
+    fn validate_rest(&self) -> Result<()> {
         let nonneg = |name: &str, v: f64| check(v.is_finite() && v >= 0.0, name, v, "a finite value >= 0");
         let beta = |name: &str, v: f64| check((0.0..1.0).contains(&v), name, v, "a value in [0, 1)");
         match *self {
@@ -74,15 +79,36 @@ impl OptimConfig {
         }
     }
 
-    /// Changes the learning rate (for schedules).
+    /// Changes the learning rate (for schedules, which may anneal it to 0).
     pub fn set_lr(&mut self, new: f64) -> Result<()> {
-        check(new.is_finite() && new > 0.0, "learning rate", new, "a finite value > 0")?;
+        check(new.is_finite() && new >= 0.0, "learning rate", new, "a finite value >= 0")?;
         match self {
             OptimConfig::Sgd { lr, .. }
             | OptimConfig::Adam { lr, .. }
             | OptimConfig::AdamW { lr, .. }
             | OptimConfig::RmsProp { lr, .. } => *lr = new,
         }
+        Ok(())
+    }
+
+    /// The momentum a schedule cycles (torch's OneCycleLR): SGD's and
+    /// RMSprop's `momentum`, Adam's and AdamW's `beta1`.
+    pub fn momentum(&self) -> f64 {
+        match *self {
+            OptimConfig::Sgd { momentum, .. } | OptimConfig::RmsProp { momentum, .. } => momentum,
+            OptimConfig::Adam { beta1, .. } | OptimConfig::AdamW { beta1, .. } => beta1,
+        }
+    }
+
+    /// Changes [`OptimConfig::momentum`], checking the new value.
+    pub fn set_momentum(&mut self, new: f64) -> Result<()> {
+        let mut next = self.clone();
+        match &mut next {
+            OptimConfig::Sgd { momentum, .. } | OptimConfig::RmsProp { momentum, .. } => *momentum = new,
+            OptimConfig::Adam { beta1, .. } | OptimConfig::AdamW { beta1, .. } => *beta1 = new,
+        }
+        next.validate_rest()?;
+        *self = next;
         Ok(())
     }
 
@@ -219,6 +245,49 @@ impl<T: Float> Optimizer<T> {
     /// exactly one part before [`Optimizer::finish_step`]; the parts give the
     /// same values as one [`Optimizer::step`].
     pub fn step_part(&mut self, params: &mut [T], grads: &[T], window: Range<usize>) -> Result<()> {
+        self.check_len(params, grads)?;
+        self.prepare();
+        let (cfg, sc) = (self.config.clone(), self.scalars());
+        self.stretches(params, grads, window, |st| drive(st, |_, st| update(&cfg, sc, st)));
+        Ok(())
+    }
+
+    /// [`Optimizer::step_part`] that also measures what it does, for
+    /// training diagnostics: `[sum g^2, sum w^2, sum (w_new - w)^2]` over
+    /// `window`, taken block by block while the block is in cache. The sums
+    /// run in a fixed order (the same bits on any thread count), in the
+    /// element type within blocks of the optimizer's `CHUNK` (16,384 elements) and in float64 across
+    /// them. `None`, updating nothing, when `window` is not inside one of the
+    /// optimizer's ranges. `buf` holds partial sums.
+    pub fn step_part_measured(
+        &mut self,
+        params: &mut [T],
+        grads: &[T],
+        window: Range<usize>,
+        buf: &mut Vec<[f64; 3]>,
+    ) -> Result<Option<[f64; 3]>> {
+        if !self.ranges.iter().any(|r| r.start <= window.start && window.end <= r.end) {
+            return Ok(None);
+        }
+        self.check_len(params, grads)?;
+        self.prepare();
+        let (cfg, sc) = (self.config.clone(), self.scalars());
+        let count = window.len().div_ceil(CHUNK);
+        if buf.len() < count {
+            buf.resize(count, [0.0; 3]);
+        }
+        let parts = SlicePtr::new(&mut buf[..count]);
+        self.stretches(params, grads, window, |st| drive(st, |s0, st| measured(&cfg, sc, s0, st, &parts)));
+        let mut total = [0.0f64; 3];
+        for b in &buf[..count] {
+            for k in 0..3 {
+                total[k] += b[k];
+            }
+        }
+        Ok(Some(total))
+    }
+
+    fn check_len(&self, params: &[T], grads: &[T]) -> Result<()> {
         if let Some(r) = self.ranges.last() {
             if r.end > params.len() || r.end > grads.len() {
                 return Err(Error::state(format!(
@@ -228,8 +297,17 @@ impl<T: Float> Optimizer<T> {
                 )));
             }
         }
-        self.prepare();
-        let sc = self.scalars();
+        Ok(())
+    }
+
+    /// `f(stretch)` for each range's part inside `window`, with its state.
+    fn stretches(
+        &mut self,
+        params: &mut [T],
+        grads: &[T],
+        window: Range<usize>,
+        mut f: impl FnMut(Stretch<'_, T>),
+    ) {
         let len = self.len;
         // State slots are stored one after the other, each `len` long.
         let (s0, rest) = self.state.split_at_mut(len);
@@ -243,32 +321,337 @@ impl<T: Float> Optimizer<T> {
                 continue;
             }
             let (n, at) = (hi - lo, base + lo - r.start);
-            let p = &mut params[lo..hi];
-            let g = &grads[lo..hi];
-            let a = &mut s0[at..at + n];
-            let b = if s1.is_empty() { &mut [][..] } else { &mut s1[at..at + n] };
-            let c = if s2.is_empty() { &mut [][..] } else { &mut s2[at..at + n] };
-            match self.config {
-                OptimConfig::Sgd { momentum, nesterov, .. } => {
-                    let (first, has_m) = (sc.first, momentum != 0.0);
-                    zip3(p, g, a, |p, g, buf| sgd(sc, has_m, first, nesterov, p, g, buf));
-                }
-                OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => {
-                    zip4(p, g, a, b, |p, g, m, v| adam(sc, p, g, m, v));
-                }
-                OptimConfig::RmsProp { momentum, centered, .. } => {
-                    let has_m = momentum != 0.0;
-                    zip5(p, g, a, b, c, |p, g, v, buf, ga| rmsprop(sc, has_m, centered, p, g, v, buf, ga));
-                }
-            }
+            f(Stretch {
+                p: &mut params[lo..hi],
+                g: &grads[lo..hi],
+                a: &mut s0[at..at + n],
+                b: part_mut(s1, at, at + n),
+                c: part_mut(s2, at, at + n),
+            });
         }
-        Ok(())
     }
 
     /// Ends an update made of [`Optimizer::step_part`] calls.
     pub fn finish_step(&mut self) {
         self.steps += 1;
     }
+}
+
+/// Parameters, gradients and state slots (empty when unused) of one
+/// stretch of elements.
+struct Stretch<'a, T> {
+    p: &'a mut [T],
+    g: &'a [T],
+    a: &'a mut [T],
+    b: &'a mut [T],
+    c: &'a mut [T],
+}
+
+/// The update of one stretch, on this thread.
+fn update<T: Float>(cfg: &OptimConfig, sc: StepScalars<T>, st: Stretch<'_, T>) {
+    let Stretch { p, g, a, b, c } = st;
+    match *cfg {
+        OptimConfig::Sgd { momentum, nesterov, .. } => sgd(sc, momentum != 0.0, sc.first, nesterov, p, g, a),
+        OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => adam(sc, p, g, a, b),
+        OptimConfig::RmsProp { momentum, centered, .. } => {
+            rmsprop(sc, momentum != 0.0, centered, p, g, a, b, c)
+        }
+    }
+}
+
+/// A measured update of a stretch that starts `s0` elements (a multiple
+/// of `CHUNK`) into its window: each `CHUNK` of the window updated with its
+/// own [`Sums`], stored in its slot of `parts`.
+fn measured<T: Float>(
+    cfg: &OptimConfig,
+    sc: StepScalars<T>,
+    s0: usize,
+    st: Stretch<'_, T>,
+    parts: &SlicePtr<[f64; 3]>,
+) {
+    let Stretch { p, g, a, b, c } = st;
+    let n = p.len();
+    let mut i = 0;
+    while i < n {
+        let e = (i + CHUNK).min(n);
+        let mut sums = Sums::new();
+        let st = Stretch {
+            p: &mut p[i..e],
+            g: &g[i..e],
+            a: part_mut(a, i, e),
+            b: part_mut(b, i, e),
+            c: part_mut(c, i, e),
+        };
+        update_watched(cfg, sc, st, &mut sums);
+        let slot = (s0 + i) / CHUNK;
+        // SAFETY: slot `k` sums offsets `k * CHUNK .. (k + 1) * CHUNK` of the
+        // window, which one call alone processes: `drive` hands out whole
+        // `CHUNK`s (or everything to one call), and the window lies inside
+        // one range, so it is one stretch; `parts` stays borrowed by
+        // `step_part_measured` until the update returns.
+        let cell = unsafe { parts.chunk(slot, slot + 1) };
+        cell[0] = sums.total();
+        i = e;
+    }
+}
+
+/// Lanes of a measured update's sums (a multiple of every vector width).
+const LANES: usize = 32;
+
+/// Per-lane sums, in the element type, of `g^2`, `w^2` (the weights before
+/// the update) and `(w_new - w)^2`, taken inside the update loop while the
+/// values are in registers.
+#[derive(Clone, Copy)]
+struct Sums<T> {
+    g: [T; LANES],
+    w: [T; LANES],
+    d: [T; LANES],
+}
+
+impl<T: Float> Sums<T> {
+    fn new() -> Self {
+        Sums { g: [T::ZERO; LANES], w: [T::ZERO; LANES], d: [T::ZERO; LANES] }
+    }
+
+    /// Fused multiply-adds: the measured kernels are compiled with FMA
+    /// (AVX2 or AVX-512 builds; the portable fallback pays for software FMA).
+    #[inline(always)]
+    fn see(&mut self, l: usize, g: T, old: T, new: T) {
+        self.g[l] = g.mul_add(g, self.g[l]);
+        self.w[l] = old.mul_add(old, self.w[l]);
+        let d = new - old;
+        self.d[l] = d.mul_add(d, self.d[l]);
+    }
+
+    /// The three sums, the lanes added in order in float64.
+    fn total(&self) -> [f64; 3] {
+        let f = |a: &[T; LANES]| a.iter().map(|v| v.to_f64()).sum::<f64>();
+        [f(&self.g), f(&self.w), f(&self.d)]
+    }
+}
+
+/// `f(p, g, a, b, c)` on each element (`b`, `c` may be empty: then
+/// `T::ZERO` placeholders are passed and dropped), watching it in lane
+/// `i % LANES`: runs of `LANES` elements the compiler vectorizes.
+#[inline(always)]
+fn watched<T: Float>(s: &mut Sums<T>, p: &mut [T], g: &[T], a: &mut [T], f: impl Fn(&mut T, T, &mut T)) {
+    let n = p.len();
+    let (g, a) = (&g[..n], &mut a[..n]);
+    let (pc, pr) = p.as_chunks_mut::<LANES>();
+    let (gc, gr) = g.as_chunks::<LANES>();
+    let (ac, ar) = a.as_chunks_mut::<LANES>();
+    // Per run of LANES: keep the old weights, update, then add the run to
+    // the sums (two loops of fixed length, each vectorized on its own).
+    for ((p, g), a) in pc.iter_mut().zip(gc).zip(ac.iter_mut()) {
+        let old = *p;
+        for l in 0..LANES {
+            f(&mut p[l], g[l], &mut a[l]);
+        }
+        for l in 0..LANES {
+            s.see(l, g[l], old[l], p[l]);
+        }
+    }
+    for (l, ((p, &g), a)) in pr.iter_mut().zip(gr).zip(ar.iter_mut()).enumerate() {
+        let old = *p;
+        f(p, g, a);
+        s.see(l, g, old, *p);
+    }
+}
+
+/// [`watched`] for updates with two state slots.
+#[inline(always)]
+fn watched2<T: Float>(
+    s: &mut Sums<T>,
+    p: &mut [T],
+    g: &[T],
+    a: &mut [T],
+    b: &mut [T],
+    f: impl Fn(&mut T, T, &mut T, &mut T),
+) {
+    let n = p.len();
+    let (g, a, b) = (&g[..n], &mut a[..n], &mut b[..n]);
+    let (pc, pr) = p.as_chunks_mut::<LANES>();
+    let (gc, gr) = g.as_chunks::<LANES>();
+    let (ac, ar) = a.as_chunks_mut::<LANES>();
+    let (bc, br) = b.as_chunks_mut::<LANES>();
+    // Per run of LANES: keep the old weights, update, then add the run to
+    // the sums (two loops of fixed length, each vectorized on its own).
+    for (((p, g), a), b) in pc.iter_mut().zip(gc).zip(ac.iter_mut()).zip(bc.iter_mut()) {
+        let old = *p;
+        for l in 0..LANES {
+            f(&mut p[l], g[l], &mut a[l], &mut b[l]);
+        }
+        for l in 0..LANES {
+            s.see(l, g[l], old[l], p[l]);
+        }
+    }
+    for (l, (((p, &g), a), b)) in pr.iter_mut().zip(gr).zip(ar.iter_mut()).zip(br.iter_mut()).enumerate() {
+        let old = *p;
+        f(p, g, a, b);
+        s.see(l, g, old, *p);
+    }
+}
+
+/// The update of one stretch, on this thread, measured into `s`: the same
+/// arithmetic as [`update`], element for element.
+fn update_watched<T: Float>(cfg: &OptimConfig, sc: StepScalars<T>, st: Stretch<'_, T>, s: &mut Sums<T>) {
+    let Stretch { p, g, a, b, c } = st;
+    match *cfg {
+        OptimConfig::Sgd { momentum, nesterov, .. } => {
+            sgd_watched(sc, momentum != 0.0, sc.first, nesterov, p, g, a, s)
+        }
+        OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => adam_watched(sc, p, g, a, b, s),
+        OptimConfig::RmsProp { momentum, centered, .. } => {
+            rmsprop_watched(sc, momentum != 0.0, centered, p, g, a, b, c, s)
+        }
+    }
+}
+
+/// [`watched`] for updates with three state slots.
+#[inline(always)]
+fn watched3<T: Float>(
+    s: &mut Sums<T>,
+    p: &mut [T],
+    g: &[T],
+    a: &mut [T],
+    b: &mut [T],
+    c: &mut [T],
+    f: impl Fn(&mut T, T, &mut T, &mut T, &mut T),
+) {
+    let n = p.len();
+    let (g, a, b, c) = (&g[..n], &mut a[..n], &mut b[..n], &mut c[..n]);
+    let (pc, pr) = p.as_chunks_mut::<LANES>();
+    let (gc, gr) = g.as_chunks::<LANES>();
+    let (ac, ar) = a.as_chunks_mut::<LANES>();
+    let (bc, br) = b.as_chunks_mut::<LANES>();
+    let (cc, cr) = c.as_chunks_mut::<LANES>();
+    // Per run of LANES: keep the old weights, update, then add the run to
+    // the sums (two loops of fixed length, each vectorized on its own).
+    for ((((p, g), a), b), c) in
+        pc.iter_mut().zip(gc).zip(ac.iter_mut()).zip(bc.iter_mut()).zip(cc.iter_mut())
+    {
+        let old = *p;
+        for l in 0..LANES {
+            f(&mut p[l], g[l], &mut a[l], &mut b[l], &mut c[l]);
+        }
+        for l in 0..LANES {
+            s.see(l, g[l], old[l], p[l]);
+        }
+    }
+    for (l, ((((p, &g), a), b), c)) in
+        pr.iter_mut().zip(gr).zip(ar.iter_mut()).zip(br.iter_mut()).zip(cr.iter_mut()).enumerate()
+    {
+        let old = *p;
+        f(p, g, a, b, c);
+        s.see(l, g, old, *p);
+    }
+}
+
+crate::multiversion! {
+fn rmsprop_watched<T: Float>(
+    sc: StepScalars<T>,
+    has_m: bool,
+    centered: bool,
+    p: &mut [T],
+    g: &[T],
+    v: &mut [T],
+    buf: &mut [T],
+    ga: &mut [T],
+    s: &mut Sums<T>,
+) {
+    let one = T::ONE;
+    let (lr, wd, alpha, ac, mom, eps) = (sc.lr, sc.wd, sc.a, one - sc.a, sc.b, sc.eps);
+    // One closure per branch, so each loop is branch-free.
+    macro_rules! run {
+        ($centered:expr, $has_m:expr) => {
+            watched3(s, p, g, v, buf, ga, |p, g, v, buf, ga| {
+                let d = g + wd * *p;
+                *v = *v * alpha + ac * d * d;
+                let avg = if $centered {
+                    *ga += ac * (d - *ga);
+                    (*v - *ga * *ga).sqrt() + eps
+                } else {
+                    (*v).sqrt() + eps
+                };
+                if $has_m {
+                    *buf = *buf * mom + d / avg;
+                    *p -= lr * *buf;
+                } else {
+                    *p -= lr * (d / avg);
+                }
+            })
+        };
+    }
+    match (centered, has_m) {
+        (true, true) => run!(true, true),
+        (true, false) => run!(true, false),
+        (false, true) => run!(false, true),
+        (false, false) => run!(false, false),
+    }
+}
+}
+
+crate::multiversion! {
+fn sgd_watched<T: Float>(
+    sc: StepScalars<T>,
+    has_m: bool,
+    first: bool,
+    nesterov: bool,
+    p: &mut [T],
+    g: &[T],
+    buf: &mut [T],
+    s: &mut Sums<T>,
+) {
+    let (lr, wd, mom, damp) = (sc.lr, sc.wd, sc.a, sc.b);
+    match (has_m, first, nesterov) {
+        (false, _, _) => watched(s, p, g, buf, |p, g, _| *p -= lr * (g + wd * *p)),
+        (true, true, false) => watched(s, p, g, buf, |p, g, b| {
+            let d = g + wd * *p;
+            *b = d;
+            *p -= lr * d;
+        }),
+        (true, true, true) => watched(s, p, g, buf, |p, g, b| {
+            let d = g + wd * *p;
+            *b = d;
+            *p -= lr * (d + mom * d);
+        }),
+        (true, false, false) => watched(s, p, g, buf, |p, g, b| {
+            let d = g + wd * *p;
+            *b = mom * *b + damp * d;
+            *p -= lr * *b;
+        }),
+        (true, false, true) => watched(s, p, g, buf, |p, g, b| {
+            let d = g + wd * *p;
+            *b = mom * *b + damp * d;
+            *p -= lr * (d + mom * *b);
+        }),
+    }
+}
+}
+
+crate::multiversion! {
+fn adam_watched<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: &mut Sums<T>) {
+    let one = T::ONE;
+    let (b1c, b2, b2c) = (one - sc.a, sc.b, one - sc.b);
+    let (step, bc2, eps) = (sc.c, sc.d, sc.eps);
+    if sc.flag {
+        let shrink = one - sc.lr * sc.wd;
+        watched2(s, p, g, m, v, |p, d, m, v| {
+            *p *= shrink;
+            *m += b1c * (d - *m);
+            *v = *v * b2 + b2c * d * d;
+            *p -= step * (*m / ((*v).sqrt() / bc2 + eps));
+        });
+    } else {
+        let wd = sc.wd;
+        watched2(s, p, g, m, v, |p, g, m, v| {
+            let d = g + wd * *p;
+            *m += b1c * (d - *m);
+            *v = *v * b2 + b2c * d * d;
+            *p -= step * (*m / ((*v).sqrt() / bc2 + eps));
+        });
+    }
+}
 }
 
 const PAR_MIN: usize = 1 << 17;
@@ -299,56 +682,26 @@ fn part<T>(g: &[T], s: usize, e: usize) -> &[T] {
     &g[s.min(g.len())..e.min(g.len())]
 }
 
-fn zip3<T: Float>(p: &mut [T], g: &[T], a: &mut [T], f: impl Fn(&mut [T], &[T], &mut [T]) + Sync) {
-    if !par_ok(p.len()) {
-        return f(p, g, a);
+fn part_mut<T>(g: &mut [T], s: usize, e: usize) -> &mut [T] {
+    let n = g.len();
+    &mut g[s.min(n)..e.min(n)]
+}
+
+/// `f(offset, piece)` over the `CHUNK`-sized pieces of a stretch, in
+/// parallel when it is large, else once over all of it (offset 0).
+fn drive<T: Float>(st: Stretch<'_, T>, f: impl Fn(usize, Stretch<'_, T>) + Sync + Send) {
+    let n = st.p.len();
+    if !par_ok(n) {
+        return f(0, st);
     }
-    let n = p.len();
-    let (p, a) = (SlicePtr::new(p), SlicePtr::new(a));
+    let Stretch { p, g, a, b, c } = st;
+    let (pp, pa, pb, pc) = (SlicePtr::new(p), SlicePtr::new(a), SlicePtr::new(b), SlicePtr::new(c));
     for_ranges(n, |s, e| {
         // SAFETY: `for_ranges` gives each disjoint range once, and the
-        // slices stay mutably borrowed by this call until it returns.
-        let (p, a) = unsafe { (p.chunk(s, e), a.chunk(s, e)) };
-        f(p, part(g, s, e), a)
-    });
-}
-
-fn zip4<T: Float>(
-    p: &mut [T],
-    g: &[T],
-    a: &mut [T],
-    b: &mut [T],
-    f: impl Fn(&mut [T], &[T], &mut [T], &mut [T]) + Sync,
-) {
-    if !par_ok(p.len()) {
-        return f(p, g, a, b);
-    }
-    let n = p.len();
-    let (p, a, b) = (SlicePtr::new(p), SlicePtr::new(a), SlicePtr::new(b));
-    for_ranges(n, |s, e| {
-        // SAFETY: as in `zip3`.
-        let (p, a, b) = unsafe { (p.chunk(s, e), a.chunk(s, e), b.chunk(s, e)) };
-        f(p, part(g, s, e), a, b)
-    });
-}
-
-fn zip5<T: Float>(
-    p: &mut [T],
-    g: &[T],
-    a: &mut [T],
-    b: &mut [T],
-    c: &mut [T],
-    f: impl Fn(&mut [T], &[T], &mut [T], &mut [T], &mut [T]) + Sync,
-) {
-    if !par_ok(p.len()) {
-        return f(p, g, a, b, c);
-    }
-    let n = p.len();
-    let (p, a, b, c) = (SlicePtr::new(p), SlicePtr::new(a), SlicePtr::new(b), SlicePtr::new(c));
-    for_ranges(n, |s, e| {
-        // SAFETY: as in `zip3`.
-        let (p, a, b, c) = unsafe { (p.chunk(s, e), a.chunk(s, e), b.chunk(s, e), c.chunk(s, e)) };
-        f(p, part(g, s, e), a, b, c)
+        // slices stay mutably borrowed by this call until it returns
+        // (`chunk` clamps to an empty slice for an unused, empty slot).
+        let (p, a, b, c) = unsafe { (pp.chunk(s, e), pa.chunk(s, e), pb.chunk(s, e), pc.chunk(s, e)) };
+        f(s, Stretch { p, g: part(g, s, e), a, b, c })
     });
 }
 
@@ -499,6 +852,102 @@ mod tests {
             assert_eq!(parts.steps(), 3);
             // Parameters outside the ranges are never touched.
             assert_eq!(p2[30_150], (30_150 % 97) as f32 / 97.0 - 0.5);
+        }
+    }
+
+    /// A measured update gives the bits of a plain one, for every optimizer
+    /// and branch, and sums that match plain float64 sums closely and do
+    /// not depend on the thread count.
+    #[test]
+    fn measured_equals_plain_and_measures() {
+        let sgd = |momentum: f64, nesterov: bool| OptimConfig::Sgd {
+            lr: 0.1,
+            momentum,
+            dampening: 0.0,
+            nesterov,
+            weight_decay: 0.01,
+        };
+        let configs = [
+            sgd(0.0, false),
+            sgd(0.9, false),
+            sgd(0.9, true),
+            OptimConfig::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 },
+            OptimConfig::AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+            OptimConfig::RmsProp {
+                lr: 1e-2,
+                alpha: 0.99,
+                eps: 1e-8,
+                momentum: 0.5,
+                weight_decay: 0.0,
+                centered: true,
+            },
+            OptimConfig::RmsProp {
+                lr: 1e-2,
+                alpha: 0.9,
+                eps: 1e-8,
+                momentum: 0.0,
+                weight_decay: 0.1,
+                centered: false,
+            },
+        ];
+        let n = 300_017; // large enough to split; not a multiple of anything
+        let ranges = vec![0..1000, 1000..n];
+        for cfg in configs {
+            let name = format!("{cfg:?}");
+            let mut plain = Optimizer::<f32>::new(cfg.clone(), ranges.clone()).expect("optimizer");
+            let mut meas = Optimizer::<f32>::new(cfg.clone(), ranges.clone()).expect("optimizer");
+            let mut one = Optimizer::<f32>::new(cfg, ranges.clone()).expect("optimizer");
+            let mut p1: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 97.0 - 0.5).collect();
+            let (mut p2, mut p3) = (p1.clone(), p1.clone());
+            let mut buf = Vec::new();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+            for step in 0..3 {
+                let g: Vec<f32> = (0..n).map(|i| ((i * 7 + step) % 89) as f32 / 89.0 - 0.5).collect();
+                let before = p2.clone();
+                plain.step(&mut p1, &g).expect("step");
+                let mut sums = Vec::new();
+                for r in &ranges {
+                    sums.push(
+                        meas.step_part_measured(&mut p2, &g, r.clone(), &mut buf)
+                            .expect("m")
+                            .expect("inside"),
+                    );
+                }
+                meas.finish_step();
+                let serial = pool.install(|| {
+                    let r = ranges[1].clone();
+                    one.step_part(&mut p3, &g, ranges[0].clone()).expect("part");
+                    let s =
+                        one.step_part_measured(&mut p3, &g, r, &mut Vec::new()).expect("m").expect("inside");
+                    one.finish_step();
+                    s
+                });
+                assert_eq!(p1, p2, "{name} step {step}");
+                assert_eq!(p1, p3, "{name} step {step}");
+                assert_eq!(sums[1], serial, "{name}: sums independent of the thread count");
+                for (r, got) in ranges.iter().zip(&sums) {
+                    let r = r.clone();
+                    let sq = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+                    let d: Vec<f32> =
+                        p2[r.clone()].iter().zip(&before[r.clone()]).map(|(a, b)| a - b).collect();
+                    let want = [sq(&g[r.clone()]), sq(&before[r.clone()]), sq(&d)];
+                    for k in 0..3 {
+                        assert!(
+                            (got[k] - want[k]).abs() <= 1e-5 * want[k],
+                            "{name} sum {k}: {} vs {}",
+                            got[k],
+                            want[k]
+                        );
+                    }
+                }
+            }
+            // A window across two ranges is not measured (and not updated).
+            let before = p2.clone();
+            assert!(meas
+                .step_part_measured(&mut p2, &[0.5; 300_017], 500..1500, &mut buf)
+                .expect("m")
+                .is_none());
+            assert_eq!(p2, before);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! exceptions.
 
 mod arrays;
+mod clip;
 mod errors;
 mod layers;
 mod loss;
@@ -18,7 +19,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<optim::PyOptimizer>()?;
     m.add_function(wrap_pyfunction!(layers::check_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(clip::clip_coef, m)?)?;
+    m.add_function(wrap_pyfunction!(clip::check_clip, m)?)?;
     m.add_function(wrap_pyfunction!(loss::loss_value, m)?)?;
+    m.add_function(wrap_pyfunction!(loss::check_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(loss::class_weights, m)?)?;
     m.add_function(wrap_pyfunction!(threads::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads::get_num_threads, m)?)?;
     errors::register(m)

@@ -3,14 +3,17 @@
 use crate::arrays::{in_array, new_array, slice_err, target_array};
 use crate::errors::{compute, guarded, panic_err, to_py};
 use crate::layers::parse_specs;
+use crate::loss::{parse_loss, sample_weights};
 use crate::optim::{Opt, PyOptimizer};
 use ferrograd::optim::Optimizer;
 use ferrograd::{
-    threads, Data, EpochOptions, Error, Float, Loss, LossTotals, Sequential, StateKind, StateValues,
+    threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Float, Flow, Loss, LossSpec,
+    LossTotals, Sequential, StateKind, StateValues,
 };
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -50,12 +53,13 @@ pub fn totals_tuple(t: &LossTotals, loss: Loss) -> (f64, Option<f64>) {
     (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
 }
 
-/// Borrows `x` and `y` as a batch-first dataset checked against the model's
-/// output shape, and runs `f` with it.
+/// Borrows `x`, `y` (and sample weights `w`) as a batch-first dataset
+/// checked against the model's output shape, and runs `f` with it.
 fn with_data<'py, T: Element + Float, R>(
     m: &mut Sequential<T>,
     x: &Bound<'py, PyAny>,
     y: &Bound<'py, PyAny>,
+    w: Option<&Bound<'py, PyAny>>,
     f: impl FnOnce(&mut Sequential<T>, Data<'_, T>) -> PyResult<R>,
 ) -> PyResult<R> {
     let xa = in_array(x, "X")?;
@@ -63,7 +67,12 @@ fn with_data<'py, T: Element + Float, R>(
     let out_shape = m.output_shape(&shape).map_err(to_py)?;
     let ya = target_array::<T>(y)?;
     let target = ya.target(n, &out_shape)?;
-    f(m, Data { x: feats, n, shape: &shape, y: target })
+    let wa = sample_weights::<T>(w)?;
+    let weights = match &wa {
+        Some(a) => Some(a.as_slice().map_err(|_| slice_err("sample_weight"))?),
+        None => None,
+    };
+    f(m, Data { x: feats, n, shape: &shape, y: target, weights })
 }
 
 fn predict_impl<'py, T: Element + Float>(
@@ -90,38 +99,58 @@ fn predict_impl<'py, T: Element + Float>(
 /// thread keeps the Python side: it reports progress and checks for Ctrl-C,
 /// which only the main thread can see, and asks the worker to stop between
 /// steps.
+#[allow(clippy::too_many_arguments)]
 fn train_impl<T: Element + Float>(
     py: Python<'_>,
     m: &mut Sequential<T>,
     opt: &mut Optimizer<T>,
     x: &Bound<'_, PyAny>,
     y: &Bound<'_, PyAny>,
+    w: Option<&Bound<'_, PyAny>>,
     opts: &EpochOptions,
     callback: Option<Py<PyAny>>,
 ) -> PyResult<(f64, Option<f64>)> {
-    let loss = opts.loss;
+    let loss = opts.loss.kind;
     let xa = in_array(x, "X")?;
     let (f, n, shape) = xa.batch("X")?;
     let out_shape = m.output_shape(&shape).map_err(to_py)?;
     let ya = target_array::<T>(y)?;
     let target = ya.target(n, &out_shape)?;
-    let data = Data { x: f, n, shape: &shape, y: target };
+    let wa = sample_weights::<T>(w)?;
+    let weights = match &wa {
+        Some(a) => Some(a.as_slice().map_err(|_| slice_err("sample_weight"))?),
+        None => None,
+    };
+    let data = Data { x: f, n, shape: &shape, y: target, weights };
+    let every_step = opts.every_step;
     let (tx, rx) = mpsc::channel::<ferrograd::Progress>();
+    // With `every_step`, the worker waits after each report until this
+    // thread has run the callback (so a callback sees every step in order
+    // and can stop the epoch before the next one).
+    let (ack_tx, ack_rx) = mpsc::channel::<()>();
     let (py_err, result) = py.detach(move || {
         let stop = AtomicBool::new(false);
+        // Set when a callback asked to stop training: the epoch ends early,
+        // without an error.
+        let finish = AtomicBool::new(false);
         let mut py_err: Option<PyErr> = None;
         let result = std::thread::scope(|s| {
-            let worker = s.spawn(|| {
+            let (stop, finish) = (&stop, &finish);
+            let worker = s.spawn(move || {
                 let tx = tx;
-                let stop = &stop;
-                catch_unwind(AssertUnwindSafe(|| {
-                    threads::install(|| {
+                catch_unwind(AssertUnwindSafe(move || {
+                    threads::install(move || {
                         m.train_epoch(data, opt, opts, &mut |p| {
-                            let _ = tx.send(*p);
+                            let sent = tx.send(*p).is_ok();
+                            if every_step && sent {
+                                let _ = ack_rx.recv();
+                            }
                             if stop.load(Ordering::Relaxed) {
                                 Err(Error::interrupted("training interrupted"))
+                            } else if finish.load(Ordering::Relaxed) {
+                                Ok(Flow::Stop)
                             } else {
-                                Ok(())
+                                Ok(Flow::Continue)
                             }
                         })
                     })
@@ -135,7 +164,11 @@ fn train_impl<T: Element + Float>(
                         py.check_signals()?;
                         if let (Ok(p), Some(cb)) = (&msg, &callback) {
                             let (lm, acc) = totals_tuple(&p.totals, loss);
-                            cb.call1(py, (p.step, p.steps, p.samples, lm, acc))?;
+                            let verdict = cb.call1(py, (p.step, p.steps, p.samples, lm, acc))?;
+                            // A callback returning True asks the epoch to end.
+                            if verdict.extract::<bool>(py).unwrap_or(false) {
+                                finish.store(true, Ordering::Relaxed);
+                            }
                         }
                         Ok(())
                     });
@@ -143,6 +176,9 @@ fn train_impl<T: Element + Float>(
                         py_err = Some(e);
                         stop.store(true, Ordering::Relaxed);
                     }
+                }
+                if msg.is_ok() && every_step {
+                    let _ = ack_tx.send(());
                 }
                 if disconnected {
                     break;
@@ -336,7 +372,9 @@ impl PyModel {
         with_net!(&mut self.net, m, _T, predict_impl(py, m, x, batch_size))
     }
 
-    /// `(mean loss, accuracy or None)` over a dataset.
+    /// `(mean loss, accuracy or None)` over a dataset; `loss` is a name or a
+    /// JSON configuration.
+    #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None))]
     fn evaluate(
         &mut self,
         py: Python<'_>,
@@ -344,20 +382,23 @@ impl PyModel {
         y: &Bound<'_, PyAny>,
         loss: &str,
         batch_size: usize,
+        sample_weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(f64, Option<f64>)> {
-        let loss = Loss::parse(loss).map_err(to_py)?;
+        let loss: LossSpec = parse_loss(loss)?;
         with_net!(&mut self.net, m, _T, {
-            with_data(m, x, y, |m, data| {
-                let t = compute(py, || m.evaluate(data, loss, batch_size))?;
-                Ok(totals_tuple(&t, loss))
+            with_data(m, x, y, sample_weight, |m, data| {
+                let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
+                Ok(totals_tuple(&t, loss.kind))
             })
         })
     }
 
     /// One training epoch; `callback(step, steps, samples, loss, acc)` is
-    /// called about every 0.1 s from the calling thread.
+    /// called about every 0.1 s from the calling thread (after every step
+    /// with `every_step`, the epoch waiting for it each time). `lrs` and
+    /// `momenta` give the learning rate and momentum of each step.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None))]
+    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false))]
     fn train_epoch(
         slf: &Bound<'_, Self>,
         x: &Bound<'_, PyAny>,
@@ -369,33 +410,53 @@ impl PyModel {
         epoch: usize,
         check: bool,
         callback: Option<Py<PyAny>>,
+        lrs: Option<Vec<f64>>,
+        momenta: Option<Vec<f64>>,
+        every_step: bool,
+        sample_weight: Option<&Bound<'_, PyAny>>,
+        clip: Option<(f64, f64)>,
+        diagnostics: bool,
     ) -> PyResult<(f64, Option<f64>)> {
         let py = slf.py();
-        let opts =
-            EpochOptions { loss: Loss::parse(loss).map_err(to_py)?, batch_size, shuffle, epoch, check };
+        let clip = clip.map(|(max_norm, p)| ClipNorm::new(max_norm, p)).transpose().map_err(to_py)?;
+        let opts = EpochOptions {
+            loss: parse_loss(loss)?,
+            batch_size,
+            shuffle,
+            epoch,
+            check,
+            lrs,
+            momenta,
+            every_step,
+            clip,
+            diagnostics,
+        };
         let mut o = optimizer.try_borrow_mut()?;
         if !o.model.bind(py).is(slf) {
             return Err(PyValueError::new_err("the optimizer was built from another model's parameters"));
         }
         let mut me = slf.try_borrow_mut()?;
         match (&mut me.net, &mut o.opt) {
-            (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, &opts, callback),
-            (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, &opts, callback),
+            (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
+            (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
             _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
         }
     }
 
-    /// Checks data against the model and loss without computing anything.
+    /// Checks data (and sample weights) against the model and loss without
+    /// computing anything.
+    #[pyo3(signature = (x, y, loss, sample_weight=None))]
     fn validate(
         &mut self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         y: &Bound<'_, PyAny>,
         loss: &str,
+        sample_weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let loss = Loss::parse(loss).map_err(to_py)?;
+        let loss = parse_loss(loss)?;
         with_net!(&mut self.net, m, _T, {
-            with_data(m, x, y, |m, data| compute(py, || m.validate_data(data, loss)))
+            with_data(m, x, y, sample_weight, |m, data| compute(py, || m.validate_data(data, &loss)))
         })
     }
 
@@ -409,13 +470,47 @@ impl PyModel {
         loss: &str,
         eps: f64,
     ) -> PyResult<Vec<(String, f64, f64)>> {
-        let loss = Loss::parse(loss).map_err(to_py)?;
+        let loss = parse_loss(loss)?;
         with_net!(&mut self.net, m, _T, {
-            with_data(m, x, y, |m, data| {
-                let r = compute(py, || m.gradcheck(data, loss, eps))?;
+            with_data(m, x, y, None, |m, data| {
+                let r = compute(py, || m.gradcheck(data, &loss, eps))?;
                 Ok(r.into_iter().map(|g| (g.name, g.max_rel_error, g.max_abs_error)).collect())
             })
         })
+    }
+
+    /// The diagnostics of the last epoch trained with them (see
+    /// `diagnostics_dict`), or None.
+    fn last_diagnostics<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        with_net!(&self.net, m, _T, m.last_diagnostics().map(|d| diagnostics_dict(py, d)).transpose())
+    }
+
+    /// Diagnostics of one training-mode pass over the data as one batch,
+    /// without an update; changes no state.
+    #[pyo3(signature = (x, y, loss, sample_weight=None))]
+    fn diagnose<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        y: &Bound<'py, PyAny>,
+        loss: &str,
+        sample_weight: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let loss = parse_loss(loss)?;
+        let d = with_net!(&mut self.net, m, _T, {
+            with_data(m, x, y, sample_weight, |m, data| compute(py, || m.diagnose(data, &loss)))
+        })?;
+        diagnostics_dict(py, &d)
+    }
+
+    /// The `norm_type`-norm of each listed parameter's gradient.
+    fn grad_norms(&mut self, py: Python<'_>, params: Vec<usize>, norm_type: f64) -> PyResult<Vec<f64>> {
+        with_net!(&mut self.net, m, _T, compute(py, || m.grad_norms(&params, norm_type)))
+    }
+
+    /// Multiplies the listed parameters' gradients by `coef`.
+    fn scale_grads(&mut self, py: Python<'_>, params: Vec<usize>, coef: f64) -> PyResult<()> {
+        with_net!(&mut self.net, m, _T, compute(py, || m.scale_grads(&params, coef)))
     }
 
     /// The random generator state (4 integers).
@@ -427,4 +522,27 @@ impl PyModel {
     fn set_rng_state(&mut self, s: [u64; 4]) {
         with_net!(&mut self.net, m, _T, m.set_rng_state(s))
     }
+}
+
+/// `{"steps": n, "params": [(name, grad_norm, weight_norm, update_ratio)],
+/// "activations": [(layer, "dead" | "saturated", fraction)]}`.
+fn diagnostics_dict<'py>(py: Python<'py>, d: &Diagnostics) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("steps", d.steps)?;
+    let params: Vec<(String, f64, f64, f64)> =
+        d.params.iter().map(|p| (p.name.clone(), p.grad_norm, p.weight_norm, p.update_ratio)).collect();
+    out.set_item("params", params)?;
+    let acts: Vec<(usize, &str, f64)> = d
+        .activations
+        .iter()
+        .map(|a| {
+            let kind = match a.stat {
+                ActivationStat::Dead => "dead",
+                ActivationStat::Saturated => "saturated",
+            };
+            (a.layer, kind, a.fraction)
+        })
+        .collect();
+    out.set_item("activations", acts)?;
+    Ok(out)
 }

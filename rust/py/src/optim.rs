@@ -115,6 +115,25 @@ impl PyOptimizer {
         .map_err(to_py)
     }
 
+    /// SGD's and RMSprop's momentum, Adam's and AdamW's beta1 (settable,
+    /// for schedules that cycle it).
+    #[getter]
+    fn get_momentum(&self) -> f64 {
+        match &self.opt {
+            Opt::F32(o) => o.config.momentum(),
+            Opt::F64(o) => o.config.momentum(),
+        }
+    }
+
+    #[setter]
+    fn set_momentum(&mut self, value: f64) -> PyResult<()> {
+        match &mut self.opt {
+            Opt::F32(o) => o.config.set_momentum(value),
+            Opt::F64(o) => o.config.set_momentum(value),
+        }
+        .map_err(to_py)
+    }
+
     /// Steps taken.
     #[getter]
     fn steps(&self) -> u64 {

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod conv;
 pub mod gemm;
+pub mod norms;
 pub mod pool2x2;
 pub mod reduce;
 pub mod simd;

@@ -29,6 +29,7 @@ pub use flatten::Flatten;
 pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
+pub(crate) use spec::{float as de_float, opt_floats as de_opt_floats};
 pub use spec::{LayerSpec, Padding};
 
 /// Where element `(c, s)` of one sample lies (`c < channels`, `s` the

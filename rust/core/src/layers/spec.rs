@@ -49,7 +49,7 @@ impl<'de, P: serde::de::DeserializeOwned> Deserialize<'de> for Padding<P> {
 
 /// Reads a float that may be sent as `"nan"`, `"inf"` or `"-inf"` (JSON has
 /// no such numbers), so that the layer can refuse it with a clear message.
-fn float<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+pub(crate) fn float<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     use serde::de::Error as _;
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| D::Error::custom(format!("bad number {n}"))),
@@ -60,6 +60,20 @@ fn float<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> 
             other => Err(D::Error::custom(format!("expected a number, got {other:?}"))),
         },
         other => Err(D::Error::custom(format!("expected a number, got {other}"))),
+    }
+}
+
+/// [`float`] for an optional list of values (`null` is `None`).
+pub(crate) fn opt_floats<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<f64>>, D::Error> {
+    use serde::de::IntoDeserializer as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| float(v.into_deserializer()).map_err(serde::de::Error::custom))
+            .collect::<std::result::Result<Vec<_>, D::Error>>()
+            .map(Some),
+        other => Err(serde::de::Error::custom(format!("expected a list of numbers, got {other}"))),
     }
 }
 

@@ -5,7 +5,7 @@ use super::Sequential;
 use crate::data::Rows;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::loss::{loss_grad, Loss, Target};
+use crate::loss::{loss_grad, LossSpec, Target};
 
 /// One parameter's result of [`Sequential::gradcheck`].
 #[derive(Clone, Debug)]
@@ -23,10 +23,18 @@ pub struct GradCheck {
 impl<T: Float> Sequential<T> {
     /// Mean loss of a training-mode pass over the loaded batch with a fixed
     /// random key (so dropout masks repeat) and frozen buffers.
-    fn loss_at(&mut self, n: usize, key: u64, loss: Loss, y: Target<'_, T>, cols: usize) -> Result<f64> {
+    fn loss_at(
+        &mut self,
+        n: usize,
+        key: u64,
+        loss: &LossSpec,
+        y: Target<'_, T>,
+        w: Option<&[T]>,
+        cols: usize,
+    ) -> Result<f64> {
         self.run_layers(n, true, false, key);
         let out = &self.ws.acts[self.ops.len()][..n * cols];
-        Ok(loss_grad(loss, out, n, cols, y, None, &mut self.ws.stats)?.mean())
+        Ok(loss_grad(loss, out, n, cols, y, w, None, &mut self.ws.stats)?.mean())
     }
 
     /// Compares backprop gradients with central finite differences (step
@@ -34,7 +42,7 @@ impl<T: Float> Sequential<T> {
     /// held fixed, batch statistics for BatchNorm). Needs a float64 model.
     /// Parameters, gradients, buffers and the random state are left as they
     /// were.
-    pub fn gradcheck(&mut self, data: Data<'_, T>, loss: Loss, eps: f64) -> Result<Vec<GradCheck>> {
+    pub fn gradcheck(&mut self, data: Data<'_, T>, loss: &LossSpec, eps: f64) -> Result<Vec<GradCheck>> {
         if T::NAME != "float64" {
             return Err(Error::value(format!(
                 "gradcheck needs a float64 model, this one is {}: float32 finite differences carry \
@@ -46,7 +54,7 @@ impl<T: Float> Sequential<T> {
             return Err(Error::value(format!("eps must be a finite value > 0, got {eps}")));
         }
         self.validate_data(data, loss)?;
-        let Data { x, n, shape, y } = data;
+        let Data { x, n, shape, y, weights } = data;
         let cols = self.out_len();
         self.plan(shape, n, true)?;
         self.check_batch(n, true)?;
@@ -55,9 +63,9 @@ impl<T: Float> Sequential<T> {
         let key = 0x5eed_0f9c_4ec4_ed00_u64;
         let saved_grads = self.grads.clone();
         // Analytic gradient, with the same fixed key (dropout masks) as below.
-        self.loss_at(n, key, loss, y, cols)?;
+        self.loss_at(n, key, loss, y, weights, cols)?;
         let out = &self.ws.acts[self.ops.len()][..n * cols];
-        loss_grad(loss, out, n, cols, y, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
+        loss_grad(loss, out, n, cols, y, weights, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
         self.grads.fill(T::ZERO);
         self.backward_loaded(n, key, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
@@ -67,9 +75,9 @@ impl<T: Float> Sequential<T> {
             for j in e.range.clone() {
                 let orig = self.params[j];
                 self.params[j] = T::from_f64(orig.to_f64() + eps);
-                let lp = self.loss_at(n, key, loss, y, cols)?;
+                let lp = self.loss_at(n, key, loss, y, weights, cols)?;
                 self.params[j] = T::from_f64(orig.to_f64() - eps);
-                let lm = self.loss_at(n, key, loss, y, cols)?;
+                let lm = self.loss_at(n, key, loss, y, weights, cols)?;
                 self.params[j] = orig;
                 numeric.push((lp - lm) / (2.0 * eps));
             }

@@ -6,13 +6,17 @@
 //!   backward passes over the layers.
 //! - `train.rs`: the fused training epoch, evaluation and inference.
 //! - `gradcheck.rs`: backprop against finite differences.
+//! - `diagnostics.rs`: gradient and weight norms, update ratios, dead and
+//!   saturated units; gradient clipping.
 
+mod diagnostics;
 mod gradcheck;
 mod train;
 mod workspace;
 
+pub use diagnostics::{ActivationStat, ActivationStats, Diagnostics, ParamStats, SATURATION};
 pub use gradcheck::GradCheck;
-pub use train::{Data, EpochOptions, Progress};
+pub use train::{Data, EpochOptions, Flow, Progress};
 
 use crate::data::Features;
 use crate::error::{Error, Result};
@@ -100,6 +104,10 @@ pub struct Sequential<T: Float> {
     affine: Option<(T, T)>,
     /// How often `train_epoch` reports progress.
     pub report_every: Duration,
+    diag: diagnostics::DiagState<T>,
+    last_diagnostics: Option<diagnostics::Diagnostics>,
+    /// Per-parameter norms of a clipped step.
+    clip_norms: Vec<f64>,
 }
 
 /// How many leading ops only reshape or rescale the input, elementwise and
@@ -226,6 +234,9 @@ impl<T: Float> Sequential<T> {
             prefix,
             affine,
             report_every: Duration::from_millis(100),
+            diag: Default::default(),
+            last_diagnostics: None,
+            clip_norms: Vec::new(),
         })
     }
 

@@ -2,12 +2,13 @@
 
 use super::workspace::batch_target;
 use super::Sequential;
+use crate::clip::ClipNorm;
 use crate::data::{Features, Rows};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::team;
 use crate::layers::numel;
-use crate::loss::{loss_grad, validate_target, Loss, LossTotals, Target};
+use crate::loss::{check_sample_weights, loss_grad, validate_target, Loss, LossSpec, LossTotals, Target};
 use crate::optim::Optimizer;
 use std::time::Instant;
 
@@ -31,33 +32,81 @@ const TEAM_MAX_THREADS: usize = 4;
 /// Largest batch (in input elements) whose successor is prefetched.
 const PREFETCH_MAX_ELEMS: usize = 1 << 16;
 
-/// A dataset: `n` samples of per-sample shape `shape` (batch first) and
-/// their targets.
+/// A dataset: `n` samples of per-sample shape `shape` (batch first), their
+/// targets and, optionally, a weight per sample (Keras's `sample_weight`).
 #[derive(Clone, Copy, Debug)]
 pub struct Data<'a, T> {
     pub x: Features<'a>,
     pub n: usize,
     pub shape: &'a [usize],
     pub y: Target<'a, T>,
+    pub weights: Option<&'a [T]>,
+}
+
+impl<'a, T> Data<'a, T> {
+    /// `n` samples without sample weights.
+    pub fn new(x: Features<'a>, n: usize, shape: &'a [usize], y: Target<'a, T>) -> Self {
+        Data { x, n, shape, y, weights: None }
+    }
 }
 
 /// How one training epoch runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochOptions {
-    pub loss: Loss,
+    pub loss: LossSpec,
     pub batch_size: usize,
     pub shuffle: bool,
     /// The epoch's number (messages only).
     pub epoch: usize,
     /// Check the data first; later epochs over the same data may skip it.
     pub check: bool,
+    /// The learning rate of each step (a schedule evaluated per step), one
+    /// per step of the epoch. The optimizer's own value is put back after
+    /// the epoch (a schedule sets it to the value for the step after).
+    pub lrs: Option<Vec<f64>>,
+    /// The momentum (SGD, RMSprop) or beta1 (Adam) of each step, likewise.
+    pub momenta: Option<Vec<f64>>,
+    /// Report progress after every step, not about every
+    /// [`Sequential::report_every`] (for per-batch callbacks).
+    pub every_step: bool,
+    /// Clip the gradients' total norm before each update (torch's
+    /// `clip_grad_norm_` over all parameters).
+    pub clip: Option<ClipNorm>,
+    /// Collect [`Diagnostics`](super::Diagnostics) (means over the epoch's steps), read with
+    /// [`Sequential::last_diagnostics`].
+    pub diagnostics: bool,
 }
 
 impl EpochOptions {
     /// Options for `loss` and `batch_size`: shuffled, checked, epoch 1.
-    pub fn new(loss: Loss, batch_size: usize) -> Self {
-        EpochOptions { loss, batch_size, shuffle: true, epoch: 1, check: true }
+    pub fn new(loss: impl Into<LossSpec>, batch_size: usize) -> Self {
+        EpochOptions {
+            loss: loss.into(),
+            batch_size,
+            shuffle: true,
+            epoch: 1,
+            check: true,
+            lrs: None,
+            momenta: None,
+            every_step: false,
+            clip: None,
+            diagnostics: false,
+        }
     }
+
+    /// Steps an epoch of `n` samples takes.
+    pub fn steps(&self, n: usize) -> usize {
+        n.div_ceil(self.batch_size.max(1))
+    }
+}
+
+/// What a progress report asks of the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// End the epoch after this step (a callback asked to stop training);
+    /// the totals so far are returned.
+    Stop,
 }
 
 /// Progress of a training epoch, reported between steps.
@@ -74,24 +123,29 @@ pub struct Progress {
 }
 
 impl<T: Float> Sequential<T> {
-    /// Checks that targets fit `n` samples of this model's output for `loss`.
-    fn check_target(&mut self, loss: Loss, y: Target<'_, T>, n: usize) -> Result<usize> {
+    /// Checks that targets (and sample weights) fit `n` samples of this
+    /// model's output for `loss`.
+    fn check_target(&mut self, loss: &LossSpec, data: &Data<'_, T>) -> Result<usize> {
         let out = self.out_shape().to_vec();
         let cols = numel(&out);
-        if loss == Loss::CrossEntropy && out.len() != 1 {
+        if loss.kind == Loss::CrossEntropy && out.len() != 1 {
             return Err(Error::shape(format!(
                 "cross_entropy expects a model output of shape (N, C), got per-sample shape {out:?}"
             )));
         }
-        validate_target(loss, y, n, cols)?;
+        loss.check_cols(cols)?;
+        validate_target(loss.kind, data.y, data.n, cols)?;
+        if let Some(w) = data.weights {
+            check_sample_weights(w, data.n)?;
+        }
         Ok(cols)
     }
 
-    /// Checks features and targets against the model and `loss` without
-    /// computing anything.
-    pub fn validate_data(&mut self, data: Data<'_, T>, loss: Loss) -> Result<()> {
+    /// Checks features, targets and sample weights against the model and
+    /// `loss` without computing anything.
+    pub fn validate_data(&mut self, data: Data<'_, T>, loss: &LossSpec) -> Result<()> {
         self.check_input(&data.x, data.n, data.shape, "X")?;
-        self.check_target(loss, data.y, data.n).map(|_| ())
+        self.check_target(loss, &data).map(|_| ())
     }
 
     /// The team size for training steps of `bs` samples: the thread count
@@ -116,8 +170,10 @@ impl<T: Float> Sequential<T> {
 
     /// One epoch of minibatch training, fused: gather, forward, loss and its
     /// gradient, backward, optimizer update, with no allocation per step.
-    /// `progress` is called about every [`Sequential::report_every`] and at
-    /// the end; an error from it stops the epoch (the model stays usable).
+    /// `progress` is called about every [`Sequential::report_every`] (every
+    /// step with `opts.every_step`) and at the end; [`Flow::Stop`] ends the
+    /// epoch early and returns the totals so far, an error from it stops the
+    /// epoch with that error (the model stays usable).
     /// With `opts.check` false the data is trusted to have passed
     /// [`Sequential::validate_data`] already (later epochs skip the scan).
     /// Everything that could refuse the epoch is checked before the first
@@ -127,10 +183,10 @@ impl<T: Float> Sequential<T> {
         data: Data<'_, T>,
         opt: &mut Optimizer<T>,
         opts: &EpochOptions,
-        progress: &mut dyn FnMut(&Progress) -> Result<()>,
+        progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
     ) -> Result<LossTotals> {
-        let Data { x, n, shape, y } = data;
-        let (loss, epoch) = (opts.loss, opts.epoch);
+        let Data { x, n, shape, y, weights } = data;
+        let (loss, epoch) = (&opts.loss, opts.epoch);
         if opts.batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
@@ -139,6 +195,8 @@ impl<T: Float> Sequential<T> {
         }
         if opts.check {
             self.validate_data(data, loss)?;
+        } else if weights.is_some_and(|w| w.len() != n) {
+            return Err(Error::shape(format!("sample_weight must have {n} entries")));
         } else if n == 0 || x.len() != n * numel(shape) {
             return Err(Error::shape(format!(
                 "X has {} elements, expected {n} samples of shape {shape:?}",
@@ -160,14 +218,38 @@ impl<T: Float> Sequential<T> {
                 ..e
             })?;
         }
+        let steps = n.div_ceil(bs);
+        // Per-step schedules: every value is checked before the first step.
+        for (what, values) in [("learning rates", &opts.lrs), ("momenta", &opts.momenta)] {
+            if let Some(v) = values {
+                if v.len() != steps {
+                    return Err(Error::value(format!(
+                        "the schedule gives {} {what} for an epoch of {steps} steps",
+                        v.len()
+                    )));
+                }
+            }
+        }
+        let saved = opt.config.clone();
+        let mut probe = opt.config.clone();
+        for &lr in opts.lrs.iter().flatten() {
+            probe.set_lr(lr)?;
+        }
+        for &m in opts.momenta.iter().flatten() {
+            probe.set_momentum(m)?;
+        }
         opt.prepare();
+        if opts.diagnostics {
+            self.diag_begin()?;
+        } else {
+            self.diag.stop();
+        }
         let mut order = std::mem::take(&mut self.ws.order);
         order.clear();
         order.extend(0..n);
         if opts.shuffle {
             self.rng.shuffle(&mut order);
         }
-        let steps = n.div_ceil(bs);
         let in_len = self.in_len();
         let mut totals = LossTotals::default();
         let mut last_report = Instant::now();
@@ -189,17 +271,26 @@ impl<T: Float> Sequential<T> {
                     x.prefetch(Rows::Index(next), in_len);
                 }
                 self.gather_target(y, rows, cols);
+                if let Some(w) = weights {
+                    self.ws.weights.clear();
+                    self.ws.weights.extend(idx.iter().map(|&i| w[i]));
+                }
                 let key = self.rng.next_u64();
                 self.run_layers(m, true, true, key);
+                if opts.diagnostics {
+                    self.diag_activations(m);
+                }
                 let out = &self.ws.acts[self.ops.len()][..m * cols];
                 let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
-                let t = match loss_grad(loss, out, m, cols, bt, Some(&mut self.ws.d_a), &mut self.ws.stats) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
+                let bw = weights.map(|_| &self.ws.weights[..m]);
+                let t =
+                    match loss_grad(loss, out, m, cols, bt, bw, Some(&mut self.ws.d_a), &mut self.ws.stats) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    };
                 if !t.mean().is_finite() {
                     result = Err(Error::non_finite(format!(
                         "training loss became {} at epoch {epoch}, step {} (of {steps}); \
@@ -209,27 +300,68 @@ impl<T: Float> Sequential<T> {
                     )));
                     break;
                 }
-                // Each layer's update right after its gradients, while they
-                // are still in cache.
+                // Checked above: these cannot fail.
+                if let Some(lrs) = &opts.lrs {
+                    let _ = opt.config.set_lr(lrs[step]);
+                }
+                if let Some(m) = &opts.momenta {
+                    let _ = opt.config.set_momentum(m[step]);
+                }
                 let mut updated = Ok(());
-                self.backward_loaded(m, key, false, |p, g, r| {
+                let mut diag = std::mem::take(&mut self.diag);
+                if let Some(clip) = opts.clip {
+                    // Clipping needs every gradient before the first update.
+                    self.backward_loaded(m, key, false, |_, _, _| {});
+                    updated = self.clip_all(clip).map(drop).map_err(|e| Error {
+                        message: format!(
+                            "{} at epoch {epoch}, step {} (of {steps}); try a lower learning rate or \
+                             check the data",
+                            e.message,
+                            step + 1
+                        ),
+                        ..e
+                    });
                     if updated.is_ok() {
-                        updated = opt.step_part(p, g, r);
+                        updated = if diag.on() {
+                            // The gradient norms before clipping (L2, as clipped).
+                            let norms = Some(&self.clip_norms[..]);
+                            diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, norms)
+                        } else {
+                            opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
+                        };
                     }
-                });
-                opt.finish_step();
+                } else {
+                    // Each layer's update right after its gradients, while
+                    // they are still in cache.
+                    self.backward_loaded(m, key, false, |p, g, r| {
+                        if updated.is_ok() {
+                            updated = if diag.on() {
+                                diag.update(opt, p, g, r, None)
+                            } else {
+                                opt.step_part(p, g, r)
+                            };
+                        }
+                    });
+                }
+                self.diag = diag;
                 if let Err(e) = updated {
                     result = Err(e);
                     break;
                 }
+                opt.finish_step();
+                self.diag.end_step();
                 tuner.after_step(began.elapsed());
                 totals.add(&t);
-                if last_report.elapsed() >= self.report_every || step + 1 == steps {
+                if opts.every_step || last_report.elapsed() >= self.report_every || step + 1 == steps {
                     last_report = Instant::now();
                     let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
-                    if let Err(e) = progress(&p) {
-                        result = Err(e);
-                        break;
+                    match progress(&p) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => break,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
                 }
             }
@@ -237,6 +369,13 @@ impl<T: Float> Sequential<T> {
         });
         self.ws.order = order;
         self.cache = None;
+        if opts.lrs.is_some() || opts.momenta.is_some() {
+            opt.config = saved;
+        }
+        if opts.diagnostics {
+            let d = self.diag_end();
+            self.last_diagnostics = (d.steps > 0).then_some(d);
+        }
         result.map(|_| totals)
     }
 
@@ -275,14 +414,14 @@ impl<T: Float> Sequential<T> {
     }
 
     /// Loss and accuracy totals over a dataset, in batches, in evaluation
-    /// mode; changes no state.
-    pub fn evaluate(&mut self, data: Data<'_, T>, loss: Loss, batch_size: usize) -> Result<LossTotals> {
-        let Data { x, n, shape, y } = data;
+    /// mode (sample weights, when given, weigh the loss); changes no state.
+    pub fn evaluate(&mut self, data: Data<'_, T>, loss: &LossSpec, batch_size: usize) -> Result<LossTotals> {
+        let Data { x, n, shape, y, weights } = data;
         if batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
         self.check_input(&x, n, shape, "X")?;
-        let cols = self.check_target(loss, y, n)?;
+        let cols = self.check_target(loss, &data)?;
         let bs = batch_size.min(n);
         self.plan(shape, bs, false)?;
         self.cache = None;
@@ -297,7 +436,8 @@ impl<T: Float> Sequential<T> {
             self.run_layers(m, false, false, 0);
             let out = &self.ws.acts[self.ops.len()][..m * cols];
             let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
-            let t = loss_grad(loss, out, m, cols, bt, None, &mut self.ws.stats)?;
+            let bw = weights.map(|w| &w[start..start + m]);
+            let t = loss_grad(loss, out, m, cols, bt, bw, None, &mut self.ws.stats)?;
             totals.add(&t);
             start += m;
         }

@@ -28,6 +28,8 @@ pub(crate) struct Workspace<T> {
     pub(crate) stats: Vec<RowStat>,
     pub(crate) labels: Vec<i64>,
     pub(crate) targets: Vec<T>,
+    /// The batch's sample weights.
+    pub(crate) weights: Vec<T>,
     pub(crate) order: Vec<usize>,
 }
 
@@ -45,6 +47,7 @@ impl<T> Default for Workspace<T> {
             stats: Vec::new(),
             labels: Vec::new(),
             targets: Vec::new(),
+            weights: Vec::new(),
             order: Vec::new(),
         }
     }
