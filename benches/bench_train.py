@@ -16,6 +16,9 @@ import time and test accuracy.
     python benches/bench_train.py --configs small --repeats 3 --frameworks ferrograd,jax
     python benches/bench_train.py --baseline /path/to/old/venv/bin/python   # before/after
 
+``--frameworks ferrograd,ferrograd-diag`` measures what ``fit(...,
+diagnostics=True)`` costs (the ratio column).
+
 ``--baseline`` adds ``ferrograd-base``: the same ferrograd runner in another
 interpreter (a virtual environment with an earlier build installed), in the
 same interleaved rounds, for before/after medians of a change.
@@ -48,7 +51,7 @@ CONFIGS = {
 CNN_SAMPLES = 12_000
 INFER_BATCH = 1024
 # Frameworks with a CNN runner.
-CNN_FRAMEWORKS = ("ferrograd", "ferrograd-u8", "torch")
+CNN_FRAMEWORKS = ("ferrograd", "ferrograd-u8", "ferrograd-diag", "torch")
 LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 
@@ -134,7 +137,7 @@ def ferrograd_cnn(raw: bool):
     ]
 
 
-def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False):
+def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics=False):
     t0 = time.perf_counter()
     import ferrograd as fg
     from ferrograd import layers as L
@@ -147,7 +150,10 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False):
         model = fg.Sequential(ferrograd_cnn(raw), seed=0)
         opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
         start = time.perf_counter()
-        model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0)
+        model.fit(
+            xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0,
+            diagnostics=diagnostics,
+        )  # fmt: skip
         elapsed = time.perf_counter() - start
         model.predict(xs[:INFER_BATCH], batch_size=INFER_BATCH)  # warm
         start = time.perf_counter()
@@ -167,7 +173,10 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False):
     else:
         opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
     start = time.perf_counter()
-    model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0)
+    model.fit(
+        xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0,
+        diagnostics=diagnostics,
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     acc = model.evaluate(xs, ys, "cross_entropy")["accuracy"]
     return elapsed, acc, import_s
@@ -325,9 +334,15 @@ def run_ferrograd_u8(hidden, batch, opt_name, data, threads):
     return run_ferrograd(hidden, batch, opt_name, data, threads, raw=True)
 
 
+def run_ferrograd_diag(hidden, batch, opt_name, data, threads):
+    """ferrograd with fit(diagnostics=True): the diagnostics' cost."""
+    return run_ferrograd(hidden, batch, opt_name, data, threads, diagnostics=True)
+
+
 RUNNERS = {
     "ferrograd": run_ferrograd,
     "ferrograd-u8": run_ferrograd_u8,
+    "ferrograd-diag": run_ferrograd_diag,
     "jax": run_jax,
     "torch": run_torch,
     "sklearn": run_sklearn,
@@ -335,6 +350,7 @@ RUNNERS = {
 MODULES = {
     "ferrograd": "ferrograd",
     "ferrograd-u8": "ferrograd",
+    "ferrograd-diag": "ferrograd",
     "jax": "optax",
     "torch": "torch",
     "sklearn": "sklearn",

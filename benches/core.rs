@@ -13,7 +13,9 @@ use ferrograd::layers::{numel, Backward, Buffers, Forward, Layer, Layout};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
-use ferrograd::{threads, Data, EpochOptions, Features, Init, LayerSpec, Loss, Padding, Sequential, Target};
+use ferrograd::{
+    threads, Data, EpochOptions, Features, Flow, Init, LayerSpec, Loss, Padding, Sequential, Target,
+};
 use std::hint::black_box;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -316,6 +318,7 @@ fn bench_conv_algorithms(c: &mut Criterion) {
 
 fn bench_loss(c: &mut Criterion) {
     let mut g = c.benchmark_group("softmax_cross_entropy");
+    let spec = Loss::CrossEntropy.into();
     for &n in &[32usize, 256] {
         let logits = randn(n * 10, 6);
         let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
@@ -326,11 +329,12 @@ fn bench_loss(c: &mut Criterion) {
             b.iter(|| {
                 threads::install(|| {
                     loss_grad(
-                        Loss::CrossEntropy,
+                        &spec,
                         &logits,
                         n,
                         10,
                         Target::Labels(&labels),
+                        None,
                         Some(&mut grad),
                         &mut stats,
                     )
@@ -367,13 +371,43 @@ fn bench_optim(c: &mut Criterion) {
         ),
     ];
     g.throughput(Throughput::Elements(n as u64));
-    for (name, cfg) in configs {
+    for (name, cfg) in configs.clone() {
         let mut params = randn(n, 8);
         let ranges = std::iter::once(0..n).collect();
         let mut opt = Optimizer::<f32>::new(cfg, ranges).unwrap();
         g.bench_function(name, |b| {
             b.iter(|| threads::install(|| opt.step(&mut params, &grads).unwrap()).unwrap())
         });
+    }
+    g.finish();
+    // The small MLP's first weight (in cache), plain and measured (the
+    // update `fit(diagnostics=True)` runs).
+    let mut g = c.benchmark_group("optimizer_step_100k");
+    let n = 784 * 128;
+    let grads = randn(n, 7);
+    g.throughput(Throughput::Elements(n as u64));
+    for (name, cfg) in configs {
+        for measured in [false, true] {
+            let mut params = randn(n, 8);
+            #[allow(clippy::single_range_in_vec_init)] // one parameter tensor
+            let ranges = vec![0..n];
+            let mut opt = Optimizer::<f32>::new(cfg.clone(), ranges).unwrap();
+            let mut buf = Vec::new();
+            let label = format!("{name}{}", if measured { "_measured" } else { "" });
+            g.bench_function(label, |b| {
+                b.iter(|| {
+                    threads::install(|| {
+                        if measured {
+                            opt.step_part_measured(&mut params, &grads, 0..n, &mut buf).unwrap();
+                        } else {
+                            opt.step_part(&mut params, &grads, 0..n).unwrap();
+                        }
+                        opt.finish_step();
+                    })
+                    .unwrap()
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -404,12 +438,14 @@ fn bench_train(c: &mut Criterion) {
         let mut opt = Optimizer::new(cfg, ranges).unwrap();
         // Throughput in FLOPs: criterion's Gelem/s is GFLOPS; samples/s = that / flops per sample.
         g.throughput(Throughput::Elements((train_flops(&hidden) * samples) as u64));
-        let data = Data { x: Features::U8(&x), n: samples, shape: &[784], y: Target::Labels(&y) };
+        let data = Data::new(Features::U8(&x), samples, &[784], Target::Labels(&y));
         let opts = EpochOptions { check: false, ..EpochOptions::new(Loss::CrossEntropy, batch) };
         g.bench_function(name, |b| {
             b.iter(|| {
-                threads::install(|| model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(())).unwrap())
-                    .unwrap()
+                threads::install(|| {
+                    model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(Flow::Continue)).unwrap()
+                })
+                .unwrap()
             })
         });
     }

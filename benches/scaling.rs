@@ -12,7 +12,9 @@
 
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
-use ferrograd::{threads, Data, EpochOptions, Features, Init, LayerSpec, Loss, Padding, Sequential, Target};
+use ferrograd::{
+    threads, Data, EpochOptions, Features, Flow, Init, LayerSpec, Loss, Padding, Sequential, Target,
+};
 use std::time::Instant;
 
 /// The benchmark CNN (`bench_train.py`'s), after a `Rescaling(1/255)`.
@@ -121,10 +123,10 @@ fn main() {
         let mut times = Vec::new();
         for e in 0..=epochs {
             let start = Instant::now();
-            let data = Data { x: Features::U8(&x), n, shape: &shape, y: Target::Labels(&y) };
+            let data = Data::new(Features::U8(&x), n, &shape, Target::Labels(&y));
             let opts =
                 EpochOptions { epoch: e, check: e == 0, ..EpochOptions::new(Loss::CrossEntropy, batch) };
-            threads::install(|| model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(())))
+            threads::install(|| model.train_epoch(data, &mut opt, &opts, &mut |_| Ok(Flow::Continue)))
                 .expect("pool")
                 .expect("training");
             if e > 0 {
