@@ -156,27 +156,31 @@ def run_mnist(args: argparse.Namespace) -> float:
     model.summary(input_shape=x_train.shape[1:])
     print(f"threads: {fg.get_num_threads()}, train {len(x_train):,}, test {len(x_test):,}")
     opt = fg.optim.Adam(model.parameters(), lr=args.lr)
+    # Cosine decay from lr to 0 over the run, stepped once per epoch.
+    sched = fg.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     start = time.perf_counter()
-    for epoch in range(epochs):
-        # Cosine decay from lr to ~0 over the run.
-        opt.lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        hist = model.fit(
-            x_train,
-            y_train,
-            "cross_entropy",
-            opt,
-            epochs=1,
-            batch_size=batch_size,
-            validation_data=(x_test, y_test),
-            verbose=0,
-        )
-        h = {k: v[-1] for k, v in hist.history.items()}
+
+    def report(epoch: int, logs: dict[str, float]) -> None:
         print(
-            f"Epoch {epoch + 1}/{epochs} - lr {opt.lr:.2e} - loss {h['loss']:.4f} - "
-            f"accuracy {h['accuracy']:.4f} - test_loss {h['val_loss']:.4f} - "
-            f"test_accuracy {h['val_accuracy']:.4f} - {time.perf_counter() - start:.1f}s",
+            f"Epoch {epoch + 1}/{epochs} - lr {logs['learning_rate']:.2e} - "
+            f"loss {logs['loss']:.4f} - accuracy {logs['accuracy']:.4f} - "
+            f"test_loss {logs['val_loss']:.4f} - test_accuracy {logs['val_accuracy']:.4f} - "
+            f"{time.perf_counter() - start:.1f}s",
             flush=True,
         )
+
+    model.fit(
+        x_train,
+        y_train,
+        "cross_entropy",
+        opt,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_test, y_test),
+        verbose=0,
+        scheduler=sched,
+        callbacks=[fg.callbacks.LambdaCallback(on_epoch_end=report)],
+    )
     acc = model.evaluate(x_test, y_test, "cross_entropy")["accuracy"]
     elapsed = time.perf_counter() - start
     print(
