@@ -12,7 +12,8 @@ help:  ## list the targets
 $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "numpy>=1.21" "pytest>=7" "ruff>=0.5" "mypy>=1.8" "maturin>=1.5,<2"
+	$(PY) -m pip install -q "numpy>=1.21" "pytest>=7" "ruff>=0.5" "mypy>=1.8" "maturin>=1.5,<2" \
+		"matplotlib>=3.7" "scikit-learn"  # the [plot] and [sklearn] extras, so their tests run
 
 venv: $(PY)  ## create .venv with the build and test tools
 
@@ -31,8 +32,8 @@ lint: $(PY)  ## rustfmt, clippy -D warnings, rustdoc links, ruff
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc -q -p ferrograd-core --no-deps
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
 	$(PY) -m mypy python/ferrograd
 
 stubtest: build  ## check the hand-written _core.pyi against the built module
@@ -40,7 +41,7 @@ stubtest: build  ## check the hand-written _core.pyi against the built module
 
 fmt: $(PY)  ## format Rust and Python
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests benches
+	$(VENV)/bin/ruff format python tests benches examples
 
 bench:  ## criterion benches of the core (cargo bench)
 	cargo bench -p ferrograd-core

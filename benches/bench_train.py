@@ -146,14 +146,12 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics
     if threads:
         fg.set_num_threads(threads)
     xt, yt, xs, ys = data
+    extra = {"diagnostics": True} if diagnostics else {}  # builds before diagnostics lack it
     if hidden == "cnn":
         model = fg.Sequential(ferrograd_cnn(raw), seed=0)
         opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
         start = time.perf_counter()
-        model.fit(
-            xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0,
-            diagnostics=diagnostics,
-        )  # fmt: skip
+        model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0, **extra)
         elapsed = time.perf_counter() - start
         model.predict(xs[:INFER_BATCH], batch_size=INFER_BATCH)  # warm
         start = time.perf_counter()
@@ -173,10 +171,7 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics
     else:
         opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
     start = time.perf_counter()
-    model.fit(
-        xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0,
-        diagnostics=diagnostics,
-    )  # fmt: skip
+    model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0, **extra)
     elapsed = time.perf_counter() - start
     acc = model.evaluate(xs, ys, "cross_entropy")["accuracy"]
     return elapsed, acc, import_s

@@ -148,7 +148,7 @@ def test_history_panels_labels_and_lines():
     assert [a.get_xlabel() for a in axes] == ["Epoch"] * 3
     assert loss_ax.get_ylabel() == "Loss"
     assert acc_ax.get_ylabel() == "Accuracy"
-    assert lr_ax.get_ylabel() == "learning rate (log scale)"
+    assert lr_ax.get_ylabel() == "Learning rate (log scale)"
     # training, validation, best line, best ring, early-stop line
     assert len(loss_ax.get_lines()) == 5
     assert len(acc_ax.get_lines()) == 5
@@ -213,7 +213,7 @@ def test_history_best_epoch_defaults_to_lowest_val_loss_then_loss():
 def test_history_metrics_selects_panels():
     h = make_history(lr=True)
     fig = fplot.history(h, metrics=["val_accuracy", "learning_rate"])
-    assert [a.get_ylabel() for a in fig.axes] == ["Accuracy", "learning rate (log scale)"]
+    assert [a.get_ylabel() for a in fig.axes] == ["Accuracy", "Learning rate (log scale)"]
     fig = fplot.history(h, metrics="accuracy")
     assert len(fig.axes) == 1
     # a single panel carries its own legend

@@ -260,7 +260,7 @@ def _draw_panel(
 
     _epoch_axis(ax)
     if name == "learning_rate":
-        _style(ax, "Learning rate schedule", "Epoch", "learning rate (log scale)")
+        _style(ax, "Learning rate schedule", "Epoch", "Learning rate (log scale)")
         _set_log(ax, plotted)
     else:
         both = len(series) == 2
