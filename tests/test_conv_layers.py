@@ -568,7 +568,7 @@ def test_load_state_dict_missing_or_misshaped_weight_or_buffer() -> None:
         model.load_state_dict({**sd, "1.running_mean": np.zeros(3)})
     with (
         unchanged(model),
-        pytest.raises(TypeError, match=r'"1.num_batches_tracked" must hold integers'),
+        pytest.raises(ValueError, match=r'"1.num_batches_tracked" must hold integers'),
     ):
         model.load_state_dict({**sd, "1.num_batches_tracked": np.array(1.5)})
     with (

@@ -16,11 +16,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import callbacks, datasets, diagnostics, layers, losses, optim, plot
+from . import callbacks, datasets, diagnostics, layers, losses, optim, plot, serialization
 from ._core import InternalError, NonFiniteError, ShapeError, StateError
 from ._core import get_num_threads as _get_num_threads
 from ._core import set_num_threads as _set_num_threads
 from .model import History, Parameter, Sequential, clip_grad_norm_, gradcheck
+from .serialization import load, load_file, save_file
 
 try:
     __version__ = _version("ferrograd")
@@ -40,6 +41,10 @@ __all__ = [
     "callbacks",
     "diagnostics",
     "plot",
+    "serialization",
+    "load",
+    "save_file",
+    "load_file",
     "set_num_threads",
     "get_num_threads",
     "ShapeError",

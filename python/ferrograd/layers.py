@@ -40,6 +40,7 @@ __all__ = [
     "GlobalAvgPool2D",
     "BatchNorm1D",
     "BatchNorm2D",
+    "from_spec",
 ]
 
 
@@ -436,3 +437,47 @@ class BatchNorm2D(_BatchNorm):
     see :class:`BatchNorm1D`."""
 
     kind = "BatchNorm2D"
+
+
+def _layer_classes() -> dict[str, type[Layer]]:
+    """Every concrete layer class by its engine name."""
+    out: dict[str, type[Layer]] = {}
+    todo = list(Layer.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.kind:
+            out[cls.kind] = cls
+    return out
+
+
+def from_spec(spec: Any) -> Layer:
+    """The layer a spec describes: a mapping (or its JSON text) with
+    ``"type"`` (the class name) and the constructor's arguments, as
+    ``Layer._spec()`` writes it and saved models record it. An unknown type
+    or argument raises ``ValueError`` naming it; the values are checked as
+    the constructor checks them."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"a layer spec is not valid JSON: {e}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise ValueError(f'a layer spec must be an object with a "type", got {spec!r}')
+    config = dict(spec)
+    kind = config.pop("type")
+    classes = _layer_classes()
+    cls = classes.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(classes))}")
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in config if k not in params or k == "self"]
+    if unknown:
+        raise ValueError(f"{kind}: unknown argument(s) {', '.join(map(repr, unknown))}")
+    for k, v in config.items():
+        if v in ("nan", "inf", "-inf") and k != "padding" and k != "init":
+            config[k] = float(v)
+    try:
+        return cls(**config)
+    except TypeError as e:
+        raise ValueError(f"{kind}: {e}") from None

@@ -258,7 +258,8 @@ class LRScheduler:
 
         Unlike torch, this also sets the optimizer's ``lr`` (and the momentum,
         for a schedule that cycles it) back to the value the saved schedule
-        had set, since ferrograd's optimizers have no ``state_dict`` to carry it.
+        had set, so restoring the scheduler alone is enough (restoring the
+        optimizer's ``state_dict`` as well, as in torch, gives the same).
         """
         self.__dict__.update(copy.deepcopy(state_dict))
         self._restore_optimizer()

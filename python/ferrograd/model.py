@@ -4,6 +4,7 @@ arguments, converts data and reports progress."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from . import _core, losses
+from . import _core, losses, serialization
 from . import optim as _optim
 from ._data import as_features, as_target
 from ._progress import EpochProgress
@@ -190,8 +191,9 @@ class Sequential:
         self.epochs_trained = 0
         #: Set to ``True`` (by a callback) to end ``fit`` after the current epoch.
         self.stop_training = False
-        #: The optimizer and :class:`History` of the latest ``fit``.
+        #: The optimizer, scheduler and :class:`History` of the latest ``fit``.
         self.optimizer: _optim.Optimizer | None = None
+        self.scheduler: Any = None
         self.history: History | None = None
 
     # ------------------------------------------------------------ mode
@@ -271,12 +273,67 @@ class Sequential:
                 )
             if kinds.get(name) == "count":
                 if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-                    raise TypeError(f'state_dict entry "{name}" must hold integers (a count)')
+                    raise ValueError(f'state_dict entry "{name}" must hold integers (a count)')
                 dtype: np.dtype[Any] = np.dtype(np.int64)
             else:
                 dtype = self.dtype
             items.append((name, np.require(arr, dtype=dtype, requirements=["C", "A"])))
         self._core.load_state(items)
+
+    # ------------------------------------------------------------ files
+
+    def save_weights(self, path: str | os.PathLike[str]) -> None:
+        """Writes the :meth:`state_dict` (weights and buffers, torch's names
+        and layouts) as a safetensors file, atomically. torch reads it with
+        ``model.load_state_dict(safetensors.torch.load_file(path))``."""
+        serialization.save_file(self.state_dict(), path, {"format": "pt"})
+
+    def load_weights(self, path: str | os.PathLike[str]) -> None:
+        """Loads a safetensors file of weights: one :meth:`save_weights`
+        wrote, one ``safetensors.torch.save_file(torch_model.state_dict(),
+        path)`` wrote (float16 and bfloat16 are converted), or a file of
+        :meth:`save` (its optimizer state is ignored). All or nothing, as
+        :meth:`load_state_dict`: a bad file or a mismatch raises
+        ``ValueError`` naming the keys, and the model is unchanged."""
+        where = serialization._path(path)
+        tensors, meta = _core.read_safetensors(where)
+        weights = {
+            k: v for k, v in tensors if not k.startswith(serialization._OPT_PREFIX)
+        } if "ferrograd" in meta else dict(tensors)  # fmt: skip
+        try:
+            self.load_state_dict(weights)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{where}: {e}") from None
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        optimizer: _optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> None:
+        """Writes everything needed to rebuild and resume the model into one
+        safetensors file, atomically: the architecture (layer specs as JSON
+        in the metadata), dtype, seed, epochs trained, weights and buffers,
+        and, when given, the optimizer's state and hyper-parameters and a
+        scheduler's state. Load it with :func:`ferrograd.load`; training
+        resumed from it gives the weights of an uninterrupted run, bit for
+        bit."""
+        tensors, meta = serialization.model_contents(self, optimizer, scheduler)
+        _core.write_safetensors(serialization._path(path), tensors, meta)
+
+    # Pickle and copy.deepcopy go through the bytes of `save`, plus the
+    # Python attributes (history, the latest optimizer, ...).
+    _REBUILT = frozenset(
+        {"_core", "_params", "_state", "layers", "seed", "dtype", "epochs_trained", "training"}
+    )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        blob = serialization.dumps(self)
+        extra = {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
+        return (_unpickle_model, (blob,), extra)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def zero_grad(self) -> None:
         """Sets all gradients to zero (gradients accumulate across backward calls)."""
@@ -532,6 +589,7 @@ class Sequential:
         history = History()
         history.params = {"epochs": epochs, "steps": steps, "verbose": verbose}
         self.history, self.optimizer, self.stop_training = history, opt, False
+        self.scheduler = scheduler
         for cb in cbs:
             cb.set_model(self)
             cb.set_params(dict(history.params))
@@ -764,6 +822,11 @@ class Sequential:
             n = layer.num_params()
             lines.append(f"  ({i}) {layer!r}{shp}" + (f"  [{n:,} params]" if n else ""))
         return "\n".join(lines)
+
+
+def _unpickle_model(blob: bytes) -> Sequential:
+    model: Sequential = serialization.loads(blob)
+    return model
 
 
 def gradcheck(

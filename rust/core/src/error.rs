@@ -16,6 +16,10 @@ pub enum ErrorKind {
     State,
     /// Training was stopped by the caller (for example Ctrl-C).
     Interrupted,
+    /// A file or folder does not exist.
+    NotFound,
+    /// Reading or writing a file failed.
+    Io,
 }
 
 /// An error raised by the core engine.
@@ -40,6 +44,12 @@ impl Error {
     }
     pub fn interrupted(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::Interrupted, message: message.into() }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::NotFound, message: message.into() }
+    }
+    pub fn io(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Io, message: message.into() }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
 //! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
 //! - [`clip`]: gradient clipping by the total norm, as torch's `clip_grad_norm_`.
+//! - [`persist`]: safetensors files (checked as untrusted input) and atomic writes.
 //! - [`model`]: [`Sequential`], which owns the parameters, the layers'
 //!   buffers and the workspace, and runs the fused training step.
 //!
@@ -41,6 +42,7 @@ pub mod layers;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod persist;
 pub mod rng;
 pub mod threads;
 

@@ -114,8 +114,9 @@ impl OptimConfig {
 
     /// Per-element state slots (always allocated together; a slot a
     /// configuration does not use is never touched, so its zeroed pages cost
-    /// no memory).
-    fn slots(&self) -> usize {
+    /// no memory): SGD `[momentum_buffer]`, Adam and AdamW `[exp_avg,
+    /// exp_avg_sq]`, RMSprop `[square_avg, momentum_buffer, grad_avg]`.
+    pub fn slots(&self) -> usize {
         match *self {
             OptimConfig::Sgd { .. } => 1,
             OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => 2,
@@ -170,6 +171,59 @@ impl<T: Float> Optimizer<T> {
     /// The parameter ranges this optimizer updates.
     pub fn ranges(&self) -> &[Range<usize>] {
         &self.ranges
+    }
+
+    /// Number of elements updated (the ranges' total length).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no element is updated (never true for a built optimizer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The per-element state: [`OptimConfig::slots`] slots one after the
+    /// other, each [`Optimizer::len`] long, holding the ranges in the order
+    /// of [`Optimizer::ranges`]. Empty before the first step.
+    pub fn state(&self) -> &[T] {
+        &self.state
+    }
+
+    /// Where `range` (one of [`Optimizer::ranges`]) starts within each slot.
+    pub fn offset_of(&self, range: &Range<usize>) -> Option<usize> {
+        let mut off = 0;
+        for r in &self.ranges {
+            if r == range {
+                return Some(off);
+            }
+            off += r.len();
+        }
+        None
+    }
+
+    /// Replaces the step count and the state (laid out as
+    /// [`Optimizer::state`]; empty for none, then `steps` must be 0). Checked
+    /// before anything changes: the length, and every value finite.
+    pub fn set_state(&mut self, steps: u64, state: Vec<T>) -> Result<()> {
+        let want = self.len * self.config.slots();
+        if !state.is_empty() && state.len() != want {
+            return Err(Error::shape(format!(
+                "optimizer state has {} values, expected {want} ({} slots of {})",
+                state.len(),
+                self.config.slots(),
+                self.len
+            )));
+        }
+        if state.is_empty() && steps != 0 {
+            return Err(Error::state(format!("optimizer state is missing for step {steps}")));
+        }
+        if state.iter().any(|v| !v.is_finite()) {
+            return Err(Error::non_finite("optimizer state holds NaN or infinity"));
+        }
+        self.steps = steps;
+        self.state = state;
+        Ok(())
     }
 
     /// Forgets the step count and all state (momentum, moments).
@@ -853,6 +907,35 @@ mod tests {
             // Parameters outside the ranges are never touched.
             assert_eq!(p2[30_150], (30_150 % 97) as f32 / 97.0 - 0.5);
         }
+    }
+
+    /// A state copied with `state`/`set_state` continues bit for bit; bad
+    /// states are refused and leave the optimizer as it was.
+    #[test]
+    fn state_round_trip() {
+        let cfg = OptimConfig::Adam { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let ranges = vec![10..20, 0..5];
+        let mut a = Optimizer::<f64>::new(cfg.clone(), ranges.clone()).expect("optimizer");
+        let mut pa: Vec<f64> = (0..20).map(|i| i as f64 / 7.0).collect();
+        let g: Vec<f64> = (0..20).map(|i| (i as f64 - 9.5) / 3.0).collect();
+        for _ in 0..3 {
+            a.step(&mut pa, &g).expect("step");
+        }
+        assert_eq!(a.state().len(), 2 * 15);
+        assert_eq!(a.offset_of(&(0..5)), Some(0));
+        assert_eq!(a.offset_of(&(10..20)), Some(5));
+        assert_eq!(a.offset_of(&(5..10)), None);
+        let mut b = Optimizer::<f64>::new(cfg, ranges).expect("optimizer");
+        assert!(b.set_state(3, vec![0.0; 7]).is_err());
+        assert!(b.set_state(3, vec![]).is_err());
+        assert!(b.set_state(3, vec![f64::NAN; 30]).is_err());
+        assert_eq!((b.steps(), b.state().len()), (0, 0));
+        b.set_state(a.steps(), a.state().to_vec()).expect("set");
+        let mut pb = pa.clone();
+        a.step(&mut pa, &g).expect("step");
+        b.step(&mut pb, &g).expect("step");
+        assert_eq!(pa, pb);
+        assert_eq!(a.state(), b.state());
     }
 
     /// A measured update gives the bits of a plain one, for every optimizer

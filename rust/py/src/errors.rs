@@ -2,7 +2,7 @@
 //! call goes through.
 
 use ferrograd::{threads, Error, ErrorKind};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -39,6 +39,8 @@ pub fn to_py(e: Error) -> PyErr {
         ErrorKind::NonFinite => NonFiniteError::new_err(e.message),
         ErrorKind::State => StateError::new_err(e.message),
         ErrorKind::Interrupted => PyKeyboardInterrupt::new_err(e.message),
+        ErrorKind::NotFound => PyFileNotFoundError::new_err(e.message),
+        ErrorKind::Io => PyOSError::new_err(e.message),
     }
 }
 

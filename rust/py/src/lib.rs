@@ -10,6 +10,7 @@ mod layers;
 mod loss;
 mod model;
 mod optim;
+mod persist;
 mod threads;
 
 use pyo3::prelude::*;
@@ -24,6 +25,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loss::loss_value, m)?)?;
     m.add_function(wrap_pyfunction!(loss::check_loss, m)?)?;
     m.add_function(wrap_pyfunction!(loss::class_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(persist::read_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(persist::loads_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(persist::write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(persist::dumps_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(threads::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads::get_num_threads, m)?)?;
     errors::register(m)

@@ -518,9 +518,14 @@ impl PyModel {
         with_net!(&self.net, m, _T, m.rng_state())
     }
 
-    /// Restores a state from `get_rng_state`.
-    fn set_rng_state(&mut self, s: [u64; 4]) {
-        with_net!(&mut self.net, m, _T, m.set_rng_state(s))
+    /// Restores a state from `get_rng_state` (all zeros is no state of
+    /// the generator and is refused).
+    fn set_rng_state(&mut self, s: [u64; 4]) -> PyResult<()> {
+        if s == [0; 4] {
+            return Err(PyValueError::new_err("a random generator state cannot be all zeros"));
+        }
+        with_net!(&mut self.net, m, _T, m.set_rng_state(s));
+        Ok(())
     }
 }
 

@@ -1,12 +1,16 @@
 //! `ferrograd._core.Optimizer`: an optimizer bound to some parameters of
 //! one model.
 
-use crate::errors::{compute, to_py};
+use crate::arrays::new_array;
+use crate::errors::{compute, guarded, to_py, ShapeError};
 use crate::model::{with_net, Net, PyModel};
 use ferrograd::optim::{OptimConfig, Optimizer};
+use ferrograd::Float;
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use std::ops::Range;
 
 pub enum Opt {
     F32(Optimizer<f32>),
@@ -18,6 +22,8 @@ pub enum Opt {
 pub struct PyOptimizer {
     pub opt: Opt,
     pub model: Py<PyModel>,
+    /// The parameter ranges in the order the parameters were given.
+    ranges: Vec<Range<usize>>,
 }
 
 fn get<'py, V: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str, owner: &str) -> PyResult<V> {
@@ -74,16 +80,36 @@ impl PyOptimizer {
     ) -> PyResult<Self> {
         let cfg = parse_optim(kind, config)?;
         let m = model.try_borrow()?;
-        let opt = with_net!(&m.net, net, T, {
+        let (opt, ranges) = with_net!(&m.net, net, T, {
             let entries = net.entries();
             let mut ranges = Vec::with_capacity(params.len());
             for &i in &params {
                 let e = entries.get(i).ok_or_else(|| PyValueError::new_err(format!("no parameter {i}")))?;
                 ranges.push(e.range.clone());
             }
-            Optimizer::<T>::new(cfg, ranges).map_err(to_py)?.wrap()
+            (Optimizer::<T>::new(cfg, ranges.clone()).map_err(to_py)?.wrap(), ranges)
         });
-        Ok(PyOptimizer { opt, model: model.clone().unbind() })
+        Ok(PyOptimizer { opt, model: model.clone().unbind(), ranges })
+    }
+
+    /// `(steps, state)`: per parameter (in the order given), one flat array
+    /// per state slot (SGD: momentum buffer; Adam/AdamW: exp_avg,
+    /// exp_avg_sq; RMSprop: square_avg, momentum_buffer, grad_avg); empty
+    /// lists before the first step.
+    fn get_state<'py>(&self, py: Python<'py>) -> PyResult<(u64, Vec<Vec<Bound<'py, PyAny>>>)> {
+        match &self.opt {
+            Opt::F32(o) => export(py, o, &self.ranges),
+            Opt::F64(o) => export(py, o, &self.ranges),
+        }
+    }
+
+    /// Replaces the step count and state (laid out as `get_state` returns
+    /// it; arrays of the optimizer's dtype), all or nothing.
+    fn set_state(&mut self, steps: u64, state: Vec<Vec<Bound<'_, PyAny>>>) -> PyResult<()> {
+        match &mut self.opt {
+            Opt::F32(o) => import(o, &self.ranges, steps, &state),
+            Opt::F64(o) => import(o, &self.ranges, steps, &state),
+        }
     }
 
     /// One update of the model's parameters from their gradients.
@@ -150,6 +176,75 @@ impl PyOptimizer {
             Opt::F64(o) => o.reset(),
         }
     }
+}
+
+fn export<'py, T: Float + Element>(
+    py: Python<'py>,
+    o: &Optimizer<T>,
+    ranges: &[Range<usize>],
+) -> PyResult<(u64, Vec<Vec<Bound<'py, PyAny>>>)> {
+    let state = o.state();
+    let (len, slots) = (o.len(), o.config.slots());
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let mut per = Vec::new();
+        if !state.is_empty() {
+            let off = o.offset_of(r).ok_or_else(|| PyValueError::new_err("unknown parameter range"))?;
+            for k in 0..slots {
+                let at = k * len + off;
+                per.push(new_array(py, &state[at..at + r.len()], &[r.len()])?);
+            }
+        }
+        out.push(per);
+    }
+    Ok((o.steps(), out))
+}
+
+fn import<T: Float + Element>(
+    o: &mut Optimizer<T>,
+    ranges: &[Range<usize>],
+    steps: u64,
+    state: &[Vec<Bound<'_, PyAny>>],
+) -> PyResult<()> {
+    if state.len() != ranges.len() {
+        return Err(ShapeError::new_err(format!(
+            "optimizer state covers {} parameters, the optimizer has {}",
+            state.len(),
+            ranges.len()
+        )));
+    }
+    let (len, slots) = (o.len(), o.config.slots());
+    let empty = state.iter().all(|s| s.is_empty());
+    let mut flat = if empty { Vec::new() } else { vec![T::ZERO; len * slots] };
+    if !empty {
+        for (i, (r, per)) in ranges.iter().zip(state).enumerate() {
+            if per.len() != slots {
+                return Err(ShapeError::new_err(format!(
+                    "optimizer state of parameter {i} has {} slots, expected {slots}",
+                    per.len()
+                )));
+            }
+            let off = o.offset_of(r).ok_or_else(|| PyValueError::new_err("unknown parameter range"))?;
+            for (k, a) in per.iter().enumerate() {
+                let a = a.cast::<PyArrayDyn<T>>().map_err(|_| {
+                    PyTypeError::new_err(format!("optimizer state must be {} arrays", T::NAME))
+                })?;
+                let a = a.readonly();
+                if a.len() != r.len() {
+                    return Err(ShapeError::new_err(format!(
+                        "optimizer state of parameter {i} has {} values, expected {}",
+                        a.len(),
+                        r.len()
+                    )));
+                }
+                let at = k * len + off;
+                for (d, s) in flat[at..at + r.len()].iter_mut().zip(a.as_array().iter()) {
+                    *d = *s;
+                }
+            }
+        }
+    }
+    guarded(|| o.set_state(steps, flat))
 }
 
 trait WrapOpt {
