@@ -43,6 +43,7 @@ __all__ = [
     "LearningRateScheduler",
     "CSVLogger",
     "LambdaCallback",
+    "ModelCheckpoint",
 ]
 
 
@@ -654,3 +655,129 @@ class LambdaCallback(Callback):
 
     def _wants_batches(self) -> bool:
         return self._on_train_batch_end is not None
+
+
+# ------------------------------------------------------------------ ModelCheckpoint
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model after epochs (Keras's ``ModelCheckpoint``).
+
+    Parameters
+    ----------
+    filepath:
+        Where to save; may hold Keras-style fields filled from the epoch
+        (1-based, as Keras names files) and the epoch logs, e.g.
+        ``"ckpt-{epoch:02d}-{val_loss:.4f}.safetensors"``. A field that is
+        not ``epoch`` or one of the epoch logs makes ``fit`` raise
+        ``ValueError`` before training.
+    monitor:
+        The epoch log that decides what is best (with ``save_best_only``).
+    verbose:
+        0 silent; 1 prints a line per save.
+    save_best_only:
+        Save only when ``monitor`` improved on the best value so far (the
+        first epoch always saves).
+    mode:
+        ``"min"``, ``"max"`` or ``"auto"`` (as :class:`EarlyStopping`).
+    save_weights_only:
+        ``True``: :meth:`~ferrograd.Sequential.save_weights` (the
+        ``state_dict``, which torch reads); ``False`` (default):
+        :meth:`~ferrograd.Sequential.save` with the optimizer and the
+        scheduler of the ``fit`` call, so :func:`ferrograd.load` resumes
+        training exactly.
+
+    Files are written atomically: a crash while saving leaves the previous
+    checkpoint intact. :attr:`best` is the best monitored value so far and
+    :attr:`last_path` the latest file written.
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        mode: str = "auto",
+        save_weights_only: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(filepath, (str, os.PathLike)):
+            raise TypeError(f"{name}: filepath must be a str or os.PathLike")
+        self.filepath = os.fspath(filepath)
+        self.monitor = _str_arg(name, "monitor", monitor)
+        self.verbose = _int_arg(name, "verbose", verbose, 0)
+        self.save_best_only = _bool_arg(name, "save_best_only", save_best_only)
+        self.mode = _mode_arg(name, mode)
+        self.save_weights_only = _bool_arg(name, "save_weights_only", save_weights_only)
+        self._maximize = _maximize(self.monitor, self.mode)
+        self.best = -math.inf if self._maximize else math.inf
+        self.last_path: str | None = None
+        self._fields = self._parse_fields(self.filepath)
+
+    @staticmethod
+    def _parse_fields(path: str) -> list[str]:
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(path) if f is not None]
+        except ValueError as e:
+            raise ValueError(
+                f"ModelCheckpoint: filepath {path!r} is not a valid format: {e}"
+            ) from None
+        out = []
+        for f in fields:
+            if not f or not f.isidentifier():
+                raise ValueError(
+                    f"ModelCheckpoint: filepath fields must be names like {{epoch}}, got {{{f}}}"
+                )
+            out.append(f)
+        return out
+
+    def _check_keys(self, keys: Sequence[str]) -> None:
+        name = type(self).__name__
+        if self.save_best_only:
+            _check_monitor(name, self.monitor, keys)
+        for f in self._fields:
+            if f != "epoch" and f not in keys:
+                raise ValueError(
+                    f"{name}: filepath field {{{f}}} is not in the epoch logs; available: "
+                    f"epoch, {', '.join(keys)}"
+                )
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.best = -math.inf if self._maximize else math.inf
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        model = _model_of(self)
+        logs = logs or {}
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                return
+            current = float(value)
+            better = current > self.best if self._maximize else current < self.best
+            if not better:
+                if self.verbose > 0:
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            previous, self.best = self.best, current
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        if self.save_weights_only:
+            model.save_weights(path)
+        else:
+            opt = model.optimizer
+            sched = model.scheduler
+            if sched is not None and getattr(sched, "optimizer", None) is not opt:
+                sched = None
+            model.save(path, optimizer=opt, scheduler=sched)
+        self.last_path = path
+        if self.verbose > 0:
+            if self.save_best_only:
+                print(
+                    f"Epoch {epoch + 1}: {self.monitor} improved from {previous:.5f} to "
+                    f"{self.best:.5f}, saving model to {path}"
+                )
+            else:
+                print(f"Epoch {epoch + 1}: saving model to {path}")
