@@ -59,6 +59,8 @@ def _number(name: str, value: Any, owner: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}") from None
+    except OverflowError:
+        raise ValueError(f"{owner}: {name} is too large for a float") from None
 
 
 def _pair(name: str, value: Any, owner: str) -> tuple[int, int]:
@@ -460,7 +462,7 @@ def from_spec(spec: Any) -> Layer:
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"a layer spec is not valid JSON: {e}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise ValueError(f'a layer spec must be an object with a "type", got {spec!r}')

@@ -160,6 +160,24 @@ class Sequential:
         seed: int | None = None,
         dtype: Any = "float32",
     ) -> None:
+        self._setup(layers, more, seed, dtype, init=True)
+
+    @classmethod
+    def _uninitialised(cls, layers: Sequence[Layer], seed: int, dtype: Any) -> Sequential:
+        """A model whose parameters are zero, for loading weights into (the
+        weight initialisation of a large model costs more than its load)."""
+        model = cls.__new__(cls)
+        model._setup(layers, (), seed, dtype, init=False)
+        return model
+
+    def _setup(
+        self,
+        layers: Sequence[Layer] | Layer,
+        more: Sequence[Layer],
+        seed: Any,
+        dtype: Any,
+        init: bool,
+    ) -> None:
         layer_list = [layers, *more] if isinstance(layers, Layer) else list(layers) + list(more)
         for i, layer in enumerate(layer_list):
             if not isinstance(layer, Layer):
@@ -176,7 +194,7 @@ class Sequential:
         self.layers: list[Layer] = layer_list
         self.seed = seed
         self.dtype: np.dtype[Any] = _DTYPES[_dtype_name(dtype)]
-        self._core = _core.Model([ly._spec() for ly in layer_list], self.dtype.name, seed)
+        self._core = _core.Model([ly._spec() for ly in layer_list], self.dtype.name, seed, init)
         self._params = [
             Parameter(self, i, name, tuple(shape))
             for i, (name, shape) in enumerate(self._core.param_info())

@@ -18,6 +18,7 @@ controls; a bad file raises ``ValueError`` and changes nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -126,24 +127,38 @@ def _scheduler_json(s: LRScheduler) -> dict[str, Any]:
     return out
 
 
-def _scheduler_from_json(data: Any, optimizer: Optimizer) -> LRScheduler:
+def _scheduler_from_json(data: Any, optimizer: Optimizer, depth: int = 0) -> LRScheduler:
     from . import lr_scheduler
 
-    if not isinstance(data, dict) or not isinstance(data.get("class"), str):
+    if not isinstance(data, dict) or not isinstance(data.get("class"), str) or depth > 8:
         raise ValueError("the file's scheduler entry is malformed")
     cls = getattr(lr_scheduler, data["class"], None)
     if not (isinstance(cls, type) and issubclass(cls, lr_scheduler.LRScheduler)):
         raise ValueError(f"the file names an unknown scheduler {data['class']!r}")
+    state = data.get("state")
+    if not isinstance(state, dict):
+        raise ValueError(f"the file's {data['class']} state is malformed")
+    state = {k: v for k, v in state.items() if k != "optimizer" and not k.startswith("__")}
     sched = cls.__new__(cls)
     sched.optimizer = optimizer
-    state = dict(data.get("state") or {})
     if isinstance(sched, lr_scheduler.SequentialLR):
-        children = [_scheduler_from_json(c, optimizer) for c in data.get("children", [])]
+        kids = data.get("children")
+        milestones = state.get("_milestones")
+        if (
+            not isinstance(kids, list)
+            or not isinstance(milestones, list)
+            or len(kids) != len(milestones) + 1
+        ):
+            raise ValueError("the file's SequentialLR needs one more child than milestones")
+        children = [_scheduler_from_json(c, optimizer, depth + 1) for c in kids]
         sched._schedulers = children
         state["_schedulers"] = [c.state_dict() for c in children]
     try:
         sched.load_state_dict(state)
-    except (KeyError, TypeError, AttributeError) as e:
+        last = sched.get_last_lr()
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in last):
+            raise ValueError(f"learning rates {last!r}")
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
         raise ValueError(f"the file's {data['class']} state is malformed: {e}") from None
     return sched
 
@@ -216,7 +231,7 @@ def _model_info(meta: Mapping[str, str], where: str) -> dict[str, Any]:
         )
     try:
         info = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{where}: the ferrograd metadata is not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise ValueError(f"{where}: the ferrograd metadata must be a JSON object")
@@ -250,7 +265,10 @@ def model_from_contents(
             f"the file holds {held:,} values"
         )
     try:
-        model = Sequential(layer_list, seed=info.get("seed"), dtype=info.get("dtype", "float32"))
+        seed = info.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"the seed must be an int, got {seed!r}")
+        model = Sequential._uninitialised(layer_list, seed, info.get("dtype", "float32"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
     weights = {k: v for k, v in tensors.items() if not k.startswith(_OPT_PREFIX)}

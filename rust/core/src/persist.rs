@@ -104,6 +104,14 @@ impl View for TensorRef<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            // The file's byte order is the machine's: the values as they lie.
+            return Cow::Borrowed(match self.values {
+                ValuesRef::F32(v) => bytemuck::cast_slice(v),
+                ValuesRef::F64(v) => bytemuck::cast_slice(v),
+                ValuesRef::I64(v) => bytemuck::cast_slice(v),
+            });
+        }
         let bytes = match self.values {
             ValuesRef::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ValuesRef::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -144,14 +152,24 @@ fn widen<const N: usize, T>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
     chunks.iter().map(|c| f(*c)).collect()
 }
 
+/// Little-endian values of the machine's own type: a copy (aligned) on
+/// little-endian machines, a conversion elsewhere.
+fn native<const N: usize, T: bytemuck::Pod>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    if cfg!(target_endian = "little") {
+        bytemuck::pod_collect_to_vec(data)
+    } else {
+        widen(data, f)
+    }
+}
+
 fn values_of(view: &TensorView<'_>, name: &str) -> Result<Values> {
     let d = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => Values::F32(widen(d, f32::from_le_bytes)),
-        Dtype::F64 => Values::F64(widen(d, f64::from_le_bytes)),
+        Dtype::F32 => Values::F32(native(d, f32::from_le_bytes)),
+        Dtype::F64 => Values::F64(native(d, f64::from_le_bytes)),
         Dtype::F16 => Values::F32(widen(d, |b| f16::from_le_bytes(b).to_f32())),
         Dtype::BF16 => Values::F32(widen(d, |b| bf16::from_le_bytes(b).to_f32())),
-        Dtype::I64 => Values::I64(widen(d, i64::from_le_bytes)),
+        Dtype::I64 => Values::I64(native(d, i64::from_le_bytes)),
         Dtype::I32 => Values::I64(widen(d, |b| i32::from_le_bytes(b) as i64)),
         Dtype::I16 => Values::I64(widen(d, |b| i16::from_le_bytes(b) as i64)),
         Dtype::I8 => Values::I64(widen(d, |b: [u8; 1]| b[0] as i8 as i64)),

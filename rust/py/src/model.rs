@@ -211,13 +211,28 @@ impl PyModel {
     /// Builds a model from layer specs, each a JSON object string
     /// (`{"type": "Dense", "in_features": 784, ...}`).
     #[new]
-    #[pyo3(signature = (specs, dtype="float32", seed=0))]
-    fn new(specs: Vec<String>, dtype: &str, seed: u64) -> PyResult<Self> {
+    /// `init=False` leaves the parameters zero (for loading weights).
+    #[pyo3(signature = (specs, dtype="float32", seed=0, init=true))]
+    fn new(specs: Vec<String>, dtype: &str, seed: u64, init: bool) -> PyResult<Self> {
         let net = guarded(|| {
             let specs = parse_specs(&specs)?;
+            let build = |specs, seed| {
+                if init {
+                    Sequential::new(specs, seed)
+                } else {
+                    Sequential::new_uninit(specs, seed)
+                }
+            };
+            let build64 = |specs, seed| {
+                if init {
+                    Sequential::new(specs, seed)
+                } else {
+                    Sequential::new_uninit(specs, seed)
+                }
+            };
             Ok(match dtype {
-                "float32" => Net::F32(Sequential::new(specs, seed)?),
-                "float64" => Net::F64(Sequential::new(specs, seed)?),
+                "float32" => Net::F32(build(specs, seed)?),
+                "float64" => Net::F64(build64(specs, seed)?),
                 other => {
                     return Err(Error::value(format!(
                         "unknown dtype {other:?}; expected \"float32\" or \"float64\""
@@ -294,18 +309,18 @@ impl PyModel {
             for (name, a) in items {
                 if let Ok(a) = a.cast::<PyArrayDyn<T>>() {
                     let r = a.readonly();
-                    vals.push((
-                        name,
-                        r.shape().to_vec(),
-                        StateValues::Float(r.as_array().iter().copied().collect()),
-                    ));
+                    let v = r
+                        .as_slice()
+                        .map(|s| s.to_vec())
+                        .unwrap_or_else(|_| r.as_array().iter().copied().collect());
+                    vals.push((name, r.shape().to_vec(), StateValues::Float(v)));
                 } else if let Ok(a) = a.cast::<PyArrayDyn<i64>>() {
                     let r = a.readonly();
-                    vals.push((
-                        name,
-                        r.shape().to_vec(),
-                        StateValues::Count(r.as_array().iter().copied().collect()),
-                    ));
+                    let v = r
+                        .as_slice()
+                        .map(|s| s.to_vec())
+                        .unwrap_or_else(|_| r.as_array().iter().copied().collect());
+                    vals.push((name, r.shape().to_vec(), StateValues::Count(v)));
                 } else {
                     return Err(PyTypeError::new_err(format!(
                         "state_dict entry {name:?} must be a {} or int64 array",

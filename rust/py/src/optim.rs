@@ -238,8 +238,10 @@ fn import<T: Float + Element>(
                     )));
                 }
                 let at = k * len + off;
-                for (d, s) in flat[at..at + r.len()].iter_mut().zip(a.as_array().iter()) {
-                    *d = *s;
+                let dst = &mut flat[at..at + r.len()];
+                match a.as_slice() {
+                    Ok(src) => dst.copy_from_slice(src),
+                    Err(_) => dst.iter_mut().zip(a.as_array().iter()).for_each(|(d, s)| *d = *s),
                 }
             }
         }

@@ -162,6 +162,17 @@ fn count(shape: &[usize]) -> Result<usize> {
 impl<T: Float> Sequential<T> {
     /// Builds and initialises the model; `seed` fixes weights, shuffling and dropout.
     pub fn new(specs: Vec<LayerSpec>, seed: u64) -> Result<Self> {
+        Self::build(specs, seed, true)
+    }
+
+    /// Builds the model with zero parameters and fresh buffers, skipping the
+    /// weight initialisation (and its draws from the generator): for loading
+    /// weights that replace them all.
+    pub fn new_uninit(specs: Vec<LayerSpec>, seed: u64) -> Result<Self> {
+        Self::build(specs, seed, false)
+    }
+
+    fn build(specs: Vec<LayerSpec>, seed: u64, init: bool) -> Result<Self> {
         if specs.is_empty() {
             return Err(Error::value("Sequential needs at least one layer"));
         }
@@ -214,7 +225,9 @@ impl<T: Float> Sequential<T> {
         let mut buffers = workspace::zeros::<T>(nb)?;
         let mut counts = vec![0i64; nc];
         for op in &ops {
-            op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
+            if init {
+                op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
+            }
             op.layer.init_buffers(&mut buffers[op.brange.clone()], &mut counts[op.crange.clone()]);
         }
         let (prefix, affine) = input_prefix(&specs, &ops);
