@@ -23,7 +23,6 @@ written atomically, so an interrupted download never leaves a partial file.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import struct
@@ -137,12 +136,69 @@ def read_idx(path: PathLike) -> np.ndarray:
     return _parse_idx(raw, str(path))
 
 
+# DEFLATE expands at most about 1032:1; anything claiming more is a bomb.
+_GZIP_MAX_RATIO = 1100
+
+
 def _gunzip(data: bytes, name: str) -> bytes:
-    """Decompress a gzip stream, turning every failure into a ValueError."""
+    """Decompress a gzip stream (members one after another), turning every
+    failure into a ValueError. The output is capped before it is produced:
+    by what the IDX header inside announces (plus one byte, so that extra
+    bytes are still reported), and by what a stream of this size can expand
+    to, so a gzip bomb fails fast instead of filling memory."""
+    limit = len(data) * _GZIP_MAX_RATIO + 4096
+    out = bytearray()
+    rest = data
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
+        while True:
+            d = zlib.decompressobj(wbits=31)
+            while not d.eof:
+                cap = limit
+                if len(out) >= 4 and not _idx_prefix(out):
+                    return bytes(out)  # not IDX: _parse_idx says why
+                announced = _idx_size(bytes(out[:1024])) if len(out) >= 4 else None
+                if announced is not None:
+                    if announced > limit:
+                        raise ValueError(
+                            f"{name}: the IDX header announces {announced:,} bytes, more "
+                            f"than a {len(data):,}-byte gzip stream can hold"
+                        )
+                    cap = announced + 1
+                if len(out) >= cap:
+                    if announced is None:
+                        raise ValueError(f"{name}: gzip stream expands past {limit:,} bytes")
+                    return bytes(out)  # one byte too many: _parse_idx reports it
+                chunk = d.decompress(rest, min(cap - len(out), 1 << 24))
+                rest = d.unconsumed_tail
+                out += chunk
+                if not chunk and not rest and not d.eof:
+                    raise ValueError(f"{name}: corrupt gzip stream (truncated)")
+            rest = d.unused_data
+            if not rest:
+                return bytes(out)
+            if rest[:2] != _GZIP_MAGIC:
+                raise ValueError(f"{name}: {len(rest)} bytes after the gzip stream")
+    except zlib.error as exc:
         raise ValueError(f"{name}: corrupt gzip stream ({exc})") from exc
+
+
+def _idx_prefix(data: bytes | bytearray) -> bool:
+    """Whether the first four bytes are an IDX magic number."""
+    return data[0] == 0 and data[1] == 0 and data[2] in _IDX_DTYPES
+
+
+def _idx_size(header: bytes) -> int | None:
+    """Total bytes an IDX file with this header has, or None when the header
+    is not complete (or not IDX: _parse_idx reports that)."""
+    if len(header) < 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_DTYPES:
+        return None
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return None
+    count = 1
+    for dim in struct.unpack(f">{ndim}I", header[4 : 4 + 4 * ndim]):
+        count *= dim
+    return 4 + 4 * ndim + count * _IDX_DTYPES[header[2]].itemsize
 
 
 def _parse_idx(data: bytes, name: str) -> np.ndarray:
