@@ -695,3 +695,25 @@ def test_public_api():
         assert doc and "Parameters" in doc and "Returns" in doc and "Raises" in doc
     assert issubclass(DatasetNotFoundError, FileNotFoundError)
     assert datasets.__doc__
+
+
+def test_gzip_bomb_is_refused_before_it_expands(tmp_path):
+    """A small gzip stream whose IDX header announces gigabytes fails at the
+    header, without decompressing; one that is not IDX stops at 4 bytes."""
+    import tracemalloc
+
+    header = struct.pack(">BBBBI", 0, 0, 8, 1, 2**31)
+    bomb = tmp_path / "bomb-idx1-ubyte.gz"
+    bomb.write_bytes(gzip.compress(header + bytes(64 << 20)))
+    zeros = tmp_path / "zeros.gz"
+    zeros.write_bytes(gzip.compress(bytes(64 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="announces 2,147,483,656 bytes"):
+            read_idx(bomb)
+        with pytest.raises(ValueError, match="unknown IDX data type code 0x00"):
+            read_idx(zeros)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # neither stream was expanded
