@@ -168,7 +168,9 @@ def _gunzip(data: bytes, name: str) -> bytes:
                     if announced is None:
                         raise ValueError(f"{name}: gzip stream expands past {limit:,} bytes")
                     return bytes(out)  # one byte too many: _parse_idx reports it
-                chunk = d.decompress(rest, min(cap - len(out), 1 << 24))
+                # Small steps until the header is known, then large ones.
+                step = 1 << 24 if announced is not None else 1024
+                chunk = d.decompress(rest, min(cap - len(out), step))
                 rest = d.unconsumed_tail
                 out += chunk
                 if not chunk and not rest and not d.eof:
