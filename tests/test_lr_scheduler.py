@@ -357,13 +357,14 @@ def test_plateau_mode_max_and_threshold_modes():
 
 
 def test_plateau_refuses_per_step_fit_and_sequential():
-    opt = make_opt()
+    model = tiny_model()
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
     sched = S.ReduceLROnPlateau(opt)
     assert not hasattr(sched, "_check_steps")
     x = np.zeros((8, 4))
     y = np.zeros(8, dtype=np.int64)
     with pytest.raises(ValueError, match="ReduceLROnPlateau is stepped once per epoch"):
-        opt._model.fit(x, y, "cross_entropy", opt, verbose=0, scheduler=sched,
+        model.fit(x, y, "cross_entropy", opt, verbose=0, scheduler=sched,
                        scheduler_interval="step")  # fmt: skip
     with pytest.raises(ValueError, match="ReduceLROnPlateau"):
         S.SequentialLR(opt, [S.StepLR(opt, 2), sched], [3])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Callable
@@ -57,24 +58,36 @@ class Parameter:
     """
 
     def __init__(self, model: Sequential, index: int, name: str, shape: tuple[int, ...]):
-        self._model = model
+        # The engine's model strongly, the Sequential weakly: a model and its
+        # parameters form no reference cycle, so dropping the model frees it.
+        self._core = model._core
+        self._ref = weakref.ref(model)
+        self._dtype = model.dtype
         self._index = index
         self.name = name
         self.shape = shape
 
     @property
+    def _model(self) -> Sequential:
+        model = self._ref()
+        if model is None:
+            raise ReferenceError(f"the model of parameter {self.name!r} was freed")
+        return model
+
+    @property
     def value(self) -> np.ndarray:
         """A copy of the parameter's values."""
-        return self._model._core.get_param(self._index)
+        return self._core.get_param(self._index)
 
     @value.setter
     def value(self, new: Any) -> None:
-        self._model.load_state_dict({**self._model.state_dict(), self.name: new})
+        model = self._model
+        model.load_state_dict({**model.state_dict(), self.name: new})
 
     @property
     def grad(self) -> np.ndarray:
         """A copy of the accumulated gradient (zero until a backward pass)."""
-        return self._model._core.get_grad(self._index)
+        return self._core.get_grad(self._index)
 
     @property
     def numel(self) -> int:
@@ -82,7 +95,7 @@ class Parameter:
         return int(np.prod(self.shape))
 
     def __repr__(self) -> str:
-        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._model.dtype})"
+        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype})"
 
 
 class History:
@@ -499,7 +512,7 @@ class Sequential:
         """
         loss_fn = losses.get(loss)
         opt = _optim.get(optimizer, self.parameters())
-        if opt._model is not self:
+        if opt._mcore is not self._core:
             raise ValueError("the optimizer was built from another model's parameters")
         epochs = _int_arg("epochs", epochs, 0)
         initial_epoch = _int_arg("initial_epoch", initial_epoch, 0)
@@ -900,12 +913,12 @@ def clip_grad_norm_(
             raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     max_norm, norm_type = float(max_norm), float(norm_type)
     _core.check_clip(max_norm, norm_type)
-    groups: dict[int, tuple[Sequential, list[int]]] = {}
+    groups: dict[int, tuple[Any, list[int]]] = {}
     for p in params:
-        groups.setdefault(id(p._model), (p._model, []))[1].append(p._index)
+        groups.setdefault(id(p._core), (p._core, []))[1].append(p._index)
     norms: list[float] = []
-    for model, idx in groups.values():
-        norms += model._core.grad_norms(idx, norm_type)
+    for core, idx in groups.values():
+        norms += core.grad_norms(idx, norm_type)
     total, coef = _core.clip_coef(norms, max_norm, norm_type)
     if error_if_nonfinite and not np.isfinite(total):
         raise _core.NonFiniteError(
@@ -913,6 +926,6 @@ def clip_grad_norm_(
             "pass error_if_nonfinite=False to clip anyway"
         )
     if coef < 1.0 or np.isnan(coef):
-        for model, idx in groups.values():
-            model._core.scale_grads(idx, coef)
+        for core, idx in groups.values():
+            core.scale_grads(idx, coef)
     return float(total)

@@ -64,13 +64,27 @@ class Optimizer:
             plist.append(p)
         if not plist:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
-        model = plist[0]._model
-        if any(p._model is not model for p in plist):
+        core = plist[0]._core
+        if any(p._core is not core for p in plist):
             raise ValueError("all parameters of one optimizer must belong to the same model")
         self.params = plist
         self.defaults = dict(config)
-        self._model: Sequential = model
-        self._core = _core.Optimizer(model._core, self.kind, config, [p._index for p in plist])
+        self._bind(plist[0], config)
+
+    def _bind(self, param: Parameter, config: dict[str, Any]) -> None:
+        # The engine's model strongly, the Sequential weakly (through the
+        # parameter): model.optimizer and the optimizer form no cycle.
+        self._mcore = param._core
+        self._ref = param._ref
+        self._dtype = param._dtype
+        self._core = _core.Optimizer(self._mcore, self.kind, config, [p._index for p in self.params])
+
+    @property
+    def _model(self) -> Sequential:
+        model = self._ref()
+        if model is None:
+            raise ReferenceError("the model this optimizer belongs to was freed")
+        return model
 
     def step(self) -> None:
         """Updates the parameters from their current gradients."""
@@ -78,7 +92,7 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         """Sets the gradients of the model these parameters belong to to zero."""
-        self._model.zero_grad()
+        self._mcore.zero_grad()
 
     @property
     def lr(self) -> float:
@@ -195,13 +209,11 @@ class Optimizer:
                 f"this optimizer has {len(self.params)}"
             )
         config = self._config_from_group(group)
-        core = _core.Optimizer(
-            self._model._core, self.kind, config, [p._index for p in self.params]
-        )
+        core = _core.Optimizer(self._mcore, self.kind, config, [p._index for p in self.params])
         used = self._slots_used_for(config)
         steps_seen: set[int] = set()
         slots: list[list[Any]] = []
-        dtype = self._model.dtype
+        dtype = self._dtype
         for pid, p in zip(ids, self.params):
             entry = state.get(pid)
             if entry is None:
@@ -312,8 +324,7 @@ def _unpickle(
     params = model.parameters()
     opt.params = [params[i] for i in indices]
     opt.defaults = dict(config)
-    opt._model = model
-    opt._core = _core.Optimizer(model._core, cls.kind, config, indices)
+    opt._bind(opt.params[0], config)
     opt._core.set_state(steps, slots)
     opt._set_sched_values(sched_values or {})
     return opt

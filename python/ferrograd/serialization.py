@@ -195,7 +195,7 @@ def model_contents(
             raise TypeError(
                 f"optimizer must be a ferrograd optimizer, got {type(optimizer).__name__}"
             )
-        if optimizer._model is not model:
+        if optimizer._mcore is not model._core:
             raise ValueError("the optimizer belongs to another model")
         steps, slots = optimizer._core.get_state()
         info["optimizer"] = {
@@ -334,10 +334,11 @@ def optimizer_from_contents(
     opt = cls.__new__(cls)
     opt.params = [plist[i] for i in params]
     opt.defaults = dict(config)
-    opt._model = model
     group = data.get("group") or {}
     try:
-        opt._core = _core.Optimizer(model._core, cls.kind, config, params)
+        if not opt.params:
+            raise ValueError("it updates no parameters")
+        opt._bind(opt.params[0], config)
         opt._core.set_state(steps, slots)
         if not isinstance(group, dict):
             raise TypeError("the scheduler values must be an object")
