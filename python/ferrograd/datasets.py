@@ -130,9 +130,9 @@ def read_idx(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     with open(path, "rb") as f:
-        raw = f.read()
+        raw: bytes | bytearray = f.read()
     if raw[:2] == _GZIP_MAGIC:
-        raw = _gunzip(raw, str(path))
+        raw = _gunzip(bytes(raw), str(path))
     return _parse_idx(raw, str(path))
 
 
@@ -140,7 +140,7 @@ def read_idx(path: PathLike) -> np.ndarray:
 _GZIP_MAX_RATIO = 1100
 
 
-def _gunzip(data: bytes, name: str) -> bytes:
+def _gunzip(data: bytes, name: str) -> bytearray:
     """Decompress a gzip stream (members one after another), turning every
     failure into a ValueError. The output is capped before it is produced:
     by what the IDX header inside announces (plus one byte, so that extra
@@ -155,7 +155,7 @@ def _gunzip(data: bytes, name: str) -> bytes:
             while not d.eof:
                 cap = limit
                 if len(out) >= 4 and not _idx_prefix(out):
-                    return bytes(out)  # not IDX: _parse_idx says why
+                    return out  # not IDX: _parse_idx says why
                 announced = _idx_size(bytes(out[:1024])) if len(out) >= 4 else None
                 if announced is not None:
                     if announced > limit:
@@ -167,7 +167,7 @@ def _gunzip(data: bytes, name: str) -> bytes:
                 if len(out) >= cap:
                     if announced is None:
                         raise ValueError(f"{name}: gzip stream expands past {limit:,} bytes")
-                    return bytes(out)  # one byte too many: _parse_idx reports it
+                    return out  # one byte too many: _parse_idx reports it
                 # Small steps until the header is known, then large ones.
                 step = 1 << 24 if announced is not None else 1024
                 chunk = d.decompress(rest, min(cap - len(out), step))
@@ -177,7 +177,7 @@ def _gunzip(data: bytes, name: str) -> bytes:
                     raise ValueError(f"{name}: corrupt gzip stream (truncated)")
             rest = d.unused_data
             if not rest:
-                return bytes(out)
+                return out  # a bytearray: no copy of the whole file
             if rest[:2] != _GZIP_MAGIC:
                 raise ValueError(f"{name}: {len(rest)} bytes after the gzip stream")
     except zlib.error as exc:
@@ -203,7 +203,7 @@ def _idx_size(header: bytes) -> int | None:
     return 4 + 4 * ndim + count * _IDX_DTYPES[header[2]].itemsize
 
 
-def _parse_idx(data: bytes, name: str) -> np.ndarray:
+def _parse_idx(data: bytes | bytearray, name: str) -> np.ndarray:
     """Parse the bytes of an (uncompressed) IDX file."""
     if len(data) < 4:
         raise ValueError(
