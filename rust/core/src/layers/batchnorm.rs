@@ -139,6 +139,85 @@ crate::multiversion! {
     }
 }
 
+/// Rows per parallel task of the elementwise passes: about 16K elements,
+/// so that small rows (BatchNorm1D on `(N, C)`) are not one task each.
+fn rows_per_task(per: usize) -> usize {
+    (16_384 / per.max(1)).max(1)
+}
+
+/// Channels per task of the row-major statistics of `(N, C)` inputs.
+const ROW_CHUNK: usize = 64;
+
+/// The training statistics of `(N, C)` inputs (one value per channel and
+/// row), row by row so the loads are contiguous: per channel the same
+/// float64 sums, in the same order (rows ascending), as [`per_channel`]
+/// with [`sum_into`]/[`sq_dev_into`] on one-element slices, so the bits do
+/// not depend on the path.
+fn stats_rows<T: Float>(x: &[T], n: usize, c: usize, stats: &mut [T], eps: f64) {
+    let cnt = n as f64;
+    par_chunks(&mut stats[..c * STATS], ROW_CHUNK * STATS, |i, chunk| {
+        let (c0, k) = (i * ROW_CHUNK, chunk.len() / STATS);
+        let mut sum = [0.0f64; ROW_CHUNK];
+        for row in 0..n {
+            let xr = &x[row * c + c0..row * c + c0 + k];
+            for (a, &v) in sum.iter_mut().zip(xr) {
+                *a += v.to_f64();
+            }
+        }
+        let mut mean = [0.0f64; ROW_CHUNK];
+        for (m, &a) in mean.iter_mut().zip(&sum[..k]) {
+            *m = finish(lane0(a)) / cnt;
+        }
+        let mut sq = [0.0f64; ROW_CHUNK];
+        for row in 0..n {
+            let xr = &x[row * c + c0..row * c + c0 + k];
+            for ((a, &v), &m) in sq.iter_mut().zip(xr).zip(&mean) {
+                let d = v.to_f64() - m;
+                *a += d * d;
+            }
+        }
+        for (j, st) in chunk.chunks_exact_mut(STATS).enumerate() {
+            let sq = finish(lane0(sq[j]));
+            let var = sq / cnt;
+            st[0] = T::from_f64(mean[j]);
+            st[1] = T::from_f64(1.0 / (var + eps).sqrt());
+            st[2] = T::from_f64(if cnt > 1.0 { sq / (cnt - 1.0) } else { 0.0 });
+        }
+    });
+}
+
+/// The backward sums of `(N, C)` inputs, row by row, bitwise as
+/// [`grad_sums_into`] on one-element slices.
+fn grad_sums_rows<T: Float>(dy: &[T], x: &[T], n: usize, c: usize, stats: &mut [T]) {
+    par_chunks(&mut stats[..c * STATS], ROW_CHUNK * STATS, |i, chunk| {
+        let (c0, k) = (i * ROW_CHUNK, chunk.len() / STATS);
+        let (mut mean, mut inv) = ([T::ZERO; ROW_CHUNK], [T::ZERO; ROW_CHUNK]);
+        for (j, st) in chunk.chunks_exact(STATS).enumerate() {
+            (mean[j], inv[j]) = (st[0], st[1]);
+        }
+        let (mut sd, mut sdx) = ([0.0f64; ROW_CHUNK], [0.0f64; ROW_CHUNK]);
+        for row in 0..n {
+            let r = row * c + c0..row * c + c0 + k;
+            for j in 0..k {
+                let g = dy[r.start + j].to_f64();
+                sd[j] += g;
+                sdx[j] += g * ((x[r.start + j] - mean[j]) * inv[j]).to_f64();
+            }
+        }
+        for (j, st) in chunk.chunks_exact_mut(STATS).enumerate() {
+            st[2] = T::from_f64(finish(lane0(sd[j])));
+            st[3] = T::from_f64(finish(lane0(sdx[j])));
+        }
+    });
+}
+
+/// `[a, 0, 0, ...]`: what [`sum_into`] accumulates from one-element slices.
+fn lane0(a: f64) -> [f64; LANES] {
+    let mut acc = [0.0; LANES];
+    acc[0] = a;
+    acc
+}
+
 /// `f(channel, stats of that channel)` over all channels, split into
 /// fixed chunks of channels across threads.
 fn per_channel<T: Float>(stats: &mut [T], c: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
@@ -217,22 +296,26 @@ impl<T: Float> Layer<T> for BatchNorm {
             let cnt = (n * s) as f64;
             let eps = self.eps;
             // Two passes in float64 over each channel: mean, then squared deviations.
-            per_channel(stats, c, |ch, st| {
-                let mut acc = [0.0f64; LANES];
-                for row in 0..n {
-                    sum_into(&x[at(row, ch)..at(row, ch) + s], &mut acc);
-                }
-                let mean = finish(acc) / cnt;
-                let mut acc = [0.0f64; LANES];
-                for row in 0..n {
-                    sq_dev_into(&x[at(row, ch)..at(row, ch) + s], mean, &mut acc);
-                }
-                let sq = finish(acc);
-                let var = sq / cnt;
-                st[0] = T::from_f64(mean);
-                st[1] = T::from_f64(1.0 / (var + eps).sqrt());
-                st[2] = T::from_f64(if cnt > 1.0 { sq / (cnt - 1.0) } else { 0.0 });
-            });
+            if s == 1 {
+                stats_rows(x, n, c, stats, eps);
+            } else {
+                per_channel(stats, c, |ch, st| {
+                    let mut acc = [0.0f64; LANES];
+                    for row in 0..n {
+                        sum_into(&x[at(row, ch)..at(row, ch) + s], &mut acc);
+                    }
+                    let mean = finish(acc) / cnt;
+                    let mut acc = [0.0f64; LANES];
+                    for row in 0..n {
+                        sq_dev_into(&x[at(row, ch)..at(row, ch) + s], mean, &mut acc);
+                    }
+                    let sq = finish(acc);
+                    let var = sq / cnt;
+                    st[0] = T::from_f64(mean);
+                    st[1] = T::from_f64(1.0 / (var + eps).sqrt());
+                    st[2] = T::from_f64(if cnt > 1.0 { sq / (cnt - 1.0) } else { 0.0 });
+                });
+            }
             if let Buffers::Update { values, counts } = f.buffers {
                 counts[0] = counts[0].saturating_add(1);
                 let m = self.momentum.unwrap_or(1.0 / counts[0] as f64);
@@ -252,13 +335,17 @@ impl<T: Float> Layer<T> for BatchNorm {
         }
         let stats = &*stats;
         let per = c * s;
-        par_chunks(&mut f.y[..n * per], per, |row, y| {
-            for ch in 0..c {
-                let (mean, inv) = (stats[ch * STATS], stats[ch * STATS + 1]);
-                let (scale, shift) = (inv * gamma[ch], beta[ch]);
-                let src = &x[at(row, ch)..at(row, ch) + s];
-                for (o, &v) in y[ch * s..(ch + 1) * s].iter_mut().zip(src) {
-                    *o = (v - mean) * scale + shift;
+        let rows = rows_per_task(per);
+        par_chunks(&mut f.y[..n * per], rows * per, |i, y| {
+            for (k, y) in y.chunks_exact_mut(per).enumerate() {
+                let row = i * rows + k;
+                for ch in 0..c {
+                    let (mean, inv) = (stats[ch * STATS], stats[ch * STATS + 1]);
+                    let (scale, shift) = (inv * gamma[ch], beta[ch]);
+                    let src = &x[at(row, ch)..at(row, ch) + s];
+                    for (o, &v) in y[ch * s..(ch + 1) * s].iter_mut().zip(src) {
+                        *o = (v - mean) * scale + shift;
+                    }
                 }
             }
         });
@@ -271,16 +358,20 @@ impl<T: Float> Layer<T> for BatchNorm {
         let stats = &mut b.scratch[..c * STATS];
         let at = move |row: usize, ch: usize| row * c * s + ch * s;
         // Per channel: sum of dy (beta's gradient) and of dy * xhat (gamma's).
-        per_channel(stats, c, |ch, st| {
-            let (mean, inv) = (st[0], st[1]);
-            let (mut sd, mut sdx) = ([0.0f64; LANES], [0.0f64; LANES]);
-            for row in 0..n {
-                let r = at(row, ch)..at(row, ch) + s;
-                grad_sums_into(&dy[r.clone()], &x[r], mean, inv, &mut sd, &mut sdx);
-            }
-            st[2] = T::from_f64(finish(sd));
-            st[3] = T::from_f64(finish(sdx));
-        });
+        if s == 1 {
+            grad_sums_rows(dy, x, n, c, stats);
+        } else {
+            per_channel(stats, c, |ch, st| {
+                let (mean, inv) = (st[0], st[1]);
+                let (mut sd, mut sdx) = ([0.0f64; LANES], [0.0f64; LANES]);
+                for row in 0..n {
+                    let r = at(row, ch)..at(row, ch) + s;
+                    grad_sums_into(&dy[r.clone()], &x[r], mean, inv, &mut sd, &mut sdx);
+                }
+                st[2] = T::from_f64(finish(sd));
+                st[3] = T::from_f64(finish(sdx));
+            });
+        }
         let (gw, gb) = b.grads.split_at_mut(c);
         for (ch, st) in stats.chunks_exact(STATS).enumerate() {
             let (dgamma, dbeta) = (st[3], st[2]);
@@ -292,15 +383,19 @@ impl<T: Float> Layer<T> for BatchNorm {
         let cnt = T::from_usize(n * s);
         let per = c * s;
         // dx = gamma / std / cnt * (cnt * dy - sum dy - xhat * sum dy*xhat)
-        par_chunks(&mut dx[..n * per], per, |row, d| {
-            for ch in 0..c {
-                let st = &stats[ch * STATS..(ch + 1) * STATS];
-                let (mean, inv, sd, sdx) = (st[0], st[1], st[2], st[3]);
-                let k = gamma[ch] * inv / cnt;
-                let r = at(row, ch)..at(row, ch) + s;
-                for ((o, &g), &v) in d[ch * s..(ch + 1) * s].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    let xhat = (v - mean) * inv;
-                    *o = k * (cnt * g - sd - xhat * sdx);
+        let rows = rows_per_task(per);
+        par_chunks(&mut dx[..n * per], rows * per, |i, d| {
+            for (j, d) in d.chunks_exact_mut(per).enumerate() {
+                let row = i * rows + j;
+                for ch in 0..c {
+                    let st = &stats[ch * STATS..(ch + 1) * STATS];
+                    let (mean, inv, sd, sdx) = (st[0], st[1], st[2], st[3]);
+                    let k = gamma[ch] * inv / cnt;
+                    let r = at(row, ch)..at(row, ch) + s;
+                    for ((o, &g), &v) in d[ch * s..(ch + 1) * s].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                        let xhat = (v - mean) * inv;
+                        *o = k * (cnt * g - sd - xhat * sdx);
+                    }
                 }
             }
         });
