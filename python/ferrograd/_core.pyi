@@ -19,10 +19,13 @@ __all__ = [
     "class_weights",
     "dumps_safetensors",
     "clip_coef",
+    "get_memory_limit",
     "get_num_threads",
     "loads_safetensors",
     "loss_value",
+    "memory_available",
     "read_safetensors",
+    "set_memory_limit",
     "set_num_threads",
     "write_safetensors",
 ]
@@ -121,6 +124,9 @@ def loss_value(
 ) -> tuple[float, float | None, np.ndarray | None]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def set_memory_limit(limit: str) -> None: ...
+def get_memory_limit() -> int | None: ...
+def memory_available() -> int | None: ...
 
 _Tensors = list[tuple[str, np.ndarray]]
 

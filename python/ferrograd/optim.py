@@ -77,7 +77,9 @@ class Optimizer:
         self._mcore = param._core
         self._ref = param._ref
         self._dtype = param._dtype
-        self._core = _core.Optimizer(self._mcore, self.kind, config, [p._index for p in self.params])
+        self._core = _core.Optimizer(
+            self._mcore, self.kind, config, [p._index for p in self.params]
+        )
 
     @property
     def _model(self) -> Sequential:

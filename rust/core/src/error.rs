@@ -20,6 +20,9 @@ pub enum ErrorKind {
     NotFound,
     /// Reading or writing a file failed.
     Io,
+    /// An allocation would not fit in the memory available (see
+    /// [`crate::memory`]), or failed.
+    Memory,
 }
 
 /// An error raised by the core engine.
@@ -50,6 +53,9 @@ impl Error {
     }
     pub fn io(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::Io, message: message.into() }
+    }
+    pub fn memory(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Memory, message: message.into() }
     }
 }
 

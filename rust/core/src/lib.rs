@@ -6,6 +6,7 @@
 //! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
 //! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
 //! - [`clip`]: gradient clipping by the total norm, as torch's `clip_grad_norm_`.
+//! - [`memory`]: the memory budget checked before every large allocation.
 //! - [`persist`]: safetensors files (checked as untrusted input) and atomic writes.
 //! - [`model`]: [`Sequential`], which owns the parameters, the layers'
 //!   buffers and the workspace, and runs the fused training step.
@@ -40,6 +41,7 @@ pub mod float;
 pub mod kernels;
 pub mod layers;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod persist;
@@ -52,6 +54,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use float::Float;
 pub use layers::{Init, LayerSpec, Padding};
 pub use loss::{Loss, LossSpec, LossTotals, Target};
+pub use memory::MemoryLimit;
 pub use model::{
     ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, ParamEntry,
     ParamStats, Progress, Sequential, StateEntry, StateKind, StateValues,

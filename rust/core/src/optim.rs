@@ -232,12 +232,28 @@ impl<T: Float> Optimizer<T> {
         self.state = Vec::new();
     }
 
-    /// Allocates the state; called before the first step so steps never allocate.
-    pub fn prepare(&mut self) {
+    /// Allocates the state; called before the first step so steps never
+    /// allocate. The allocation is first checked against the memory budget
+    /// ([`crate::memory::reserve`]); on failure nothing changes.
+    pub fn prepare(&mut self) -> Result<()> {
         let want = self.len * self.config.slots();
         if self.state.len() != want {
-            self.state = vec![T::ZERO; want];
+            let slots = self.config.slots();
+            crate::memory::reserve(
+                &format!("the optimizer's state ({slots} slots of {} values in {})", self.len, T::NAME),
+                crate::memory::bytes_of::<T>(want.saturating_sub(self.state.len())),
+            )?;
+            let mut state = Vec::new();
+            state.try_reserve_exact(want).map_err(|_| {
+                Error::memory(format!(
+                    "cannot allocate {} for the optimizer's state",
+                    crate::memory::human(crate::memory::bytes_of::<T>(want))
+                ))
+            })?;
+            state.resize(want, T::ZERO);
+            self.state = state;
         }
+        Ok(())
     }
 
     fn scalars(&self) -> StepScalars<T> {
@@ -300,7 +316,7 @@ impl<T: Float> Optimizer<T> {
     /// same values as one [`Optimizer::step`].
     pub fn step_part(&mut self, params: &mut [T], grads: &[T], window: Range<usize>) -> Result<()> {
         self.check_len(params, grads)?;
-        self.prepare();
+        self.prepare()?;
         let (cfg, sc) = (self.config.clone(), self.scalars());
         self.stretches(params, grads, window, |st| drive(st, |_, st| update(&cfg, sc, st)));
         Ok(())
@@ -324,7 +340,7 @@ impl<T: Float> Optimizer<T> {
             return Ok(None);
         }
         self.check_len(params, grads)?;
-        self.prepare();
+        self.prepare()?;
         let (cfg, sc) = (self.config.clone(), self.scalars());
         let count = window.len().div_ceil(CHUNK);
         if buf.len() < count {

@@ -2,7 +2,9 @@
 //! call goes through.
 
 use ferrograd::{threads, Error, ErrorKind};
-use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyKeyboardInterrupt, PyMemoryError, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -41,6 +43,7 @@ pub fn to_py(e: Error) -> PyErr {
         ErrorKind::Interrupted => PyKeyboardInterrupt::new_err(e.message),
         ErrorKind::NotFound => PyFileNotFoundError::new_err(e.message),
         ErrorKind::Io => PyOSError::new_err(e.message),
+        ErrorKind::Memory => PyMemoryError::new_err(e.message),
     }
 }
 

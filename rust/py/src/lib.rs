@@ -8,6 +8,7 @@ mod clip;
 mod errors;
 mod layers;
 mod loss;
+mod memory;
 mod model;
 mod optim;
 mod persist;
@@ -31,5 +32,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(persist::dumps_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(threads::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads::get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::set_memory_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::get_memory_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::memory_available, m)?)?;
     errors::register(m)
 }

@@ -17,6 +17,7 @@ use pyo3::types::PyDict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 pub enum Net {
@@ -43,9 +44,42 @@ macro_rules! with_net {
 pub(crate) use with_net;
 
 /// A compiled Sequential model (use `ferrograd.Sequential`).
-#[pyclass(module = "ferrograd._core", name = "Model")]
+///
+/// Frozen, with the model behind a mutex that calls never wait for: a call
+/// while another one runs (from another thread, or from a callback during
+/// an epoch) gets a `RuntimeError` that says so, instead of PyO3's
+/// "Already borrowed".
+#[pyclass(module = "ferrograd._core", name = "Model", frozen)]
 pub struct PyModel {
-    pub net: Net,
+    net: Mutex<Net>,
+}
+
+/// The error for a model or optimizer that another call is using.
+pub fn in_use(what: &str) -> PyErr {
+    PyRuntimeError::new_err(format!(
+        "this {what} is in use by another call (a fit, predict or other call on it is running \
+         in another thread, or a callback is calling it during a training step); one model can \
+         run one call at a time: give each thread its own model (copy.deepcopy), or wait for \
+         the other call to finish"
+    ))
+}
+
+/// Locks without waiting: the lock is only ever held by a running call.
+pub fn try_lock<'a, T>(m: &'a Mutex<T>, what: &str) -> PyResult<MutexGuard<'a, T>> {
+    match m.try_lock() {
+        Ok(g) => Ok(g),
+        // A panic is caught inside the call that held the lock; its state is
+        // whatever the core left, which every core call keeps consistent.
+        Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+        Err(TryLockError::WouldBlock) => Err(in_use(what)),
+    }
+}
+
+impl PyModel {
+    /// The model, or the in-use error.
+    pub fn lock(&self) -> PyResult<MutexGuard<'_, Net>> {
+        try_lock(&self.net, "model")
+    }
 }
 
 /// `(mean loss, accuracy or None)`.
@@ -86,6 +120,8 @@ fn predict_impl<'py, T: Element + Float>(
     let out_shape = m.output_shape(&shape).map_err(to_py)?;
     let mut dims = vec![n];
     dims.extend_from_slice(&out_shape);
+    let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+    ferrograd::memory::reserve("the predictions", ferrograd::memory::bytes_of::<T>(elems)).map_err(to_py)?;
     let out = PyArrayDyn::<T>::zeros(py, dims.as_slice(), false);
     {
         let mut w = out.readwrite();
@@ -240,40 +276,45 @@ impl PyModel {
                 }
             })
         })?;
-        Ok(PyModel { net })
+        Ok(PyModel { net: Mutex::new(net) })
     }
 
     /// The element type, "float32" or "float64".
     #[getter]
-    fn dtype(&self) -> &'static str {
-        with_net!(&self.net, _m, T, T::NAME)
+    fn dtype(&self) -> PyResult<&'static str> {
+        Ok(with_net!(&*self.lock()?, _m, T, T::NAME))
     }
 
     /// Total number of parameter elements.
     #[getter]
-    fn num_params(&self) -> usize {
-        with_net!(&self.net, m, _T, m.num_params())
+    fn num_params(&self) -> PyResult<usize> {
+        Ok(with_net!(&*self.lock()?, m, _T, m.num_params()))
     }
 
     /// `[(name, shape), ...]` of the parameters, in state_dict order.
-    fn param_info(&self) -> Vec<(String, Vec<usize>)> {
-        with_net!(&self.net, m, _T, m.entries().iter().map(|e| (e.name.clone(), e.shape.clone())).collect())
+    fn param_info(&self) -> PyResult<Vec<(String, Vec<usize>)>> {
+        Ok(with_net!(
+            &*self.lock()?,
+            m,
+            _T,
+            m.entries().iter().map(|e| (e.name.clone(), e.shape.clone())).collect()
+        ))
     }
 
     /// `[(name, shape, kind), ...]` of every state_dict entry in torch's
     /// order; kind is "param", "buffer" or "count" (an int64 buffer).
-    fn state_info(&self) -> Vec<(String, Vec<usize>, &'static str)> {
-        with_net!(
-            &self.net,
+    fn state_info(&self) -> PyResult<Vec<(String, Vec<usize>, &'static str)>> {
+        Ok(with_net!(
+            &*self.lock()?,
             m,
             _T,
             m.state_entries().iter().map(|e| (e.name.clone(), e.shape.clone(), kind_name(e.kind))).collect()
-        )
+        ))
     }
 
     /// A copy of parameter `i` (state_dict layout).
     fn get_param<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        with_net!(&self.net, m, _T, {
+        with_net!(&*self.lock()?, m, _T, {
             let e = m.entries().get(i).ok_or_else(|| PyValueError::new_err(format!("no parameter {i}")))?;
             new_array(py, &m.params()[e.range.clone()], &e.shape)
         })
@@ -281,7 +322,7 @@ impl PyModel {
 
     /// A copy of the gradient of parameter `i`.
     fn get_grad<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        with_net!(&self.net, m, _T, {
+        with_net!(&*self.lock()?, m, _T, {
             let e = m.entries().get(i).ok_or_else(|| PyValueError::new_err(format!("no parameter {i}")))?;
             new_array(py, &m.grads()[e.range.clone()], &e.shape)
         })
@@ -290,7 +331,7 @@ impl PyModel {
     /// A copy of state_dict entry `i` (of `state_info`): the model's dtype,
     /// or int64 for counts.
     fn get_state<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        with_net!(&self.net, m, _T, {
+        with_net!(&*self.lock()?, m, _T, {
             let e = m.state_entries().get(i).ok_or_else(|| PyValueError::new_err(format!("no entry {i}")))?;
             match e.kind {
                 StateKind::Param => new_array(py, &m.params()[e.range.clone()], &e.shape),
@@ -303,8 +344,8 @@ impl PyModel {
     /// Replaces parameters and buffers from `[(name, array), ...]`, all or
     /// nothing. Arrays must already have the model's dtype (int64 for
     /// counts).
-    fn load_state(&mut self, items: Vec<(String, Bound<'_, PyAny>)>) -> PyResult<()> {
-        with_net!(&mut self.net, m, T, {
+    fn load_state(&self, items: Vec<(String, Bound<'_, PyAny>)>) -> PyResult<()> {
+        with_net!(&mut *self.lock()?, m, T, {
             let mut vals = Vec::with_capacity(items.len());
             for (name, a) in items {
                 if let Ok(a) = a.cast::<PyArrayDyn<T>>() {
@@ -333,26 +374,27 @@ impl PyModel {
     }
 
     /// Sets all gradients to zero.
-    fn zero_grad(&mut self) {
-        with_net!(&mut self.net, m, _T, m.zero_grad())
+    fn zero_grad(&self) -> PyResult<()> {
+        with_net!(&mut *self.lock()?, m, _T, m.zero_grad());
+        Ok(())
     }
 
     /// Per-layer output shapes (per sample) for a per-sample input shape.
     fn layer_shapes(&self, input: Vec<usize>) -> PyResult<Vec<Vec<usize>>> {
-        with_net!(&self.net, m, _T, guarded(|| m.layer_shapes(&input)))
+        with_net!(&*self.lock()?, m, _T, guarded(|| m.layer_shapes(&input)))
     }
 
     /// Forward pass; in training mode it updates running statistics and
     /// keeps what `backward` needs.
     fn forward<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         training: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let xa = in_array(x, "x")?;
         let (f, n, shape) = xa.batch("x")?;
-        with_net!(&mut self.net, m, _T, {
+        with_net!(&mut *self.lock()?, m, _T, {
             let out_shape = guarded(|| m.output_shape(&shape))?;
             let out = compute(py, || m.forward(&f, n, &shape, training))?;
             let mut dims = vec![n];
@@ -362,8 +404,8 @@ impl PyModel {
     }
 
     /// Backward pass from dL/d(output); gradients accumulate.
-    fn backward(&mut self, py: Python<'_>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
-        with_net!(&mut self.net, m, T, {
+    fn backward(&self, py: Python<'_>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_net!(&mut *self.lock()?, m, T, {
             let g = grad.cast::<PyArrayDyn<T>>().map_err(|_| {
                 PyTypeError::new_err(format!(
                     "the gradient must be a {} array like the model output",
@@ -379,19 +421,19 @@ impl PyModel {
 
     /// Inference in batches; returns a new array.
     fn predict<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         batch_size: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        with_net!(&mut self.net, m, _T, predict_impl(py, m, x, batch_size))
+        with_net!(&mut *self.lock()?, m, _T, predict_impl(py, m, x, batch_size))
     }
 
     /// `(mean loss, accuracy or None)` over a dataset; `loss` is a name or a
     /// JSON configuration.
     #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None))]
     fn evaluate(
-        &mut self,
+        &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         y: &Bound<'_, PyAny>,
@@ -400,7 +442,7 @@ impl PyModel {
         sample_weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(f64, Option<f64>)> {
         let loss: LossSpec = parse_loss(loss)?;
-        with_net!(&mut self.net, m, _T, {
+        with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| {
                 let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
                 Ok(totals_tuple(&t, loss.kind))
@@ -446,12 +488,13 @@ impl PyModel {
             clip,
             diagnostics,
         };
-        let mut o = optimizer.try_borrow_mut()?;
+        let o = optimizer.get();
         if !o.model.bind(py).is(slf) {
             return Err(PyValueError::new_err("the optimizer was built from another model's parameters"));
         }
-        let mut me = slf.try_borrow_mut()?;
-        match (&mut me.net, &mut o.opt) {
+        let mut me = slf.get().lock()?;
+        let mut opt = o.lock()?;
+        match (&mut *me, &mut *opt) {
             (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
             (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
             _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
@@ -462,7 +505,7 @@ impl PyModel {
     /// computing anything.
     #[pyo3(signature = (x, y, loss, sample_weight=None))]
     fn validate(
-        &mut self,
+        &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         y: &Bound<'_, PyAny>,
@@ -470,7 +513,7 @@ impl PyModel {
         sample_weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let loss = parse_loss(loss)?;
-        with_net!(&mut self.net, m, _T, {
+        with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| compute(py, || m.validate_data(data, &loss)))
         })
     }
@@ -478,7 +521,7 @@ impl PyModel {
     /// `[(name, max relative error, max absolute error), ...]` of backprop
     /// against central finite differences (float64 models only).
     fn gradcheck(
-        &mut self,
+        &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         y: &Bound<'_, PyAny>,
@@ -486,7 +529,7 @@ impl PyModel {
         eps: f64,
     ) -> PyResult<Vec<(String, f64, f64)>> {
         let loss = parse_loss(loss)?;
-        with_net!(&mut self.net, m, _T, {
+        with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, None, |m, data| {
                 let r = compute(py, || m.gradcheck(data, &loss, eps))?;
                 Ok(r.into_iter().map(|g| (g.name, g.max_rel_error, g.max_abs_error)).collect())
@@ -497,14 +540,14 @@ impl PyModel {
     /// The diagnostics of the last epoch trained with them (see
     /// `diagnostics_dict`), or None.
     fn last_diagnostics<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        with_net!(&self.net, m, _T, m.last_diagnostics().map(|d| diagnostics_dict(py, d)).transpose())
+        with_net!(&*self.lock()?, m, _T, m.last_diagnostics().map(|d| diagnostics_dict(py, d)).transpose())
     }
 
     /// Diagnostics of one training-mode pass over the data as one batch,
     /// without an update; changes no state.
     #[pyo3(signature = (x, y, loss, sample_weight=None))]
     fn diagnose<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         y: &Bound<'py, PyAny>,
@@ -512,34 +555,34 @@ impl PyModel {
         sample_weight: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let loss = parse_loss(loss)?;
-        let d = with_net!(&mut self.net, m, _T, {
+        let d = with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| compute(py, || m.diagnose(data, &loss)))
         })?;
         diagnostics_dict(py, &d)
     }
 
     /// The `norm_type`-norm of each listed parameter's gradient.
-    fn grad_norms(&mut self, py: Python<'_>, params: Vec<usize>, norm_type: f64) -> PyResult<Vec<f64>> {
-        with_net!(&mut self.net, m, _T, compute(py, || m.grad_norms(&params, norm_type)))
+    fn grad_norms(&self, py: Python<'_>, params: Vec<usize>, norm_type: f64) -> PyResult<Vec<f64>> {
+        with_net!(&mut *self.lock()?, m, _T, compute(py, || m.grad_norms(&params, norm_type)))
     }
 
     /// Multiplies the listed parameters' gradients by `coef`.
-    fn scale_grads(&mut self, py: Python<'_>, params: Vec<usize>, coef: f64) -> PyResult<()> {
-        with_net!(&mut self.net, m, _T, compute(py, || m.scale_grads(&params, coef)))
+    fn scale_grads(&self, py: Python<'_>, params: Vec<usize>, coef: f64) -> PyResult<()> {
+        with_net!(&mut *self.lock()?, m, _T, compute(py, || m.scale_grads(&params, coef)))
     }
 
     /// The random generator state (4 integers).
-    fn get_rng_state(&self) -> [u64; 4] {
-        with_net!(&self.net, m, _T, m.rng_state())
+    fn get_rng_state(&self) -> PyResult<[u64; 4]> {
+        Ok(with_net!(&*self.lock()?, m, _T, m.rng_state()))
     }
 
     /// Restores a state from `get_rng_state` (all zeros is no state of
     /// the generator and is refused).
-    fn set_rng_state(&mut self, s: [u64; 4]) -> PyResult<()> {
+    fn set_rng_state(&self, s: [u64; 4]) -> PyResult<()> {
         if s == [0; 4] {
             return Err(PyValueError::new_err("a random generator state cannot be all zeros"));
         }
-        with_net!(&mut self.net, m, _T, m.set_rng_state(s));
+        with_net!(&mut *self.lock()?, m, _T, m.set_rng_state(s));
         Ok(())
     }
 }

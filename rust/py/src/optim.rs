@@ -3,7 +3,7 @@
 
 use crate::arrays::new_array;
 use crate::errors::{compute, guarded, to_py, ShapeError};
-use crate::model::{with_net, Net, PyModel};
+use crate::model::{try_lock, with_net, Net, PyModel};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::Float;
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
@@ -11,16 +11,18 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
 
 pub enum Opt {
     F32(Optimizer<f32>),
     F64(Optimizer<f64>),
 }
 
-/// An optimizer bound to some parameters of one model (use `ferrograd.optim`).
-#[pyclass(module = "ferrograd._core", name = "Optimizer")]
+/// An optimizer bound to some parameters of one model (use
+/// `ferrograd.optim`). Frozen with a non-waiting lock, as `Model`.
+#[pyclass(module = "ferrograd._core", name = "Optimizer", frozen)]
 pub struct PyOptimizer {
-    pub opt: Opt,
+    opt: Mutex<Opt>,
     pub model: Py<PyModel>,
     /// The parameter ranges in the order the parameters were given.
     ranges: Vec<Range<usize>>,
@@ -67,6 +69,13 @@ fn parse_optim(kind: &str, d: &Bound<'_, PyDict>) -> PyResult<OptimConfig> {
     })
 }
 
+impl PyOptimizer {
+    /// The optimizer, or the in-use error.
+    pub fn lock(&self) -> PyResult<MutexGuard<'_, Opt>> {
+        try_lock(&self.opt, "optimizer")
+    }
+}
+
 #[pymethods]
 impl PyOptimizer {
     /// `kind` is "SGD", "Adam", "AdamW" or "RMSprop"; `params` are indices
@@ -79,8 +88,7 @@ impl PyOptimizer {
         params: Vec<usize>,
     ) -> PyResult<Self> {
         let cfg = parse_optim(kind, config)?;
-        let m = model.try_borrow()?;
-        let (opt, ranges) = with_net!(&m.net, net, T, {
+        let (opt, ranges) = with_net!(&*model.get().lock()?, net, T, {
             let entries = net.entries();
             let mut ranges = Vec::with_capacity(params.len());
             for &i in &params {
@@ -89,7 +97,7 @@ impl PyOptimizer {
             }
             (Optimizer::<T>::new(cfg, ranges.clone()).map_err(to_py)?.wrap(), ranges)
         });
-        Ok(PyOptimizer { opt, model: model.clone().unbind(), ranges })
+        Ok(PyOptimizer { opt: Mutex::new(opt), model: model.clone().unbind(), ranges })
     }
 
     /// `(steps, state)`: per parameter (in the order given), one flat array
@@ -97,7 +105,7 @@ impl PyOptimizer {
     /// exp_avg_sq; RMSprop: square_avg, momentum_buffer, grad_avg); empty
     /// lists before the first step.
     fn get_state<'py>(&self, py: Python<'py>) -> PyResult<(u64, Vec<Vec<Bound<'py, PyAny>>>)> {
-        match &self.opt {
+        match &*self.lock()? {
             Opt::F32(o) => export(py, o, &self.ranges),
             Opt::F64(o) => export(py, o, &self.ranges),
         }
@@ -105,18 +113,18 @@ impl PyOptimizer {
 
     /// Replaces the step count and state (laid out as `get_state` returns
     /// it; arrays of the optimizer's dtype), all or nothing.
-    fn set_state(&mut self, steps: u64, state: Vec<Vec<Bound<'_, PyAny>>>) -> PyResult<()> {
-        match &mut self.opt {
+    fn set_state(&self, steps: u64, state: Vec<Vec<Bound<'_, PyAny>>>) -> PyResult<()> {
+        match &mut *self.lock()? {
             Opt::F32(o) => import(o, &self.ranges, steps, &state),
             Opt::F64(o) => import(o, &self.ranges, steps, &state),
         }
     }
 
     /// One update of the model's parameters from their gradients.
-    fn step(&mut self, py: Python<'_>) -> PyResult<()> {
+    fn step(&self, py: Python<'_>) -> PyResult<()> {
         let model = self.model.bind(py);
-        let mut m = model.try_borrow_mut()?;
-        match (&mut m.net, &mut self.opt) {
+        let mut m = model.get().lock()?;
+        match (&mut *m, &mut *self.lock()?) {
             (Net::F32(net), Opt::F32(o)) => compute(py, || net.optimizer_step(o)),
             (Net::F64(net), Opt::F64(o)) => compute(py, || net.optimizer_step(o)),
             _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
@@ -125,16 +133,16 @@ impl PyOptimizer {
 
     /// The learning rate (settable, for schedules).
     #[getter]
-    fn get_lr(&self) -> f64 {
-        match &self.opt {
+    fn get_lr(&self) -> PyResult<f64> {
+        Ok(match &*self.lock()? {
             Opt::F32(o) => o.config.lr(),
             Opt::F64(o) => o.config.lr(),
-        }
+        })
     }
 
     #[setter]
-    fn set_lr(&mut self, lr: f64) -> PyResult<()> {
-        match &mut self.opt {
+    fn set_lr(&self, lr: f64) -> PyResult<()> {
+        match &mut *self.lock()? {
             Opt::F32(o) => o.config.set_lr(lr),
             Opt::F64(o) => o.config.set_lr(lr),
         }
@@ -144,16 +152,16 @@ impl PyOptimizer {
     /// SGD's and RMSprop's momentum, Adam's and AdamW's beta1 (settable,
     /// for schedules that cycle it).
     #[getter]
-    fn get_momentum(&self) -> f64 {
-        match &self.opt {
+    fn get_momentum(&self) -> PyResult<f64> {
+        Ok(match &*self.lock()? {
             Opt::F32(o) => o.config.momentum(),
             Opt::F64(o) => o.config.momentum(),
-        }
+        })
     }
 
     #[setter]
-    fn set_momentum(&mut self, value: f64) -> PyResult<()> {
-        match &mut self.opt {
+    fn set_momentum(&self, value: f64) -> PyResult<()> {
+        match &mut *self.lock()? {
             Opt::F32(o) => o.config.set_momentum(value),
             Opt::F64(o) => o.config.set_momentum(value),
         }
@@ -162,19 +170,20 @@ impl PyOptimizer {
 
     /// Steps taken.
     #[getter]
-    fn steps(&self) -> u64 {
-        match &self.opt {
+    fn steps(&self) -> PyResult<u64> {
+        Ok(match &*self.lock()? {
             Opt::F32(o) => o.steps(),
             Opt::F64(o) => o.steps(),
-        }
+        })
     }
 
     /// Forgets the step count and all state.
-    fn reset(&mut self) {
-        match &mut self.opt {
+    fn reset(&self) -> PyResult<()> {
+        match &mut *self.lock()? {
             Opt::F32(o) => o.reset(),
             Opt::F64(o) => o.reset(),
         }
+        Ok(())
     }
 }
 

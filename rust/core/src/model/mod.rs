@@ -22,6 +22,7 @@ use crate::data::Features;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::layers::{BufferKind, Layer, LayerSpec};
+use crate::memory;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
 use std::ops::Range;
@@ -219,6 +220,15 @@ impl<T: Float> Sequential<T> {
             }
             ops.push(Op { layer, spec, prange: p0..np, brange: b0..nb, crange: c0..nc });
         }
+        // Checked before anything is allocated (and its pages touched).
+        let bytes = memory::bytes_of::<T>(np)
+            .saturating_mul(2)
+            .saturating_add(memory::bytes_of::<T>(nb))
+            .saturating_add(memory::bytes_of::<i64>(nc));
+        memory::reserve(
+            &format!("the model's parameters, gradients and buffers ({np} parameters in {})", T::NAME),
+            bytes,
+        )?;
         let mut rng = Rng::new(seed);
         let mut params = workspace::zeros::<T>(np)?;
         let grads = workspace::zeros::<T>(np)?;

@@ -238,7 +238,7 @@ impl<T: Float> Sequential<T> {
         for &m in opts.momenta.iter().flatten() {
             probe.set_momentum(m)?;
         }
-        opt.prepare();
+        opt.prepare()?;
         if opts.diagnostics {
             self.diag_begin()?;
         } else {

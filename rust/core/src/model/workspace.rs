@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::layers::{numel, Backward, Buffers, Forward, Layout, Layouts};
 use crate::loss::{RowStat, Target};
+use crate::memory;
 use crate::rng::mix64;
 use std::ops::Range;
 
@@ -55,11 +56,17 @@ impl<T> Default for Workspace<T> {
 
 impl<T: Float> Sequential<T> {
     /// Sizes the workspace for `n` samples of per-sample shape `input`, for
-    /// evaluation or (`training`) training passes.
+    /// evaluation or (`training`) training passes. The growth is checked
+    /// against the memory budget ([`memory::reserve`]) before anything
+    /// changes; nothing is checked when the buffers are already big enough.
     pub(crate) fn plan(&mut self, input: &[usize], n: usize, training: bool) -> Result<()> {
-        let ws = &mut self.ws;
-        let same = ws.shapes.first().is_some_and(|s| s == input);
-        if !same {
+        let same = self.ws.shapes.first().is_some_and(|s| s == input);
+        if same && n <= self.ws.cap && !(training && n > self.ws.train_cap) {
+            return Ok(());
+        }
+        let fresh = if same {
+            None
+        } else {
             let mut shapes = vec![input.to_vec()];
             for op in &self.ops {
                 let prev = shapes.last().map(|v| v.as_slice()).unwrap_or(&[]);
@@ -67,36 +74,66 @@ impl<T: Float> Sequential<T> {
                     op.layer.output_shape(prev).map_err(|e| layer_error(op.spec, &self.specs[op.spec], e))?;
                 shapes.push(next);
             }
+            Some(shapes)
+        };
+        let ws = &self.ws;
+        let shapes = fresh.as_ref().unwrap_or(&ws.shapes);
+        let (cap, train_cap) = if same { (n.max(ws.cap), ws.train_cap) } else { (n, 0) };
+        let train_cap = if training { train_cap.max(n) } else { train_cap };
+        let sized = |s: &[usize]| cap.checked_mul(numel(s)).ok_or_else(too_big);
+        // Below the prefix nothing is ever stored (see `load`).
+        let mut acts = vec![0; shapes.len()];
+        for (a, s) in acts.iter_mut().zip(shapes).skip(self.prefix) {
+            *a = sized(s)?;
+        }
+        let mut scratch = vec![0; self.ops.len()];
+        for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
+            let (l, s) = (&op.layer, &shapes[i]);
+            scratch[i] = l.scratch_len(cap, s, false).max(l.scratch_len(train_cap, s, true));
+        }
+        let widest = sized(&[shapes.iter().map(|s| numel(s)).max().unwrap_or(0)])?;
+        // Bytes held now, and after growing (the buffers of another input
+        // shape are dropped first); the difference is what gets allocated.
+        let kept = |v: &[Vec<T>], i: usize| if same { v[i].len() } else { 0 };
+        let held: usize = ws.acts.iter().chain(&ws.scratch).chain([&ws.d_a, &ws.d_b]).map(Vec::len).sum();
+        let after = acts
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| a.max(kept(&ws.acts, i)))
+            .chain(scratch.iter().enumerate().map(|(i, &a)| a.max(kept(&ws.scratch, i))))
+            .chain([widest.max(ws.d_a.len()), widest.max(ws.d_b.len())])
+            .fold(0usize, usize::saturating_add);
+        let bytes =
+            memory::bytes_of::<T>(after.saturating_sub(held))
+                .saturating_add(memory::bytes_of::<RowStat>(cap.saturating_sub(ws.stats.len())));
+        let mode = if training { "training" } else { "evaluation" };
+        memory::reserve(
+            &format!("a batch of {n} samples of shape {input:?} ({mode} activations and scratch)"),
+            bytes,
+        )?;
+        let ops_len = self.ops.len();
+        let ws = &mut self.ws;
+        if let Some(shapes) = fresh {
             ws.layouts = plan_layouts(&self.ops, &shapes);
             ws.shapes = shapes;
             ws.cap = 0;
             ws.train_cap = 0;
-            ws.acts = vec![Vec::new(); self.ops.len() + 1];
-            ws.scratch = vec![Vec::new(); self.ops.len()];
+            ws.acts = vec![Vec::new(); ops_len + 1];
+            ws.scratch = vec![Vec::new(); ops_len];
             self.cache = None;
         }
-        if n > ws.cap || (training && n > ws.train_cap) {
-            let cap = n.max(ws.cap);
-            if training {
-                ws.train_cap = ws.train_cap.max(n);
-            }
-            let sized = |s: &[usize]| cap.checked_mul(numel(s)).ok_or_else(too_big);
-            // Below the prefix nothing is ever stored (see `load`).
-            for (a, s) in ws.acts.iter_mut().zip(&ws.shapes).skip(self.prefix) {
-                grow(a, sized(s)?)?;
-            }
-            for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
-                let (l, s) = (&op.layer, &ws.shapes[i]);
-                let need = l.scratch_len(cap, s, false).max(l.scratch_len(ws.train_cap, s, true));
-                grow(&mut ws.scratch[i], need)?;
-            }
-            let widest = ws.shapes.iter().map(|s| numel(s)).max().unwrap_or(0);
-            grow(&mut ws.d_a, sized(&[widest])?)?;
-            grow(&mut ws.d_b, sized(&[widest])?)?;
-            ws.stats.try_reserve(cap.saturating_sub(ws.stats.len())).map_err(|_| oom(cap * 16))?;
-            ws.stats.resize(cap, RowStat::default());
-            ws.cap = cap;
+        for (a, &len) in ws.acts.iter_mut().zip(&acts) {
+            grow(a, len)?;
         }
+        for (a, &len) in ws.scratch.iter_mut().zip(&scratch) {
+            grow(a, len)?;
+        }
+        grow(&mut ws.d_a, widest)?;
+        grow(&mut ws.d_b, widest)?;
+        ws.stats.try_reserve(cap.saturating_sub(ws.stats.len())).map_err(|_| oom(cap * 16))?;
+        ws.stats.resize(cap, RowStat::default());
+        ws.cap = cap;
+        ws.train_cap = train_cap;
         Ok(())
     }
 
@@ -274,7 +311,7 @@ pub(crate) fn too_big() -> Error {
 }
 
 pub(crate) fn oom(bytes: usize) -> Error {
-    Error::value(format!(
+    Error::memory(format!(
         "cannot allocate {:.1} GB for the model or batch; use smaller layers or batches",
         bytes as f64 / 1e9
     ))
