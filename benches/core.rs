@@ -380,36 +380,38 @@ fn bench_optim(c: &mut Criterion) {
         });
     }
     g.finish();
-    // The small MLP's first weight (in cache), plain and measured (the
-    // update `fit(diagnostics=True)` runs).
-    let mut g = c.benchmark_group("optimizer_step_100k");
-    let n = 784 * 128;
-    let grads = randn(n, 7);
-    g.throughput(Throughput::Elements(n as u64));
-    for (name, cfg) in configs {
-        for measured in [false, true] {
-            let mut params = randn(n, 8);
-            #[allow(clippy::single_range_in_vec_init)] // one parameter tensor
-            let ranges = vec![0..n];
-            let mut opt = Optimizer::<f32>::new(cfg.clone(), ranges).unwrap();
-            let mut buf = Vec::new();
-            let label = format!("{name}{}", if measured { "_measured" } else { "" });
-            g.bench_function(label, |b| {
-                b.iter(|| {
-                    threads::install(|| {
-                        if measured {
-                            opt.step_part_measured(&mut params, &grads, 0..n, &mut buf).unwrap();
-                        } else {
-                            opt.step_part(&mut params, &grads, 0..n).unwrap();
-                        }
-                        opt.finish_step();
+    // The small MLP's first weight (in cache) and the CNN's dense weight
+    // (out of cache), plain and measured (the update `fit(diagnostics=True)`
+    // runs).
+    for (group, n) in [("optimizer_step_100k", 784 * 128), ("optimizer_step_800k", 3136 * 256)] {
+        let mut g = c.benchmark_group(group);
+        let grads = randn(n, 7);
+        g.throughput(Throughput::Elements(n as u64));
+        for (name, cfg) in configs.clone() {
+            for measured in [false, true] {
+                let mut params = randn(n, 8);
+                #[allow(clippy::single_range_in_vec_init)] // one parameter tensor
+                let ranges = vec![0..n];
+                let mut opt = Optimizer::<f32>::new(cfg.clone(), ranges).unwrap();
+                let mut buf = Vec::new();
+                let label = format!("{name}{}", if measured { "_measured" } else { "" });
+                g.bench_function(label, |b| {
+                    b.iter(|| {
+                        threads::install(|| {
+                            if measured {
+                                opt.step_part_measured(&mut params, &grads, 0..n, &mut buf).unwrap();
+                            } else {
+                                opt.step_part(&mut params, &grads, 0..n).unwrap();
+                            }
+                            opt.finish_step();
+                        })
+                        .unwrap()
                     })
-                    .unwrap()
-                })
-            });
+                });
+            }
         }
+        g.finish();
     }
-    g.finish();
 }
 
 fn bench_train(c: &mut Criterion) {
