@@ -461,10 +461,11 @@ def _init_params(cls: type) -> frozenset[str]:
     ``__init__`` (layers without arguments) leaves cyclic garbage behind."""
     names = _INIT_PARAMS.get(cls)
     if names is None:
-        if cls.__init__ is object.__init__:
+        init = getattr(cls, "__init__")  # noqa: B009 (mypy: not through an instance)
+        if init is object.__init__:
             names = frozenset()
         else:
-            names = frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
+            names = frozenset(inspect.signature(init).parameters) - {"self"}
         _INIT_PARAMS[cls] = names
     return names
 
