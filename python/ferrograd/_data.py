@@ -18,6 +18,17 @@ from ._core import ShapeError
 _DIRECT = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 
 
+def untorch(value: Any) -> Any:
+    """A torch tensor as a numpy array (bfloat16, which numpy lacks, as
+    float32); anything else unchanged. torch is never imported."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    return value
+
+
 def _numeric(a: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(a)

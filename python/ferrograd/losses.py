@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._data import as_target
+from ._data import as_target, untorch
 
 __all__ = ["Loss", "MSE", "CrossEntropy", "BinaryCrossEntropy", "get"]
 
@@ -27,8 +27,7 @@ def _weights(name: str, value: Any, owner: str) -> list[float] | None:
     """A 1-d sequence of numbers as floats (the engine checks the values)."""
     if value is None:
         return None
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+    value = untorch(value)
     arr = np.asarray(value)
     if arr.ndim != 1 or arr.dtype.kind not in "biuf":
         raise TypeError(f"{owner}: {name} must be a 1-d sequence of numbers, got {value!r}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core, losses, serialization
 from . import optim as _optim
-from ._data import as_features, as_target
+from ._data import as_features, as_target, untorch
 from ._progress import EpochProgress
 from .layers import Layer
 
@@ -295,9 +295,7 @@ class Sequential:
         for name, v in state.items():
             if not isinstance(name, str):
                 raise TypeError(f"state_dict keys must be strings, got {name!r}")
-            if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensors
-                v = v.detach().cpu().numpy()
-            arr = np.asarray(v)
+            arr = np.asarray(untorch(v))
             if arr.dtype.kind not in "biuf":
                 raise TypeError(
                     f"state_dict entry {name!r} has dtype {arr.dtype}, expected numbers"

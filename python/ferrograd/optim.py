@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from . import _core
+from ._data import untorch
 
 if TYPE_CHECKING:
     from .model import Parameter, Sequential
@@ -135,8 +138,8 @@ class Optimizer:
     #: torch's names of the engine's state slots, in the engine's order.
     _SLOTS: tuple[str, ...] = ()
 
-    def _slots_used(self) -> list[str]:
-        """The slots torch keeps for these hyper-parameters."""
+    def _slots_used(self, config: Mapping[str, Any]) -> list[str]:
+        """The slots torch keeps for the hyper-parameters ``config``."""
         return list(self._SLOTS)
 
     def _group(self) -> dict[str, Any]:
@@ -155,7 +158,7 @@ class Optimizer:
         arrays are copies; ``load_state_dict`` of a torch optimizer takes it
         once they are made tensors (``torch.as_tensor``)."""
         steps, slots = self._core.get_state()
-        used = self._slots_used()
+        used = self._slots_used(self.defaults)
         state: dict[int, dict[str, Any]] = {}
         for i, (p, arrays) in enumerate(zip(self.params, slots)):
             if not arrays:
@@ -193,8 +196,6 @@ class Optimizer:
         hyper-parameters from ``param_groups`` (one group), moments and step
         count from ``state``. All or nothing: a mismatch raises
         ``ValueError`` naming it and the optimizer is unchanged."""
-        import numpy as np
-
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         groups = state_dict.get("param_groups")
@@ -212,7 +213,7 @@ class Optimizer:
             )
         config = self._config_from_group(group)
         core = _core.Optimizer(self._mcore, self.kind, config, [p._index for p in self.params])
-        used = self._slots_used_for(config)
+        used = self._slots_used(config)
         steps_seen: set[int] = set()
         slots: list[list[Any]] = []
         dtype = self._dtype
@@ -224,13 +225,13 @@ class Optimizer:
             if not isinstance(entry, Mapping):
                 raise ValueError(f"state of parameter {pid} must be a mapping")
             if "step" in entry:
-                steps_seen.add(_whole("step", _to_numpy(entry["step"])))
+                steps_seen.add(_whole("step", untorch(entry["step"])))
             arrays = []
             for name in self._SLOTS:
                 if name in used:
                     if entry.get(name) is None:
                         raise ValueError(f"state of parameter {pid} lacks {name!r}")
-                    a = np.asarray(_to_numpy(entry[name]))
+                    a = np.asarray(untorch(entry[name]))
                     if a.shape != p.shape:
                         raise ValueError(
                             f"state {name!r} of parameter {pid} has shape {a.shape}, "
@@ -264,14 +265,6 @@ class Optimizer:
         self.defaults = dict(config)
         self._set_sched_values(extras)
 
-    def _slots_used_for(self, config: Mapping[str, Any]) -> list[str]:
-        old = self.defaults
-        try:
-            self.defaults = dict(config)
-            return self._slots_used()
-        finally:
-            self.defaults = old
-
     # ------------------------------------------------------------ pickle
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -295,15 +288,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-def _to_numpy(v: Any) -> Any:
-    if hasattr(v, "detach") and hasattr(v, "cpu"):  # a torch tensor
-        return v.detach().cpu().numpy()
-    return v
-
-
 def _whole(name: str, v: Any) -> int:
-    import numpy as np
-
     a = np.asarray(v)
     if a.size != 1 or a.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be a number, got {v!r}")
@@ -344,8 +329,8 @@ class SGD(Optimizer):
     kind = "SGD"
     _SLOTS = ("momentum_buffer",)
 
-    def _slots_used(self) -> list[str]:
-        return ["momentum_buffer"] if self.defaults["momentum"] != 0 else []
+    def _slots_used(self, config: Mapping[str, Any]) -> list[str]:
+        return ["momentum_buffer"] if config["momentum"] != 0 else []
 
     def _group(self) -> dict[str, Any]:
         d = self.defaults
@@ -490,8 +475,8 @@ class RMSprop(Optimizer):
     kind = "RMSprop"
     _SLOTS = ("square_avg", "momentum_buffer", "grad_avg")
 
-    def _slots_used(self) -> list[str]:
-        d = self.defaults
+    def _slots_used(self, config: Mapping[str, Any]) -> list[str]:
+        d = config
         return (
             ["square_avg"]
             + (["momentum_buffer"] if d["momentum"] > 0 else [])

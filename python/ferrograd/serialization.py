@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _core
 from . import layers as _layers
+from ._data import untorch
 
 if TYPE_CHECKING:
     from .lr_scheduler import LRScheduler
@@ -47,12 +48,7 @@ def _path(path: Any) -> str:
 
 
 def _tensor(name: str, value: Any) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
-    a = np.asarray(value)
+    a = np.asarray(untorch(value))
     if a.dtype.kind == "f":
         a = a.astype(np.float64 if a.dtype == np.float64 else np.float32, copy=False)
     elif a.dtype.kind in "biu":

@@ -234,6 +234,19 @@ fn train_impl<T: Element + Float>(
     }
 }
 
+/// A model with initialised weights, or zero ones (`init` false) to load into.
+fn build<T: Float>(
+    specs: Vec<ferrograd::LayerSpec>,
+    seed: u64,
+    init: bool,
+) -> ferrograd::Result<Sequential<T>> {
+    if init {
+        Sequential::new(specs, seed)
+    } else {
+        Sequential::new_uninit(specs, seed)
+    }
+}
+
 fn kind_name(k: StateKind) -> &'static str {
     match k {
         StateKind::Param => "param",
@@ -252,23 +265,9 @@ impl PyModel {
     fn new(specs: Vec<String>, dtype: &str, seed: u64, init: bool) -> PyResult<Self> {
         let net = guarded(|| {
             let specs = parse_specs(&specs)?;
-            let build = |specs, seed| {
-                if init {
-                    Sequential::new(specs, seed)
-                } else {
-                    Sequential::new_uninit(specs, seed)
-                }
-            };
-            let build64 = |specs, seed| {
-                if init {
-                    Sequential::new(specs, seed)
-                } else {
-                    Sequential::new_uninit(specs, seed)
-                }
-            };
             Ok(match dtype {
-                "float32" => Net::F32(build(specs, seed)?),
-                "float64" => Net::F64(build64(specs, seed)?),
+                "float32" => Net::F32(build(specs, seed, init)?),
+                "float64" => Net::F64(build(specs, seed, init)?),
                 other => {
                     return Err(Error::value(format!(
                         "unknown dtype {other:?}; expected \"float32\" or \"float64\""
