@@ -10,14 +10,14 @@
 //! is under 4% of its largest value for sigmoid, 2% for tanh). Every value
 //! is per step; an epoch reports the means over its steps.
 
+use super::workspace::Pass;
 use super::Sequential;
 use crate::clip::ClipNorm;
-use crate::data::Rows;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::norms::{self, count_outside, diff_sumsq, sumsq_pair_copy, unit_max, vector_norm};
 use crate::layers::{numel, LayerSpec, Layout};
-use crate::loss::{loss_grad, LossSpec};
+use crate::loss::LossSpec;
 use crate::model::train::Data;
 use crate::optim::Optimizer;
 use std::cmp::Ordering;
@@ -309,22 +309,17 @@ impl<T: Float> Sequential<T> {
     /// Parameters, gradients, buffers and the random state are left as they
     /// were; `update_ratio` is NaN.
     pub fn diagnose(&mut self, data: Data<'_, T>, loss: &LossSpec) -> Result<Diagnostics> {
-        self.validate_data(data, loss)?;
-        let Data { x, n, shape, y, weights } = data;
-        let cols = self.out_len();
-        self.plan(shape, n, true)?;
-        self.check_batch(n, true)?;
-        let in_len = self.in_len();
-        self.load(&x, Rows::Range(0, n), in_len);
-        let key = 0xd1a6_0f10_77e5_7a11_u64;
+        self.load_whole(&data, loss)?;
+        let pass = Pass::frozen(0xd1a6_0f10_77e5_7a11_u64);
         self.diag_begin()?;
-        self.run_layers(n, true, false, key);
-        self.diag_activations(n);
-        let out = &self.ws.acts[self.ops.len()][..n * cols];
-        loss_grad(loss, out, n, cols, y, weights, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
+        let result = self.forward_loss(data.n, pass, loss, data.y, data.weights.is_some(), true);
+        if let Err(e) = result {
+            self.diag.stop();
+            return Err(e);
+        }
         let saved = std::mem::take(&mut self.grads);
         self.grads = super::workspace::zeros(saved.len())?;
-        self.backward_loaded(n, key, false, |_, _, _| {});
+        self.backward_loaded(data.n, pass.key, false, |_, _, _| {});
         let mut d = std::mem::take(&mut self.diag);
         d.record_norms(&self.params, &self.grads);
         d.steps = 1;

@@ -1,11 +1,11 @@
 //! Backpropagation checked against central finite differences.
 
 use super::train::Data;
+use super::workspace::Pass;
 use super::Sequential;
-use crate::data::Rows;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::loss::{loss_grad, LossSpec, Target};
+use crate::loss::LossSpec;
 
 /// One parameter's result of [`Sequential::gradcheck`].
 #[derive(Clone, Debug)]
@@ -21,22 +21,6 @@ pub struct GradCheck {
 }
 
 impl<T: Float> Sequential<T> {
-    /// Mean loss of a training-mode pass over the loaded batch with a fixed
-    /// random key (so dropout masks repeat) and frozen buffers.
-    fn loss_at(
-        &mut self,
-        n: usize,
-        key: u64,
-        loss: &LossSpec,
-        y: Target<'_, T>,
-        w: Option<&[T]>,
-        cols: usize,
-    ) -> Result<f64> {
-        self.run_layers(n, true, false, key);
-        let out = &self.ws.acts[self.ops.len()][..n * cols];
-        Ok(loss_grad(loss, out, n, cols, y, w, None, &mut self.ws.stats)?.mean())
-    }
-
     /// Compares backprop gradients with central finite differences (step
     /// `eps`) for every parameter element, in training mode (dropout masks
     /// held fixed, batch statistics for BatchNorm). Needs a float64 model.
@@ -53,31 +37,26 @@ impl<T: Float> Sequential<T> {
         if !(eps.is_finite() && eps > 0.0) {
             return Err(Error::value(format!("eps must be a finite value > 0, got {eps}")));
         }
-        self.validate_data(data, loss)?;
-        let Data { x, n, shape, y, weights } = data;
-        let cols = self.out_len();
-        self.plan(shape, n, true)?;
-        self.check_batch(n, true)?;
-        let in_len = self.in_len();
-        self.load(&x, Rows::Range(0, n), in_len);
-        let key = 0x5eed_0f9c_4ec4_ed00_u64;
+        self.load_whole(&data, loss)?;
+        let (n, y, weighted) = (data.n, data.y, data.weights.is_some());
+        // One fixed key, so every pass draws the same dropout masks, and
+        // frozen buffers, so every pass sees the same model.
+        let pass = Pass::frozen(0x5eed_0f9c_4ec4_ed00_u64);
         let saved_grads = self.grads.clone();
-        // Analytic gradient, with the same fixed key (dropout masks) as below.
-        self.loss_at(n, key, loss, y, weights, cols)?;
-        let out = &self.ws.acts[self.ops.len()][..n * cols];
-        loss_grad(loss, out, n, cols, y, weights, Some(&mut self.ws.d_a), &mut self.ws.stats)?;
+        self.forward_loss(n, pass, loss, y, weighted, true)?;
         self.grads.fill(T::ZERO);
-        self.backward_loaded(n, key, true, |_, _, _| {});
+        self.backward_loaded(n, pass.key, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
+        let loss_at = |m: &mut Self| m.forward_loss(n, pass, loss, y, weighted, false).map(|t| t.mean());
         let mut report = Vec::new();
         for e in self.entries.clone() {
             let mut numeric = Vec::with_capacity(e.range.len());
             for j in e.range.clone() {
                 let orig = self.params[j];
                 self.params[j] = T::from_f64(orig.to_f64() + eps);
-                let lp = self.loss_at(n, key, loss, y, weights, cols)?;
+                let lp = loss_at(self)?;
                 self.params[j] = T::from_f64(orig.to_f64() - eps);
-                let lm = self.loss_at(n, key, loss, y, weights, cols)?;
+                let lm = loss_at(self)?;
                 self.params[j] = orig;
                 numeric.push((lp - lm) / (2.0 * eps));
             }

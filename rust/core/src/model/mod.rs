@@ -27,7 +27,7 @@ use crate::optim::Optimizer;
 use crate::rng::Rng;
 use std::ops::Range;
 use std::time::Duration;
-use workspace::Workspace;
+use workspace::{Pass, Workspace};
 
 /// A named parameter: `"<layer index>.<weight|bias>"` as in `torch.nn.Sequential`.
 #[derive(Clone, Debug, PartialEq)]
@@ -418,7 +418,7 @@ impl<T: Float> Sequential<T> {
         let in_len = self.in_len();
         self.load(x, crate::data::Rows::Range(0, n), in_len);
         let key = if training { self.rng.next_u64() } else { 0 };
-        self.run_layers(n, training, training, key);
+        self.run_layers(n, if training { Pass::train(key) } else { Pass::EVAL });
         self.cache = if training { Some(Cache { n, key }) } else { None };
         let len = n * self.out_len();
         Ok(&self.ws.acts[self.ops.len()][..len])

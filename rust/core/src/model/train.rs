@@ -1,6 +1,6 @@
 //! The fused training epoch, evaluation and inference.
 
-use super::workspace::batch_target;
+use super::workspace::Pass;
 use super::Sequential;
 use crate::clip::ClipNorm;
 use crate::data::{Features, Rows};
@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::team;
 use crate::layers::numel;
-use crate::loss::{check_sample_weights, loss_grad, validate_target, Loss, LossSpec, LossTotals, Target};
+use crate::loss::{check_sample_weights, validate_target, Loss, LossSpec, LossTotals, Target};
 use crate::optim::Optimizer;
 use std::time::Instant;
 
@@ -185,8 +185,39 @@ impl<T: Float> Sequential<T> {
         opts: &EpochOptions,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
     ) -> Result<LossTotals> {
-        let Data { x, n, shape, y, weights } = data;
-        let (loss, epoch) = (&opts.loss, opts.epoch);
+        self.check_epoch(&data, opt, opts)?;
+        opt.prepare()?;
+        if opts.diagnostics {
+            self.diag_begin()?;
+        } else {
+            self.diag.stop();
+        }
+        let mut order = std::mem::take(&mut self.ws.order);
+        order.clear();
+        order.extend(0..data.n);
+        if opts.shuffle {
+            self.rng.shuffle(&mut order);
+        }
+        let saved = opt.config.clone();
+        let team = self.team_size(opts.batch_size.min(data.n));
+        let result = team::with_team(team, || self.run_steps(&data, opt, opts, &order, team > 1, progress));
+        self.ws.order = order;
+        self.cache = None;
+        if opts.lrs.is_some() || opts.momenta.is_some() {
+            opt.config = saved;
+        }
+        if opts.diagnostics {
+            let d = self.diag_end();
+            self.last_diagnostics = (d.steps > 0).then_some(d);
+        }
+        result
+    }
+
+    /// Everything that could refuse an epoch, checked before its first step:
+    /// the options, the data, the workspace for its batches and each batch
+    /// size the layers must accept, the per-step schedules.
+    fn check_epoch(&mut self, data: &Data<'_, T>, opt: &Optimizer<T>, opts: &EpochOptions) -> Result<()> {
+        let Data { x, n, shape, weights, .. } = *data;
         if opts.batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
@@ -194,7 +225,7 @@ impl<T: Float> Sequential<T> {
             return Err(Error::value("the optimizer was built for a different model"));
         }
         if opts.check {
-            self.validate_data(data, loss)?;
+            self.validate_data(*data, &opts.loss)?;
         } else if weights.is_some_and(|w| w.len() != n) {
             return Err(Error::shape(format!("sample_weight must have {n} entries")));
         } else if n == 0 || x.len() != n * numel(shape) {
@@ -204,7 +235,6 @@ impl<T: Float> Sequential<T> {
             )));
         }
         self.plan(shape, 1, false)?;
-        let cols = self.out_len();
         let bs = opts.batch_size.min(n);
         self.plan(shape, bs, true)?;
         self.check_batch(bs, true)?;
@@ -219,7 +249,6 @@ impl<T: Float> Sequential<T> {
             })?;
         }
         let steps = n.div_ceil(bs);
-        // Per-step schedules: every value is checked before the first step.
         for (what, values) in [("learning rates", &opts.lrs), ("momenta", &opts.momenta)] {
             if let Some(v) = values {
                 if v.len() != steps {
@@ -230,7 +259,6 @@ impl<T: Float> Sequential<T> {
                 }
             }
         }
-        let saved = opt.config.clone();
         let mut probe = opt.config.clone();
         for &lr in opts.lrs.iter().flatten() {
             probe.set_lr(lr)?;
@@ -238,145 +266,129 @@ impl<T: Float> Sequential<T> {
         for &m in opts.momenta.iter().flatten() {
             probe.set_momentum(m)?;
         }
-        opt.prepare()?;
-        if opts.diagnostics {
-            self.diag_begin()?;
-        } else {
-            self.diag.stop();
-        }
-        let mut order = std::mem::take(&mut self.ws.order);
-        order.clear();
-        order.extend(0..n);
-        if opts.shuffle {
-            self.rng.shuffle(&mut order);
-        }
-        let in_len = self.in_len();
+        Ok(())
+    }
+
+    /// The epoch's steps over the samples in `order`, with progress reports;
+    /// stops at the first error. `tune`: a team runs the steps (see
+    /// [`team::Tuner`]).
+    fn run_steps(
+        &mut self,
+        data: &Data<'_, T>,
+        opt: &mut Optimizer<T>,
+        opts: &EpochOptions,
+        order: &[usize],
+        tune: bool,
+        progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
+    ) -> Result<LossTotals> {
+        let n = data.n;
+        let bs = opts.batch_size.min(n);
+        let steps = n.div_ceil(bs);
         let mut totals = LossTotals::default();
         let mut last_report = Instant::now();
-        let team = self.team_size(bs);
-        let result = team::with_team(team, || {
-            let mut result = Ok(());
-            let mut tuner = team::Tuner::new(team > 1);
-            for step in 0..steps {
-                tuner.before_step();
-                let began = Instant::now();
-                let idx = &order[step * bs..((step + 1) * bs).min(n)];
-                let rows = Rows::Index(idx);
-                let m = idx.len();
-                self.load(&x, rows, in_len);
-                // Small batches: start loading the next one while this one computes
-                // (a large batch would only push the weights out of cache).
-                if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
-                    let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
-                    x.prefetch(Rows::Index(next), in_len);
-                }
-                self.gather_target(y, rows, cols);
-                if let Some(w) = weights {
-                    self.ws.weights.clear();
-                    self.ws.weights.extend(idx.iter().map(|&i| w[i]));
-                }
-                let key = self.rng.next_u64();
-                self.run_layers(m, true, true, key);
-                if opts.diagnostics {
-                    self.diag_activations(m);
-                }
-                let out = &self.ws.acts[self.ops.len()][..m * cols];
-                let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
-                let bw = weights.map(|_| &self.ws.weights[..m]);
-                let t =
-                    match loss_grad(loss, out, m, cols, bt, bw, Some(&mut self.ws.d_a), &mut self.ws.stats) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    };
-                if !t.mean().is_finite() {
-                    result = Err(Error::non_finite(format!(
-                        "training loss became {} at epoch {epoch}, step {} (of {steps}); \
-                     try a lower learning rate or check the data",
-                        t.mean(),
-                        step + 1
-                    )));
+        let mut tuner = team::Tuner::new(tune);
+        for step in 0..steps {
+            tuner.before_step();
+            let began = Instant::now();
+            let idx = &order[step * bs..((step + 1) * bs).min(n)];
+            let next = order.get((step + 1) * bs..((step + 2) * bs).min(n));
+            let t = self.train_step(data, opt, opts, idx, next, step)?;
+            tuner.after_step(began.elapsed());
+            totals.add(&t);
+            if opts.every_step || last_report.elapsed() >= self.report_every || step + 1 == steps {
+                last_report = Instant::now();
+                let samples = (step * bs + idx.len()).min(n);
+                if progress(&Progress { step: step + 1, steps, samples, totals })? == Flow::Stop {
                     break;
-                }
-                // Checked above: these cannot fail.
-                if let Some(lrs) = &opts.lrs {
-                    let _ = opt.config.set_lr(lrs[step]);
-                }
-                if let Some(m) = &opts.momenta {
-                    let _ = opt.config.set_momentum(m[step]);
-                }
-                let mut updated = Ok(());
-                let mut diag = std::mem::take(&mut self.diag);
-                if let Some(clip) = opts.clip {
-                    // Clipping needs every gradient before the first update.
-                    self.backward_loaded(m, key, false, |_, _, _| {});
-                    updated = self.clip_all(clip).map(drop).map_err(|e| Error {
-                        message: format!(
-                            "{} at epoch {epoch}, step {} (of {steps}); try a lower learning rate or \
-                             check the data",
-                            e.message,
-                            step + 1
-                        ),
-                        ..e
-                    });
-                    if updated.is_ok() {
-                        updated = if diag.on() {
-                            // The gradient norms before clipping (L2, as clipped).
-                            let norms = Some(&self.clip_norms[..]);
-                            diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, norms)
-                        } else {
-                            opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
-                        };
-                    }
-                } else {
-                    // Each layer's update right after its gradients, while
-                    // they are still in cache.
-                    self.backward_loaded(m, key, false, |p, g, r| {
-                        if updated.is_ok() {
-                            updated = if diag.on() {
-                                diag.update(opt, p, g, r, None)
-                            } else {
-                                opt.step_part(p, g, r)
-                            };
-                        }
-                    });
-                }
-                self.diag = diag;
-                if let Err(e) = updated {
-                    result = Err(e);
-                    break;
-                }
-                opt.finish_step();
-                self.diag.end_step();
-                tuner.after_step(began.elapsed());
-                totals.add(&t);
-                if opts.every_step || last_report.elapsed() >= self.report_every || step + 1 == steps {
-                    last_report = Instant::now();
-                    let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
-                    match progress(&p) {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Stop) => break,
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    }
                 }
             }
-            result
-        });
-        self.ws.order = order;
-        self.cache = None;
-        if opts.lrs.is_some() || opts.momenta.is_some() {
-            opt.config = saved;
         }
-        if opts.diagnostics {
-            let d = self.diag_end();
-            self.last_diagnostics = (d.steps > 0).then_some(d);
+        Ok(totals)
+    }
+
+    /// One training step on the samples `idx` (`next`: the following step's,
+    /// to prefetch): gather, forward, loss, backward and update. Returns the
+    /// step's loss totals.
+    fn train_step(
+        &mut self,
+        data: &Data<'_, T>,
+        opt: &mut Optimizer<T>,
+        opts: &EpochOptions,
+        idx: &[usize],
+        next: Option<&[usize]>,
+        step: usize,
+    ) -> Result<LossTotals> {
+        let m = idx.len();
+        self.load_batch(data, Rows::Index(idx));
+        // Small batches: start loading the next one while this one computes
+        // (a large batch would only push the weights out of cache).
+        let in_len = self.in_len();
+        if let Some(next) = next.filter(|_| opts.batch_size * in_len <= PREFETCH_MAX_ELEMS) {
+            data.x.prefetch(Rows::Index(next), in_len);
         }
-        result.map(|_| totals)
+        let pass = Pass::train(self.rng.next_u64());
+        let t = self.forward_loss(m, pass, &opts.loss, data.y, data.weights.is_some(), true)?;
+        let at = |e: Error| Error {
+            message: format!(
+                "{} at epoch {}, step {} (of {}); try a lower learning rate or check the data",
+                e.message,
+                opts.epoch,
+                step + 1,
+                opts.steps(data.n)
+            ),
+            ..e
+        };
+        if !t.mean().is_finite() {
+            return Err(at(Error::non_finite(format!("training loss became {}", t.mean()))));
+        }
+        // Checked before the first step: these cannot fail.
+        if let Some(lrs) = &opts.lrs {
+            let _ = opt.config.set_lr(lrs[step]);
+        }
+        if let Some(m) = &opts.momenta {
+            let _ = opt.config.set_momentum(m[step]);
+        }
+        self.backward_update(opt, opts.clip, m, pass.key).map_err(at)?;
+        opt.finish_step();
+        self.diag.end_step();
+        Ok(t)
+    }
+
+    /// Backpropagates the loaded batch's loss gradient and updates the
+    /// parameters: each layer's update right after its gradients, while they
+    /// are still in cache, or (clipping) every gradient first, then the
+    /// clipped update.
+    fn backward_update(
+        &mut self,
+        opt: &mut Optimizer<T>,
+        clip: Option<ClipNorm>,
+        m: usize,
+        key: u64,
+    ) -> Result<()> {
+        let mut diag = std::mem::take(&mut self.diag);
+        let mut updated = Ok(());
+        if let Some(clip) = clip {
+            self.backward_loaded(m, key, false, |_, _, _| {});
+            updated = self.clip_all(clip).map(drop);
+            if updated.is_ok() {
+                updated = if diag.on() {
+                    // The gradient norms before clipping (L2, as clipped).
+                    let norms = Some(&self.clip_norms[..]);
+                    diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, norms)
+                } else {
+                    opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
+                };
+            }
+        } else {
+            self.backward_loaded(m, key, false, |p, g, r| {
+                if updated.is_ok() {
+                    updated =
+                        if diag.on() { diag.update(opt, p, g, r, None) } else { opt.step_part(p, g, r) };
+                }
+            });
+        }
+        self.diag = diag;
+        updated
     }
 
     /// Inference in batches of `batch_size` into `out` (`n x` output
@@ -407,7 +419,7 @@ impl<T: Float> Sequential<T> {
         for (b, chunk) in out.chunks_mut(bs * out_len).enumerate() {
             let m = chunk.len() / out_len;
             self.load(x, Rows::Range(b * bs, m), in_len);
-            self.run_layers(m, false, false, 0);
+            self.run_layers(m, Pass::EVAL);
             chunk.copy_from_slice(&self.ws.acts[self.ops.len()][..m * out_len]);
         }
         Ok(())
@@ -416,29 +428,20 @@ impl<T: Float> Sequential<T> {
     /// Loss and accuracy totals over a dataset, in batches, in evaluation
     /// mode (sample weights, when given, weigh the loss); changes no state.
     pub fn evaluate(&mut self, data: Data<'_, T>, loss: &LossSpec, batch_size: usize) -> Result<LossTotals> {
-        let Data { x, n, shape, y, weights } = data;
         if batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
-        self.check_input(&x, n, shape, "X")?;
-        let cols = self.check_target(loss, &data)?;
+        self.validate_data(data, loss)?;
+        let n = data.n;
         let bs = batch_size.min(n);
-        self.plan(shape, bs, false)?;
+        self.plan(data.shape, bs, false)?;
         self.cache = None;
-        let in_len = self.in_len();
         let mut totals = LossTotals::default();
         let mut start = 0;
         while start < n {
             let m = bs.min(n - start);
-            let rows = Rows::Range(start, m);
-            self.load(&x, rows, in_len);
-            self.gather_target(y, rows, cols);
-            self.run_layers(m, false, false, 0);
-            let out = &self.ws.acts[self.ops.len()][..m * cols];
-            let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
-            let bw = weights.map(|w| &w[start..start + m]);
-            let t = loss_grad(loss, out, m, cols, bt, bw, None, &mut self.ws.stats)?;
-            totals.add(&t);
+            self.load_batch(&data, Rows::Range(start, m));
+            totals.add(&self.forward_loss(m, Pass::EVAL, loss, data.y, data.weights.is_some(), false)?);
             start += m;
         }
         Ok(totals)

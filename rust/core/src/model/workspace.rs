@@ -2,15 +2,44 @@
 //! for one input shape and a batch capacity, reused until either grows; and
 //! the forward and backward passes over the layers that use them.
 
+use super::train::Data;
 use super::{layer_error, Sequential};
 use crate::data::{Features, Rows};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::layers::{numel, Backward, Buffers, Forward, Layout, Layouts};
-use crate::loss::{RowStat, Target};
+use crate::loss::{loss_grad, LossSpec, LossTotals, RowStat, Target};
 use crate::memory;
 use crate::rng::mix64;
 use std::ops::Range;
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pass {
+    /// Training mode (dropout active, batch statistics).
+    pub(crate) training: bool,
+    /// Training-mode layers may update their buffers (running statistics);
+    /// off for passes that must leave the model as it was.
+    pub(crate) update: bool,
+    /// The pass's random stream (dropout masks).
+    pub(crate) key: u64,
+}
+
+impl Pass {
+    /// Evaluation mode.
+    pub(crate) const EVAL: Pass = Pass { training: false, update: false, key: 0 };
+
+    /// A training step's pass.
+    pub(crate) fn train(key: u64) -> Pass {
+        Pass { training: true, update: true, key }
+    }
+
+    /// Training mode with the buffers left as they are (gradient checks,
+    /// diagnostics).
+    pub(crate) fn frozen(key: u64) -> Pass {
+        Pass { training: true, update: false, key }
+    }
+}
 
 pub(crate) struct Workspace<T> {
     /// Per-sample shape at each op boundary: `shapes[0]` is the input.
@@ -188,9 +217,9 @@ impl<T: Float> Sequential<T> {
         x.gather_scaled(rows, in_len, self.affine, &mut self.ws.acts[self.prefix]);
     }
 
-    /// The forward pass over the loaded batch of `n` samples, with random
-    /// key `key`; with `update`, training-mode layers update their buffers.
-    pub(crate) fn run_layers(&mut self, n: usize, training: bool, update: bool, key: u64) {
+    /// The forward pass over the loaded batch of `n` samples.
+    pub(crate) fn run_layers(&mut self, n: usize, pass: Pass) {
+        let Pass { training, update, key } = pass;
         let ws = &mut self.ws;
         for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
             let (lo, hi) = ws.acts.split_at_mut(i + 1);
@@ -263,6 +292,56 @@ impl<T: Float> Sequential<T> {
                 after(&mut self.params, &self.grads, op.prange.clone());
             }
         }
+    }
+
+    /// Loads the batch `rows` of `data`: its features through the input
+    /// prefix, its targets and its sample weights into the workspace, where
+    /// [`Sequential::forward_loss`] finds them.
+    pub(crate) fn load_batch(&mut self, data: &Data<'_, T>, rows: Rows<'_>) {
+        let (in_len, cols) = (self.in_len(), self.out_len());
+        self.load(&data.x, rows, in_len);
+        self.gather_target(data.y, rows, cols);
+        if let Some(w) = data.weights {
+            self.ws.weights.clear();
+            self.ws.weights.extend((0..rows.len()).map(|i| w[rows.get(i)]));
+        }
+    }
+
+    /// Checks `data` against the model and `loss` and loads all of it as one
+    /// training-mode batch (gradient checks and one-batch diagnostics).
+    pub(crate) fn load_whole(&mut self, data: &Data<'_, T>, loss: &LossSpec) -> Result<()> {
+        self.validate_data(*data, loss)?;
+        self.plan(data.shape, data.n, true)?;
+        self.check_batch(data.n, true)?;
+        self.load_batch(data, Rows::Range(0, data.n));
+        Ok(())
+    }
+
+    /// The forward pass over the loaded batch of `n` samples (see
+    /// [`Sequential::run_layers`]), then the loss against the loaded targets
+    /// (`y` gives their kind; `weighted`: with the loaded sample weights);
+    /// with `grad`, `dL/d output` is left in `ws.d_a` for the backward pass.
+    /// Activation diagnostics are collected when they are on.
+    pub(crate) fn forward_loss(
+        &mut self,
+        n: usize,
+        pass: Pass,
+        loss: &LossSpec,
+        y: Target<'_, T>,
+        weighted: bool,
+        grad: bool,
+    ) -> Result<LossTotals> {
+        self.run_layers(n, pass);
+        if pass.training && self.diag.on() {
+            self.diag_activations(n);
+        }
+        let cols = self.out_len();
+        let ws = &mut self.ws;
+        let out = &ws.acts[self.ops.len()][..n * cols];
+        let target = batch_target(y, &ws.labels, &ws.targets);
+        let weights = weighted.then(|| &ws.weights[..n]);
+        let dout = grad.then_some(&mut ws.d_a[..]);
+        loss_grad(loss, out, n, cols, target, weights, dout, &mut ws.stats)
     }
 
     /// Copies the targets of `rows` into the workspace.
