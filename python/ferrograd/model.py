@@ -9,6 +9,7 @@ import secrets
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import IO, Any, Callable
 
 import numpy as np
@@ -47,6 +48,52 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_split(validation_split: Any, with_data: bool) -> float:
+    """``fit``'s ``validation_split``: a number in [0, 1), and not given with
+    ``validation_data`` (``with_data``)."""
+    try:
+        split = float(validation_split)
+    except (TypeError, ValueError):
+        raise TypeError(f"validation_split must be a number, got {validation_split!r}") from None
+    if not 0.0 <= split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {split}")
+    if split and with_data:
+        raise ValueError("pass validation_data or validation_split, not both")
+    return split
+
+
+@dataclass
+class _FitSetup:
+    """``fit``'s checked arguments, other than the data."""
+
+    loss: losses.Loss
+    spec: str
+    opt: _optim.Optimizer
+    epochs: int
+    initial_epoch: int
+    batch_size: int
+    shuffle: bool
+    verbose: int
+    stream: IO[str] | None
+    callbacks: list[Any]
+    scheduler: Any
+    per_step: bool  # the scheduler steps inside the Rust epoch
+    plateau: bool  # ReduceLROnPlateau
+    metrics: tuple[str, ...]
+    clip: tuple[float, float] | None
+    diagnostics: bool
+
+
+@dataclass
+class _FitData:
+    """``fit``'s converted and checked data."""
+
+    x: np.ndarray
+    y: Any
+    weights: np.ndarray | None
+    val: tuple[np.ndarray, Any] | None
 
 
 class Parameter:
@@ -508,6 +555,36 @@ class Sequential:
         checked before the first step, so a bad argument leaves the model,
         the optimizer and the scheduler as they were.
         """
+        setup = self._fit_setup(
+            loss, optimizer, epochs, initial_epoch, batch_size, shuffle, verbose, stream,
+            callbacks, scheduler, scheduler_interval, validation_split, validation_data, metrics,
+            clip_grad_norm, diagnostics,
+        )  # fmt: skip
+        data = self._fit_data(
+            setup, X, y, validation_data, validation_split, class_weight, sample_weight
+        )
+        return self._fit_loop(setup, data)
+
+    def _fit_setup(
+        self,
+        loss: Any,
+        optimizer: Any,
+        epochs: Any,
+        initial_epoch: Any,
+        batch_size: Any,
+        shuffle: Any,
+        verbose: Any,
+        stream: IO[str] | None,
+        callbacks: Sequence[Any] | None,
+        scheduler: Any,
+        scheduler_interval: Any,
+        validation_split: Any,
+        validation_data: Any,
+        metrics: Any,
+        clip_grad_norm: Any,
+        diagnostics: Any,
+    ) -> _FitSetup:
+        """Checks ``fit``'s arguments other than the data, in their order."""
         loss_fn = losses.get(loss)
         opt = _optim.get(optimizer, self.parameters())
         if opt._mcore is not self._core:
@@ -546,16 +623,7 @@ class Sequential:
                     "ReduceLROnPlateau is stepped once per epoch with a metric: "
                     'use scheduler_interval="epoch"'
                 )
-        try:
-            validation_split = float(validation_split)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"validation_split must be a number, got {validation_split!r}"
-            ) from None
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
-        if validation_split and validation_data is not None:
-            raise ValueError("pass validation_data or validation_split, not both")
+        _check_split(validation_split, validation_data is not None)
         metric_names = self._metrics_for(loss_fn, metrics)
         clip = None
         if clip_grad_norm is not None:
@@ -569,56 +637,90 @@ class Sequential:
             _core.check_clip(*clip)
         if not isinstance(diagnostics, (bool, np.bool_)):
             raise TypeError(f"diagnostics must be a bool, got {type(diagnostics).__name__}")
+        return _FitSetup(
+            loss=loss_fn,
+            spec=loss_fn._spec(),
+            opt=opt,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            batch_size=batch_size,
+            shuffle=bool(shuffle),
+            verbose=verbose,
+            stream=stream,
+            callbacks=cbs,
+            scheduler=scheduler,
+            per_step=scheduler is not None and scheduler_interval == "step",
+            plateau=plateau,
+            metrics=metric_names,
+            clip=clip,
+            diagnostics=bool(diagnostics),
+        )
 
-        xa, ya = self._prepare(X, y, loss_fn, "X")
+    def _fit_data(
+        self,
+        setup: _FitSetup,
+        X: Any,
+        y: Any,
+        validation_data: Any,
+        validation_split: Any,
+        class_weight: Any,
+        sample_weight: Any,
+    ) -> _FitData:
+        """Converts and checks the training and validation data (and the
+        sample weights) against the model and the loss."""
+        split = float(validation_split)
+        xa, ya = self._prepare(X, y, setup.loss, "X")
         if len(xa) != len(ya):
             raise _core.ShapeError(
                 f"X and y have different lengths: {len(xa)} samples but {len(ya)} targets"
             )
         sw = self._sample_weights(xa, ya, class_weight, sample_weight)
         val = None
-        if validation_split:
-            split = int(len(xa) * (1.0 - validation_split))
-            if split < 1 or split >= len(xa):
+        if split:
+            cut = int(len(xa) * (1.0 - split))
+            if cut < 1 or cut >= len(xa):
                 raise ValueError(
-                    f"validation_split={validation_split} leaves "
-                    f"{split} training and {len(xa) - split} validation samples; both need >= 1"
+                    f"validation_split={split} leaves "
+                    f"{cut} training and {len(xa) - cut} validation samples; both need >= 1"
                 )
-            val = (xa[split:], ya[split:])
-            xa, ya = xa[:split], ya[:split]
+            val = (xa[cut:], ya[cut:])
+            xa, ya = xa[:cut], ya[:cut]
             if sw is not None:
-                sw = np.ascontiguousarray(sw[:split])
+                sw = np.ascontiguousarray(sw[:cut])
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val = self._prepare(validation_data[0], validation_data[1], loss_fn, "validation X")
+            val = self._prepare(validation_data[0], validation_data[1], setup.loss, "validation X")
         # Everything is checked before the first step, so a bad call changes nothing.
-        spec = loss_fn._spec()
-        self._core.validate(xa, ya, spec, sw)
+        self._core.validate(xa, ya, setup.spec, sw)
         if val is not None:
             try:
-                self._core.validate(val[0], val[1], spec)
+                self._core.validate(val[0], val[1], setup.spec)
             except ValueError as exc:
                 raise type(exc)(f"validation data: {exc}") from None
         self._input_shape = tuple(xa.shape[1:])
+        return _FitData(x=xa, y=ya, weights=sw, val=val)
 
-        steps = -(-len(xa) // batch_size)
-        keys = ["loss", *metric_names]
-        if val is not None:
+    def _fit_loop(self, setup: _FitSetup, data: _FitData) -> History:
+        """The epochs, with the callbacks, the scheduler and the History."""
+        s, cbs, opt = setup, setup.callbacks, setup.opt
+        steps = -(-len(data.x) // s.batch_size)
+        keys = ["loss", *s.metrics]
+        if data.val is not None:
             keys += [f"val_{k}" for k in keys]
-        if scheduler is not None:
+        if s.scheduler is not None:
             keys.append("learning_rate")
         for cb in cbs:
             cb._check_keys(keys)
-        if scheduler is not None and scheduler_interval == "step":
-            check = getattr(scheduler, "_check_steps", None)
+        if s.per_step:
+            check = getattr(s.scheduler, "_check_steps", None)
             if check is not None:
-                check(max(epochs - initial_epoch, 0) * steps)
+                check(max(s.epochs - s.initial_epoch, 0) * steps)
 
         history = History()
-        history.params = {"epochs": epochs, "steps": steps, "verbose": verbose}
+        history.params = {"epochs": s.epochs, "steps": steps, "verbose": s.verbose}
         self.history, self.optimizer, self.stop_training = history, opt, False
-        self.scheduler = scheduler
+        self.scheduler = s.scheduler
         for cb in cbs:
             cb.set_model(self)
             cb.set_params(dict(history.params))
@@ -626,76 +728,90 @@ class Sequential:
         for cb in cbs:
             cb.on_train_begin({})
         logs: dict[str, float] = {}
-        for epoch in range(initial_epoch, epochs):
+        for epoch in range(s.initial_epoch, s.epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch, {})
             if self.stop_training:  # set by on_epoch_begin: train no more
                 break
-            lrs = momenta = snap = None
-            if scheduler is not None and scheduler_interval == "step":
-                snap = scheduler._snapshot()
-                lrs, momenta = scheduler._per_step_values(steps)
-            epoch_lr = opt.lr if lrs is None else lrs[0]
-            progress = EpochProgress(epoch + 1, epochs, verbose, stream)
-            report = self._reporter(progress, batch_cbs, metric_names)
-            steps_before = opt.steps
-            try:
-                train_loss, train_acc = self._core.train_epoch(
-                    xa,
-                    ya,
-                    spec,
-                    opt._core,
-                    batch_size,
-                    bool(shuffle),
-                    epoch + 1,
-                    False,
-                    report,
-                    lrs,
-                    momenta,
-                    bool(batch_cbs),
-                    sw,
-                    clip,
-                    bool(diagnostics),
-                )
-            except BaseException:
-                progress.abort()
-                raise
-            finally:
-                # The schedule was advanced for the whole epoch; an epoch
-                # that ended early (a callback, Ctrl-C, an error) took fewer.
-                taken = opt.steps - steps_before
-                if lrs is not None and taken < len(lrs):
-                    assert scheduler is not None and snap is not None
-                    scheduler._rewind(snap, taken)
-            logs = {"loss": train_loss}
-            if "accuracy" in metric_names and train_acc is not None:
-                logs["accuracy"] = train_acc
-            if val is not None:
-                vl, va = self._core.evaluate(val[0], val[1], spec, DEFAULT_EVAL_BATCH)
-                logs["val_loss"] = vl
-                if "accuracy" in metric_names and va is not None:
-                    logs["val_accuracy"] = va
-            if scheduler is not None:
-                logs["learning_rate"] = epoch_lr
+            progress = EpochProgress(epoch + 1, s.epochs, s.verbose, s.stream)
+            logs = self._fit_epoch(s, data, epoch, steps, progress, batch_cbs)
             self.epochs_trained += 1
-            if scheduler is not None and scheduler_interval == "epoch":
-                if plateau:
-                    scheduler.step(logs.get("val_loss", logs["loss"]))
+            if s.scheduler is not None and not s.per_step:
+                if s.plateau:
+                    s.scheduler.step(logs.get("val_loss", logs["loss"]))
                 else:
-                    scheduler.step()
-            if diagnostics:
+                    s.scheduler.step()
+            if s.diagnostics:
                 history._append_diagnostics(self._core.last_diagnostics())
             # As in Keras: the callbacks first (they may add to the logs),
             # then the History and the progress line.
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
             history._append(epoch, logs)
-            progress.finish(len(xa), logs)
+            progress.finish(len(data.x), logs)
             if self.stop_training:
                 break
         for cb in cbs:
             cb.on_train_end(logs)
         return history
+
+    def _fit_epoch(
+        self,
+        s: _FitSetup,
+        data: _FitData,
+        epoch: int,
+        steps: int,
+        progress: EpochProgress,
+        batch_cbs: list[Any],
+    ) -> dict[str, float]:
+        """One epoch in the Rust engine, then the validation pass: the logs."""
+        opt, scheduler = s.opt, s.scheduler
+        lrs = momenta = snap = None
+        if s.per_step:
+            snap = scheduler._snapshot()
+            lrs, momenta = scheduler._per_step_values(steps)
+        epoch_lr = opt.lr if lrs is None else lrs[0]
+        report = self._reporter(progress, batch_cbs, s.metrics)
+        steps_before = opt.steps
+        try:
+            train_loss, train_acc = self._core.train_epoch(
+                data.x,
+                data.y,
+                s.spec,
+                opt._core,
+                s.batch_size,
+                s.shuffle,
+                epoch + 1,
+                False,  # check: _fit_data validated the data
+                report,
+                lrs,
+                momenta,
+                bool(batch_cbs),
+                data.weights,
+                s.clip,
+                s.diagnostics,
+            )
+        except BaseException:
+            progress.abort()
+            raise
+        finally:
+            # The schedule was advanced for the whole epoch; an epoch
+            # that ended early (a callback, Ctrl-C, an error) took fewer.
+            taken = opt.steps - steps_before
+            if lrs is not None and taken < len(lrs):
+                assert scheduler is not None and snap is not None
+                scheduler._rewind(snap, taken)
+        logs = {"loss": train_loss}
+        if "accuracy" in s.metrics and train_acc is not None:
+            logs["accuracy"] = train_acc
+        if data.val is not None:
+            vl, va = self._core.evaluate(data.val[0], data.val[1], s.spec, DEFAULT_EVAL_BATCH)
+            logs["val_loss"] = vl
+            if "accuracy" in s.metrics and va is not None:
+                logs["val_accuracy"] = va
+        if scheduler is not None:
+            logs["learning_rate"] = epoch_lr
+        return logs
 
     def _sample_weights(
         self, xa: np.ndarray, ya: np.ndarray, class_weight: Any, sample_weight: Any
