@@ -50,7 +50,7 @@ class _Checkpoints:
         self.save, self.dumps, self.loads = save, dumps, loads
 
 
-_CHECKPOINTS: list[_Checkpoints] = []
+_registered: _Checkpoints | None = None
 
 
 def _register_checkpoints(
@@ -58,13 +58,15 @@ def _register_checkpoints(
     dumps: Callable[[Sequential], bytes],
     loads: Callable[[bytes], Any],
 ) -> None:
-    _CHECKPOINTS[:] = [_Checkpoints(save, dumps, loads)]
+    """Called by :mod:`ferrograd.serialization` when it is imported."""
+    global _registered
+    _registered = _Checkpoints(save, dumps, loads)
 
 
 def _checkpoints() -> _Checkpoints:
-    if not _CHECKPOINTS:  # `import ferrograd` imports serialization: not reached
+    if _registered is None:  # `import ferrograd` imports serialization: not reached
         raise RuntimeError("ferrograd.serialization is not imported")
-    return _CHECKPOINTS[0]
+    return _registered
 
 
 def _dtype_name(dtype: Any) -> str:
