@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,11 +13,16 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from . import _core, losses, serialization
+from . import _core, losses
 from . import optim as _optim
 from ._data import as_features, as_target, untorch
+from ._optimizer import CHECKPOINT_PREFIX
 from ._progress import EpochProgress
-from .layers import Layer
+from ._safetensors import file_path, save_file
+from .callbacks import Callback
+from .layers import Dense, Layer
+from .lr_scheduler import LRScheduler, ReduceLROnPlateau
+from .parameter import Parameter
 
 __all__ = ["Sequential", "Parameter", "History", "gradcheck"]
 
@@ -28,6 +32,42 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 _METRICS = ("accuracy",)
 DEFAULT_EVAL_BATCH = 1024
+
+
+class _Checkpoints:
+    """The model file functions :meth:`Sequential.save` and pickling use.
+
+    The file format is :mod:`ferrograd.serialization`'s, which sits above
+    this module (it builds models, optimizers and schedulers); it hands its
+    functions over with :func:`_register_checkpoints` when it is imported,
+    which ``import ferrograd`` does."""
+
+    def __init__(
+        self,
+        save: Callable[..., None],
+        dumps: Callable[[Sequential], bytes],
+        loads: Callable[[bytes], Any],
+    ) -> None:
+        self.save, self.dumps, self.loads = save, dumps, loads
+
+
+_registered: _Checkpoints | None = None
+
+
+def _register_checkpoints(
+    save: Callable[..., None],
+    dumps: Callable[[Sequential], bytes],
+    loads: Callable[[bytes], Any],
+) -> None:
+    """Called by :mod:`ferrograd.serialization` when it is imported."""
+    global _registered
+    _registered = _Checkpoints(save, dumps, loads)
+
+
+def _checkpoints() -> _Checkpoints:
+    if _registered is None:  # `import ferrograd` imports serialization: not reached
+        raise RuntimeError("ferrograd.serialization is not imported")
+    return _registered
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -94,55 +134,6 @@ class _FitData:
     y: Any
     weights: np.ndarray | None
     val: tuple[np.ndarray, Any] | None
-
-
-class Parameter:
-    """A view of one model parameter, named as in ``torch.nn``'s ``state_dict``.
-
-    ``value`` and ``grad`` return numpy copies in ``state_dict`` layout
-    (e.g. ``(out_features, in_features)`` for a weight); assigning ``value``
-    writes into the model.
-    """
-
-    def __init__(self, model: Sequential, index: int, name: str, shape: tuple[int, ...]):
-        # The engine's model strongly, the Sequential weakly: a model and its
-        # parameters form no reference cycle, so dropping the model frees it.
-        self._core = model._core
-        self._ref = weakref.ref(model)
-        self._dtype = model.dtype
-        self._index = index
-        self.name = name
-        self.shape = shape
-
-    @property
-    def _model(self) -> Sequential:
-        model = self._ref()
-        if model is None:
-            raise ReferenceError(f"the model of parameter {self.name!r} was freed")
-        return model
-
-    @property
-    def value(self) -> np.ndarray:
-        """A copy of the parameter's values."""
-        return self._core.get_param(self._index)
-
-    @value.setter
-    def value(self, new: Any) -> None:
-        model = self._model
-        model.load_state_dict({**model.state_dict(), self.name: new})
-
-    @property
-    def grad(self) -> np.ndarray:
-        """A copy of the accumulated gradient (zero until a backward pass)."""
-        return self._core.get_grad(self._index)
-
-    @property
-    def numel(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape))
-
-    def __repr__(self) -> str:
-        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype})"
 
 
 class History:
@@ -362,7 +353,7 @@ class Sequential:
         """Writes the :meth:`state_dict` (weights and buffers, torch's names
         and layouts) as a safetensors file, atomically. torch reads it with
         ``model.load_state_dict(safetensors.torch.load_file(path))``."""
-        serialization.save_file(self.state_dict(), path, {"format": "pt"})
+        save_file(self.state_dict(), path, {"format": "pt"})
 
     def load_weights(self, path: str | os.PathLike[str]) -> None:
         """Loads a safetensors file of weights: one :meth:`save_weights`
@@ -371,10 +362,10 @@ class Sequential:
         :meth:`save` (its optimizer state is ignored). All or nothing, as
         :meth:`load_state_dict`: a bad file or a mismatch raises
         ``ValueError`` naming the keys, and the model is unchanged."""
-        where = serialization._path(path)
+        where = file_path(path)
         tensors, meta = _core.read_safetensors(where)
         weights = {
-            k: v for k, v in tensors if not k.startswith(serialization._OPT_PREFIX)
+            k: v for k, v in tensors if not k.startswith(CHECKPOINT_PREFIX)
         } if "ferrograd" in meta else dict(tensors)  # fmt: skip
         try:
             self.load_state_dict(weights)
@@ -394,8 +385,7 @@ class Sequential:
         scheduler's state. Load it with :func:`ferrograd.load`; training
         resumed from it gives the weights of an uninterrupted run, bit for
         bit."""
-        tensors, meta = serialization.model_contents(self, optimizer, scheduler)
-        _core.write_safetensors(serialization._path(path), tensors, meta)
+        _checkpoints().save(self, path, optimizer, scheduler)
 
     # Pickle and copy.deepcopy go through the bytes of `save`, plus the
     # Python attributes (history, the latest optimizer, ...).
@@ -404,7 +394,7 @@ class Sequential:
     )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        blob = serialization.dumps(self)
+        blob = _checkpoints().dumps(self)
         extra = {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
         return (_unpickle_model, (blob,), extra)
 
@@ -593,8 +583,6 @@ class Sequential:
         initial_epoch = _int_arg("initial_epoch", initial_epoch, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         verbose = _int_arg("verbose", verbose, 0)
-        from .callbacks import Callback
-
         cbs = list(callbacks) if callbacks is not None else []
         for i, cb in enumerate(cbs):
             if not isinstance(cb, Callback):
@@ -605,8 +593,6 @@ class Sequential:
             raise ValueError(
                 f'scheduler_interval must be "epoch" or "step", got {scheduler_interval!r}'
             )
-        from .lr_scheduler import LRScheduler, ReduceLROnPlateau
-
         plateau = isinstance(scheduler, ReduceLROnPlateau)
         if scheduler is not None:
             if not isinstance(scheduler, LRScheduler):
@@ -920,8 +906,6 @@ class Sequential:
         shape = input_shape if input_shape is not None else self._input_shape
         if shape is None:
             first = self.layers[0]
-            from .layers import Dense
-
             if isinstance(first, Dense):
                 shape = (first.in_features,)
             else:
@@ -970,7 +954,7 @@ class Sequential:
 
 
 def _unpickle_model(blob: bytes) -> Sequential:
-    model: Sequential = serialization.loads(blob)
+    model: Sequential = _checkpoints().loads(blob)
     return model
 
 

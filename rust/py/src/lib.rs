@@ -10,6 +10,7 @@ mod layers;
 mod loss;
 mod memory;
 mod model;
+mod net;
 mod optim;
 mod persist;
 mod threads;
@@ -18,7 +19,7 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<model::PyModel>()?;
+    m.add_class::<net::PyModel>()?;
     m.add_class::<optim::PyOptimizer>()?;
     m.add_function(wrap_pyfunction!(layers::check_layer, m)?)?;
     m.add_function(wrap_pyfunction!(clip::clip_coef, m)?)?;

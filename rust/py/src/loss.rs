@@ -3,9 +3,8 @@
 
 use crate::arrays::{new_array, slice_err, target_array};
 use crate::errors::{compute, guarded, ShapeError};
-use crate::model::totals_tuple;
 use ferrograd::loss::{check_sample_weights, loss_grad, validate_target, RowStat};
-use ferrograd::{Error, Float, Loss, LossSpec};
+use ferrograd::{Error, Float, Loss, LossSpec, LossTotals};
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -13,6 +12,11 @@ use pyo3::prelude::*;
 /// Parses a loss (a name or its JSON configuration).
 pub fn parse_loss(text: &str) -> PyResult<LossSpec> {
     guarded(|| LossSpec::from_json(text))
+}
+
+/// `(mean loss, accuracy or None)`.
+pub fn totals_tuple(t: &LossTotals, loss: Loss) -> (f64, Option<f64>) {
+    (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
 }
 
 /// Borrows optional per-sample weights of the model's dtype.

@@ -1,14 +1,17 @@
-//! `ferrograd._core.Model`: a compiled `Sequential` of either float type.
+//! The methods of `ferrograd._core.Model` (the handle itself, `PyModel`, is
+//! in `net.rs`, below the optimizer that holds one): build, state, forward
+//! and backward, the fused training epoch, evaluation and prediction.
 
 use crate::arrays::{in_array, new_array, slice_err, target_array};
 use crate::errors::{compute, guarded, panic_err, to_py};
 use crate::layers::parse_specs;
-use crate::loss::{parse_loss, sample_weights};
+use crate::loss::{parse_loss, sample_weights, totals_tuple};
+use crate::net::{with_net, Net, PyModel};
 use crate::optim::{Opt, PyOptimizer};
 use ferrograd::optim::Optimizer;
 use ferrograd::{
-    threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Float, Flow, Loss, LossSpec,
-    LossTotals, Sequential, StateKind, StateValues,
+    threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Float, Flow, LossSpec,
+    Sequential, StateKind, StateValues,
 };
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -17,75 +20,7 @@ use pyo3::types::PyDict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
-
-pub enum Net {
-    F32(Sequential<f32>),
-    F64(Sequential<f64>),
-}
-
-/// Dispatches `$body` over the model's element type, binding `$m` to the
-/// `Sequential<T>` and `$t` to `T`.
-macro_rules! with_net {
-    ($net:expr, $m:ident, $t:ident, $body:expr) => {
-        match $net {
-            Net::F32($m) => {
-                type $t = f32;
-                $body
-            }
-            Net::F64($m) => {
-                type $t = f64;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use with_net;
-
-/// A compiled Sequential model (use `ferrograd.Sequential`).
-///
-/// Frozen, with the model behind a mutex that calls never wait for: a call
-/// while another one runs (from another thread, or from a callback during
-/// an epoch) gets a `RuntimeError` that says so, instead of PyO3's
-/// "Already borrowed".
-#[pyclass(module = "ferrograd._core", name = "Model", frozen)]
-pub struct PyModel {
-    net: Mutex<Net>,
-}
-
-/// The error for a model or optimizer that another call is using.
-pub fn in_use(what: &str) -> PyErr {
-    PyRuntimeError::new_err(format!(
-        "this {what} is in use by another call (a fit, predict or other call on it is running \
-         in another thread, or a callback is calling it during a training step); one model can \
-         run one call at a time: give each thread its own model (copy.deepcopy), or wait for \
-         the other call to finish"
-    ))
-}
-
-/// Locks without waiting: the lock is only ever held by a running call.
-pub fn try_lock<'a, T>(m: &'a Mutex<T>, what: &str) -> PyResult<MutexGuard<'a, T>> {
-    match m.try_lock() {
-        Ok(g) => Ok(g),
-        // A panic is caught inside the call that held the lock; its state is
-        // whatever the core left, which every core call keeps consistent.
-        Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-        Err(TryLockError::WouldBlock) => Err(in_use(what)),
-    }
-}
-
-impl PyModel {
-    /// The model, or the in-use error.
-    pub fn lock(&self) -> PyResult<MutexGuard<'_, Net>> {
-        try_lock(&self.net, "model")
-    }
-}
-
-/// `(mean loss, accuracy or None)`.
-pub fn totals_tuple(t: &LossTotals, loss: Loss) -> (f64, Option<f64>) {
-    (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
-}
 
 /// Borrows `x`, `y` (and sample weights `w`) as a batch-first dataset
 /// checked against the model's output shape, and runs `f` with it.
@@ -275,7 +210,7 @@ impl PyModel {
                 }
             })
         })?;
-        Ok(PyModel { net: Mutex::new(net) })
+        Ok(PyModel::wrap(net))
     }
 
     /// The element type, "float32" or "float64".
