@@ -144,7 +144,8 @@ def equal(out: dict[str, np.ndarray], tmp: str) -> None:
 
 def shard(out: dict[str, np.ndarray], tmp: str) -> None:
     """Each rank its own part, of different sizes."""
-    r = dist.rank() if dist.is_initialized() else 0
+    dist.init()
+    r = dist.rank()
     x, y = toy(30 + 7 * r, seed=10 + r)
     xv, yv = toy(5 + 3 * r, seed=20 + r)
     m = mlp("float64")

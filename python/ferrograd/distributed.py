@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -57,6 +58,8 @@ __all__ = [
 
 _MPI_TYPES = {"float32": MPI.FLOAT, "float64": MPI.DOUBLE}
 _previous_hook: Callable[..., Any] | None = None
+#: Seconds between printing a failed rank's traceback and aborting the job.
+_ABORT_GRACE_S = 0.5
 
 
 def init(comm: Any = None) -> None:
@@ -89,7 +92,11 @@ def _abort_on_exception(
             f"ferrograd.distributed: rank {comm.Get_rank()} of {comm.Get_size()} failed; "
             "aborting the job\n"
         )
+        sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort kills the job at once: give the launcher a moment to
+        # forward this rank's traceback first (it is lost otherwise).
+        time.sleep(_ABORT_GRACE_S)
         comm.Abort(1)
 
 
