@@ -214,3 +214,19 @@ def test_import_needs_no_mpi() -> None:
         "    raise SystemExit('no ImportError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_cli_distributed(tmp_path: Path) -> None:
+    """``mpiexec -n 2 ferrograd mnist --distributed``: rank 0 prints and saves."""
+    if not MPIEXEC.exists():
+        pytest.skip("no mpiexec in the venv")
+    cli = Path(sys.executable).parent / "ferrograd"
+    out = tmp_path / "w.npz"
+    cmd = [str(MPIEXEC), "-n", "2", str(cli), "mnist", "--distributed", "--epochs", "1",
+           "--hidden", "16", "--data", str(data_root()), "--no-download", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, FERROGRAD_NUM_THREADS="1")
+    job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("test accuracy:") == 1 and "ranks: 2" in job.stdout
+    acc = float(job.stdout.split("test accuracy: ")[1].split()[0])
+    assert acc > 0.85 and out.exists()

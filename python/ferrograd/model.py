@@ -823,6 +823,7 @@ class Sequential:
         metric_names = self._metrics_for(loss_fn, metrics)
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa, ya = self._prepare(X, y, loss_fn, "X")
+        acc: float | None
         if distributed:
             from .distributed import _evaluate
 
