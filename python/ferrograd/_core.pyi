@@ -25,6 +25,7 @@ __all__ = [
     "loss_value",
     "memory_available",
     "read_safetensors",
+    "reduce_grads",
     "set_memory_limit",
     "set_num_threads",
     "write_safetensors",
