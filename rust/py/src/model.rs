@@ -188,8 +188,7 @@ fn train_impl<T: Element + Float>(
                 catch_unwind(AssertUnwindSafe(move || {
                     threads::install(move || {
                         let mut reduce = hook.map(|h| move |g: &mut [T]| h.call(g));
-                        let reduce =
-                            reduce.as_mut().map(|r| r as &mut dyn FnMut(&mut [T]) -> ferrograd::Result<()>);
+                        let reduce = reduce.as_mut().map(|r| r as ferrograd::GradHook<'_, T>);
                         let progress = &mut |p: &ferrograd::Progress| {
                             let sent = tx.send(*p).is_ok();
                             if every_step && sent {

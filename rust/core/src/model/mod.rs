@@ -17,7 +17,7 @@ mod workspace;
 
 pub use diagnostics::{ActivationStat, ActivationStats, Diagnostics, ParamStats, SATURATION};
 pub use gradcheck::GradCheck;
-pub use parallel::Parallel;
+pub use parallel::{GradHook, Parallel};
 pub use train::{Data, EpochOptions, Flow, Progress};
 
 use crate::data::Features;

@@ -9,6 +9,12 @@
 use crate::error::{Error, Result};
 use std::ops::Range;
 
+/// The per-step gradient hook of
+/// [`Sequential::train_epoch_reduced`](super::Sequential::train_epoch_reduced):
+/// called with the flat gradient buffer, to change it in place (e.g. sum it
+/// across processes).
+pub type GradHook<'a, T> = &'a mut dyn FnMut(&mut [T]) -> Result<()>;
+
 /// How a training epoch shares its steps with other processes ("ranks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parallel {
@@ -95,7 +101,7 @@ mod tests {
         let x: Vec<f64> =
             (0..n * 5).map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5).collect();
         let y: Vec<i64> = (0..n).map(|i| (x[i * 5] > 0.0) as i64 + (x[i * 5 + 1] > 0.2) as i64).collect();
-        let run = |rank: usize, hook: Option<&mut dyn FnMut(&mut [f64]) -> crate::Result<()>>| {
+        let run = |rank: usize, hook: Option<GradHook<'_, f64>>| {
             let mut m = mlp(3);
             let ranges = m.entries().iter().map(|e| e.range.clone()).collect();
             let cfg = OptimConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
@@ -107,7 +113,7 @@ mod tests {
             let mut hook = hook;
             for epoch in 1..=2 {
                 opts.epoch = epoch;
-                let h = hook.as_mut().map(|h| &mut **h as &mut dyn FnMut(&mut [f64]) -> crate::Result<()>);
+                let h = hook.as_mut().map(|h| &mut **h as GradHook<'_, f64>);
                 m.train_epoch_reduced(data, &mut opt, &opts, &mut |_| Ok(Flow::Continue), h).expect("epoch");
             }
             m.params().to_vec()

@@ -1,6 +1,6 @@
 //! The fused training epoch, evaluation and inference.
 
-use super::parallel::Parallel;
+use super::parallel::{GradHook, Parallel};
 use super::workspace::batch_target;
 use super::Sequential;
 use crate::clip::ClipNorm;
@@ -214,7 +214,7 @@ impl<T: Float> Sequential<T> {
         opt: &mut Optimizer<T>,
         opts: &EpochOptions,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
-        mut reduce: Option<&mut dyn FnMut(&mut [T]) -> Result<()>>,
+        mut reduce: Option<GradHook<'_, T>>,
     ) -> Result<LossTotals> {
         let Data { x, n, shape, y, weights } = data;
         let (loss, epoch) = (&opts.loss, opts.epoch);
