@@ -112,6 +112,21 @@ def equal(out: dict[str, np.ndarray], tmp: str) -> None:
     m = cnn("float64")
     m.fit(xi, yi, "cross_entropy", "adam", epochs=2, batch_size=5, verbose=0, distributed=True)
     out["cnn"] = flat(m)
+    # BatchNorm: local batch statistics, but the same weights and buffers
+    # on every rank (the test compares every output across ranks).
+    L = fg.layers
+    m = fg.Sequential([L.Dense(6, 8), L.BatchNorm1D(8), L.ReLU(), L.Dense(8, 3)], seed=6)
+    m.fit(
+        x[:40],
+        y[:40],
+        "cross_entropy",
+        "adam",
+        epochs=2,
+        batch_size=10,
+        verbose=0,
+        distributed=True,
+    )
+    out["batchnorm"] = flat(m)
     # Real MNIST, a subset, float32.
     (xm, ym), _ = fg.datasets.load_mnist(root=os.environ["FERROGRAD_DATA"], download=False)
     m = mnist_mlp()

@@ -160,7 +160,7 @@ def broadcast_parameters(model: Any, root: int = 0) -> None:
     (the shuffle order, Dropout's masks) of rank ``root``'s ``model``."""
     comm = _comm()
     state = model.state_dict()
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    arrays = {k: np.array(v, order="C") for k, v in state.items()}
     for a in arrays.values():
         comm.Bcast(a, root=root)
     model.load_state_dict(arrays)
@@ -233,6 +233,7 @@ class _FitPlan:
         else:
             self.steps = -(-n // batch_size)
         self.reduce = _reducer(comm, model.dtype)
+        self.model = model
 
     def epoch_kwargs(self) -> dict[str, Any]:
         """The data-parallel arguments of the core's ``train_epoch``."""
@@ -240,7 +241,14 @@ class _FitPlan:
         return {"parallel": (self.mode, self.rank, self.size, steps), "reduce": self.reduce}
 
     def train_logs(self, totals: tuple[float, float, int, int]) -> tuple[float, float]:
-        """The epoch's loss and accuracy over every rank's samples."""
+        """The epoch's loss and accuracy over every rank's samples; also
+        gives every rank rank 0's buffers (BatchNorm's running statistics,
+        updated from each rank's local batches), as DDP does."""
+        buffers = {k: np.array(v, order="C") for k, v in self.model.named_buffers()}
+        for a in buffers.values():
+            self.comm.Bcast(a, root=0)
+        if buffers:
+            self.model.load_state_dict(buffers, strict=False)
         return _means(_reduce_totals(self.comm, totals))
 
     def validate(
