@@ -10,7 +10,7 @@
 //! is under 4% of its largest value for sigmoid, 2% for tanh). Every value
 //! is per step; an epoch reports the means over its steps.
 
-use super::workspace::Pass;
+use super::workspace::{Grad, Pass};
 use super::Sequential;
 use crate::clip::ClipNorm;
 use crate::error::{Error, Result};
@@ -312,7 +312,7 @@ impl<T: Float> Sequential<T> {
         self.load_whole(&data, loss)?;
         let pass = Pass::frozen(0xd1a6_0f10_77e5_7a11_u64);
         self.diag_begin()?;
-        let result = self.forward_loss(data.n, pass, loss, data.y, data.weights.is_some(), true);
+        let result = self.forward_loss(data.n, pass, loss, data.y, data.weights.is_some(), Grad::Mean);
         if let Err(e) = result {
             self.diag.stop();
             return Err(e);

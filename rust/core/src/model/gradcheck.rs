@@ -1,7 +1,7 @@
 //! Backpropagation checked against central finite differences.
 
 use super::train::Data;
-use super::workspace::Pass;
+use super::workspace::{Grad, Pass};
 use super::Sequential;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -43,11 +43,11 @@ impl<T: Float> Sequential<T> {
         // frozen buffers, so every pass sees the same model.
         let pass = Pass::frozen(0x5eed_0f9c_4ec4_ed00_u64);
         let saved_grads = self.grads.clone();
-        self.forward_loss(n, pass, loss, y, weighted, true)?;
+        self.forward_loss(n, pass, loss, y, weighted, Grad::Mean)?;
         self.grads.fill(T::ZERO);
         self.backward_loaded(n, pass.key, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
-        let loss_at = |m: &mut Self| m.forward_loss(n, pass, loss, y, weighted, false).map(|t| t.mean());
+        let loss_at = |m: &mut Self| m.forward_loss(n, pass, loss, y, weighted, Grad::No).map(|t| t.mean());
         let mut report = Vec::new();
         for e in self.entries.clone() {
             let mut numeric = Vec::with_capacity(e.range.len());

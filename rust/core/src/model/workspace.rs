@@ -8,7 +8,7 @@ use crate::data::{Features, Rows};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::layers::{numel, Backward, Buffers, Forward, Layout, Layouts};
-use crate::loss::{loss_grad, LossSpec, LossTotals, RowStat, Target};
+use crate::loss::{loss_grad_over, LossSpec, LossTotals, RowStat, Target};
 use crate::memory;
 use crate::rng::mix64;
 use std::ops::Range;
@@ -39,6 +39,18 @@ impl Pass {
     pub(crate) fn frozen(key: u64) -> Pass {
         Pass { training: true, update: false, key }
     }
+}
+
+/// Which loss gradient [`Sequential::forward_loss`] computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Grad {
+    /// None: the loss only.
+    No,
+    /// Of the batch's mean loss.
+    Mean,
+    /// Of the batch's loss sum divided by this (a data-parallel part of a
+    /// larger batch; see [`crate::loss::loss_grad_over`]).
+    Over(f64),
 }
 
 pub(crate) struct Workspace<T> {
@@ -320,7 +332,7 @@ impl<T: Float> Sequential<T> {
     /// The forward pass over the loaded batch of `n` samples (see
     /// [`Sequential::run_layers`]), then the loss against the loaded targets
     /// (`y` gives their kind; `weighted`: with the loaded sample weights);
-    /// with `grad`, `dL/d output` is left in `ws.d_a` for the backward pass.
+    /// with a `grad`, `dL/d output` is left in `ws.d_a` for the backward pass.
     /// Activation diagnostics are collected when they are on.
     pub(crate) fn forward_loss(
         &mut self,
@@ -329,7 +341,7 @@ impl<T: Float> Sequential<T> {
         loss: &LossSpec,
         y: Target<'_, T>,
         weighted: bool,
-        grad: bool,
+        grad: Grad,
     ) -> Result<LossTotals> {
         self.run_layers(n, pass);
         if pass.training && self.diag.on() {
@@ -340,8 +352,12 @@ impl<T: Float> Sequential<T> {
         let out = &ws.acts[self.ops.len()][..n * cols];
         let target = batch_target(y, &ws.labels, &ws.targets);
         let weights = weighted.then(|| &ws.weights[..n]);
-        let dout = grad.then_some(&mut ws.d_a[..]);
-        loss_grad(loss, out, n, cols, target, weights, dout, &mut ws.stats)
+        let (dout, denom) = match grad {
+            Grad::No => (None, None),
+            Grad::Mean => (Some(&mut ws.d_a[..]), None),
+            Grad::Over(d) => (Some(&mut ws.d_a[..]), Some(d)),
+        };
+        loss_grad_over(loss, out, n, cols, target, weights, dout, &mut ws.stats, denom)
     }
 
     /// Copies the targets of `rows` into the workspace.
