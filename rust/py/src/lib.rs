@@ -21,6 +21,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<optim::PyOptimizer>()?;
     m.add_function(wrap_pyfunction!(layers::check_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_types, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_info, m)?)?;
     m.add_function(wrap_pyfunction!(clip::clip_coef, m)?)?;
     m.add_function(wrap_pyfunction!(clip::check_clip, m)?)?;
     m.add_function(wrap_pyfunction!(loss::loss_value, m)?)?;

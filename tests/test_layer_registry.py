@@ -1,0 +1,128 @@
+"""The engine's layer registry and ``fg.layers`` agree: every registered
+layer has a Python class with the same name and arguments, and vice versa;
+parameter counts, shapes and JSON specs come from the engine."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+import ferrograd as fg
+from ferrograd import _core
+from ferrograd import layers as L
+
+REGISTRY = dict(_core.layer_types())
+
+# One example of each registered layer: (layer, per-sample input shape,
+# expected parameter count, expected per-sample output shape). A new layer
+# needs an entry here (test_every_layer_has_an_example says so).
+EXAMPLES = {
+    "Dense": (L.Dense(3, 2), (3,), 3 * 2 + 2, (2,)),
+    "ReLU": (L.ReLU(), (4,), 0, (4,)),
+    "LeakyReLU": (L.LeakyReLU(0.2), (4,), 0, (4,)),
+    "Sigmoid": (L.Sigmoid(), (4,), 0, (4,)),
+    "Tanh": (L.Tanh(), (4,), 0, (4,)),
+    "GELU": (L.GELU(), (4,), 0, (4,)),
+    "Softmax": (L.Softmax(), (4,), 0, (4,)),
+    "Dropout": (L.Dropout(0.1), (4,), 0, (4,)),
+    "Flatten": (L.Flatten(), (2, 3), 0, (6,)),
+    "Rescaling": (L.Rescaling(0.5, 1.0), (4,), 0, (4,)),
+    "Conv2D": (L.Conv2D(2, 3, 3, padding=1), (2, 5, 5), 3 * 2 * 9 + 3, (3, 5, 5)),
+    "Conv1D": (L.Conv1D(2, 3, 3, bias=False), (2, 6), 3 * 2 * 3, (3, 4)),
+    "MaxPool2D": (L.MaxPool2D(2), (2, 4, 4), 0, (2, 2, 2)),
+    "AvgPool2D": (L.AvgPool2D(3, stride=1, padding=1), (2, 4, 4), 0, (2, 4, 4)),
+    "MaxPool1D": (L.MaxPool1D(2), (2, 4), 0, (2, 2)),
+    "AvgPool1D": (L.AvgPool1D(2), (2, 5), 0, (2, 2)),
+    "GlobalAvgPool2D": (L.GlobalAvgPool2D(), (2, 3, 3), 0, (2,)),
+    "BatchNorm1D": (L.BatchNorm1D(2), (2, 5), 4, (2, 5)),
+    "BatchNorm2D": (L.BatchNorm2D(3, momentum=None), (3, 2, 2), 6, (3, 2, 2)),
+}
+
+
+def python_classes() -> dict[str, type[L.Layer]]:
+    return L._layer_classes()
+
+
+def init_arguments(cls: type) -> list[str]:
+    init = getattr(cls, "__init__")  # noqa: B009 (mypy: not through an instance)
+    if init is object.__init__:
+        return []
+    return [p for p in inspect.signature(init).parameters if p != "self"]
+
+
+def test_every_registered_layer_has_a_python_class_with_its_arguments():
+    classes = python_classes()
+    for name, args in REGISTRY.items():
+        cls = classes.get(name)
+        assert cls is not None, (
+            f"{name} is registered in the engine but fg.layers has no class for it"
+        )
+        assert cls.__name__ == name and getattr(L, name) is cls and name in L.__all__
+        assert init_arguments(cls) == args, f"{name}: Python arguments differ from the engine's"
+        assert cls.__doc__, f"{name} has no docstring"
+
+
+def test_every_python_layer_is_registered():
+    assert set(python_classes()) == set(REGISTRY)
+    public = {n for n in L.__all__ if isinstance(getattr(L, n), type)}
+    assert public - {"Layer"} == set(REGISTRY)
+
+
+def test_every_layer_has_an_example():
+    assert set(EXAMPLES) == set(REGISTRY), "add an example of each new layer to EXAMPLES"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_counts_shapes_and_spec_come_from_the_engine(name):
+    layer, in_shape, count, out_shape = EXAMPLES[name]
+    assert layer.num_params() == count
+    info = _core.layer_info(layer._spec(), list(in_shape))
+    assert info["num_params"] == count
+    assert tuple(info["output_shape"]) == out_shape
+    # The model built from the layer holds exactly the declared parameters.
+    model = fg.Sequential([layer], dtype="float64")
+    assert model.num_params() == count
+    state = model.state_dict()
+    for pname, shape in info["params"]:
+        assert state[f"0.{pname}"].shape == tuple(shape)
+    for bname, shape in info["buffers"]:
+        assert state[f"0.{bname}"].shape == tuple(shape)
+    assert len(state) == len(info["params"]) + len(info["buffers"])
+    assert [tuple(s) for s in model._core.layer_shapes(list(in_shape))] == [out_shape]
+    # The JSON spec: the registered arguments, in order, and back again.
+    spec = json.loads(layer._spec())
+    assert list(spec) == ["type", *REGISTRY[name]] and spec["type"] == name
+    assert L.from_spec(spec) == layer
+    x = np.random.default_rng(0).normal(size=(4, *in_shape))
+    assert model.predict(x).shape == (4, *out_shape)
+
+
+def test_layer_info_errors():
+    with pytest.raises(ValueError, match="Dense: .*3"):
+        _core.layer_info(L.Dense(3, 2)._spec(), [4])
+    with pytest.raises(ValueError, match="unknown layer type"):
+        _core.layer_info('{"type": "Swish"}')
+    info = _core.layer_info(L.BatchNorm2D(4)._spec())
+    assert info["output_shape"] is None
+    assert [n for n, _ in info["buffers"]] == ["running_mean", "running_var", "num_batches_tracked"]
+
+
+def test_saved_json_format_unchanged():
+    """The exact text earlier versions wrote into model files."""
+    assert L.Dense(3, 2)._spec() == (
+        '{"type": "Dense", "in_features": 3, "out_features": 2, "bias": true, "init": "he"}'
+    )
+    assert L.Conv1D(1, 2, 3, padding="same")._spec() == (
+        '{"type": "Conv1D", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "stride": 1,'
+        ' "padding": "same", "dilation": 1, "bias": true, "init": "he"}'
+    )
+    assert L.MaxPool2D(2)._spec() == (
+        '{"type": "MaxPool2D", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0]}'
+    )
+    assert L.BatchNorm1D(2, momentum=None)._spec() == (
+        '{"type": "BatchNorm1D", "num_features": 2, "eps": 1e-05, "momentum": null}'
+    )
+    assert L.ReLU()._spec() == '{"type": "ReLU"}'
