@@ -421,23 +421,6 @@ def _layer_classes() -> dict[str, type[Layer]]:
     return out
 
 
-_INIT_PARAMS: dict[type, frozenset[str]] = {}
-
-
-def _init_params(cls: type) -> frozenset[str]:
-    """The constructor's argument names, cached: inspecting a builtin
-    ``__init__`` (layers without arguments) leaves cyclic garbage behind."""
-    names = _INIT_PARAMS.get(cls)
-    if names is None:
-        init = getattr(cls, "__init__")  # noqa: B009 (mypy: not through an instance)
-        if init is object.__init__:
-            names = frozenset()
-        else:
-            names = frozenset(inspect.signature(init).parameters) - {"self"}
-        _INIT_PARAMS[cls] = names
-    return names
-
-
 def from_spec(spec: Any) -> Layer:
     """The layer a spec describes: a mapping (or its JSON text) with
     ``"type"`` (the class name) and the constructor's arguments, as
@@ -457,7 +440,7 @@ def from_spec(spec: Any) -> Layer:
     cls = classes.get(kind)
     if cls is None:
         raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(classes))}")
-    params = _init_params(cls)
+    params = _ARGUMENTS.get(kind, ())
     unknown = [k for k in config if k not in params]
     if unknown:
         raise ValueError(f"{kind}: unknown argument(s) {', '.join(map(repr, unknown))}")

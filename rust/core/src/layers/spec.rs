@@ -97,7 +97,11 @@ macro_rules! layer_registry {
         #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
         #[serde(tag = "type")]
         pub enum LayerSpec {
-            $($(#[$doc])* $name($config),)+
+            $(
+                #[doc = concat!("`", stringify!($name), "`, configured by [`", stringify!($config), "`].")]
+                $(#[$doc])*
+                $name($config),
+            )+
         }
 
         $(
