@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from ferrograd import _core
 from ferrograd import layers as L
 
 REGISTRY = dict(_core.layer_types())
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # One example of each registered layer: (layer, per-sample input shape,
 # expected parameter count, expected per-sample output shape). A new layer
@@ -126,3 +128,34 @@ def test_saved_json_format_unchanged():
         '{"type": "BatchNorm1D", "num_features": 2, "eps": 1e-05, "momentum": null}'
     )
     assert L.ReLU()._spec() == '{"type": "ReLU"}'
+
+
+def test_files_saved_before_the_registry_load_and_predict_the_same():
+    """tests/fixtures/make_fg_fixture.py's files, written by the version
+    before the registry: every layer type of that time, both dtypes, an
+    optimizer, training mode."""
+    io = fg.load_file(FIXTURES / "fg_io.safetensors")
+    cnn, opt = fg.load(FIXTURES / "fg_cnn.safetensors", with_optimizer=True)
+    seq = fg.load(FIXTURES / "fg_seq.safetensors")
+    kinds = {type(ly).__name__ for m in (cnn, seq) for ly in m.layers}
+    # Every layer type registered then (a subset of today's).
+    then = set(
+        "Dense ReLU LeakyReLU Sigmoid Tanh GELU Softmax Dropout Flatten Rescaling Conv2D Conv1D"
+        " MaxPool2D AvgPool2D MaxPool1D AvgPool1D GlobalAvgPool2D BatchNorm1D BatchNorm2D".split()
+    )
+    assert kinds == then and then <= set(REGISTRY)
+    assert (cnn.dtype, cnn.epochs_trained, cnn.training) == (np.float32, 2, False)
+    assert (seq.dtype, seq.epochs_trained, seq.training) == (np.float64, 2, True)
+    x_cnn = io["x_cnn"].astype(np.uint8)
+    np.testing.assert_allclose(cnn.predict(x_cnn), io["y_cnn"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(seq.predict(io["x_seq"]), io["y_seq"], rtol=1e-12, atol=1e-15)
+    # The specs the layers write today are the text those files hold.
+    for name, model in (("fg_cnn", cnn), ("fg_seq", seq)):
+        meta = fg.serialization.read_metadata(FIXTURES / f"{name}.safetensors")
+        saved = json.loads(meta["ferrograd"])["architecture"]
+        assert [ly._spec() for ly in model.layers] == [json.dumps(s) for s in saved]
+    assert cnn.num_params() == sum(p.value.size for p in cnn.parameters())
+    # Training goes on from the saved optimizer state.
+    before = cnn.state_dict()["1.weight"].copy()
+    cnn.fit(x_cnn, np.arange(16) % 3, "cross_entropy", opt, epochs=1, batch_size=8, verbose=0)
+    assert cnn.epochs_trained == 3 and not np.array_equal(before, cnn.state_dict()["1.weight"])
