@@ -159,3 +159,27 @@ def test_files_saved_before_the_registry_load_and_predict_the_same():
     before = cnn.state_dict()["1.weight"].copy()
     cnn.fit(x_cnn, np.arange(16) % 3, "cross_entropy", opt, epochs=1, batch_size=8, verbose=0)
     assert cnn.epochs_trained == 3 and not np.array_equal(before, cnn.state_dict()["1.weight"])
+
+
+def test_loader_counts_an_overflowing_architecture_exactly(tmp_path):
+    """A file whose architecture declares more parameters than 64 bits
+    count is refused by the loader's guard, with the exact count."""
+    src = FIXTURES / "fg_seq.safetensors"
+    meta = fg.serialization.read_metadata(src)
+    info = json.loads(meta["ferrograd"])
+    info["architecture"][6].update(in_features=2**62, out_features=2**62)
+    dst = tmp_path / "huge.safetensors"
+    fg.save_file(fg.load_file(src), dst, metadata={**meta, "ferrograd": json.dumps(info)})
+    declared = (
+        2**124
+        + 2**62
+        + sum(
+            v.size
+            for k, v in fg.load(src).state_dict().items()
+            if k.startswith(("0.", "2.w", "2.b", "8."))
+        )
+    )
+    with pytest.raises(
+        ValueError, match=f"huge.safetensors: the architecture declares {declared:,}"
+    ):
+        fg.load(dst)

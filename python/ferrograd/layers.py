@@ -125,7 +125,9 @@ class Layer:
         its parameters)."""
         if not self.kind:
             return 0
-        return int(_core.layer_info(self._spec())["num_params"])
+        # Summed here, exactly, so that an absurd size read from a file is
+        # still counted (and refused by the loader with the count).
+        return sum(math.prod(shape) for _, shape in _core.layer_info(self._spec())["params"])
 
     def __repr__(self) -> str:
         """The arguments as one would write them: required ones by

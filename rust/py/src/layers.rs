@@ -33,8 +33,8 @@ pub fn layer_types() -> Vec<(&'static str, Vec<&'static str>)> {
 }
 
 /// What one layer declares: `params` and `buffers` (lists of `(name,
-/// shape)`), `num_params`, and `output_shape` for a per-sample
-/// `input_shape` (`None` without one). Raises `ValueError` for a bad spec
+/// shape)`), `num_params` (`None` when it overflows 64 bits), and
+/// `output_shape` for a per-sample `input_shape` (`None` without one). Raises `ValueError` for a bad spec
 /// or an input shape the layer does not take.
 #[pyfunction]
 #[pyo3(signature = (spec, input_shape=None))]
