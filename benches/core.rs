@@ -10,6 +10,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrograd::kernels::gemm::{gemm, gemm_ldb, pad_rows, padded_ld};
 use ferrograd::layers::{numel, Backward, Buffers, Forward, Layer, Layout};
+use ferrograd::layers::{BatchNorm2DSpec, Conv2DSpec, DenseSpec, MaxPool2DSpec, ReLUSpec, RescalingSpec};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
@@ -70,11 +71,21 @@ fn mlp(hidden: &[usize]) -> Vec<LayerSpec> {
     let mut specs = Vec::new();
     let mut width = 784;
     for &h in hidden {
-        specs.push(LayerSpec::Dense { in_features: width, out_features: h, bias: true, init: Init::He });
-        specs.push(LayerSpec::ReLU);
+        specs.push(LayerSpec::Dense(DenseSpec {
+            in_features: width,
+            out_features: h,
+            bias: true,
+            init: Init::He,
+        }));
+        specs.push(LayerSpec::ReLU(ReLUSpec {}));
         width = h;
     }
-    specs.push(LayerSpec::Dense { in_features: width, out_features: 10, bias: true, init: Init::Xavier });
+    specs.push(LayerSpec::Dense(DenseSpec {
+        in_features: width,
+        out_features: 10,
+        bias: true,
+        init: Init::Xavier,
+    }));
     specs
 }
 
@@ -89,8 +100,8 @@ fn bench_dense(c: &mut Criterion) {
     let mut g = c.benchmark_group("dense");
     for &(batch, fi, fo) in &[(32usize, 784usize, 128usize), (256, 1024, 1024)] {
         let specs = vec![
-            LayerSpec::Dense { in_features: fi, out_features: fo, bias: true, init: Init::He },
-            LayerSpec::ReLU,
+            LayerSpec::Dense(DenseSpec { in_features: fi, out_features: fo, bias: true, init: Init::He }),
+            LayerSpec::ReLU(ReLUSpec {}),
         ];
         let mut model = Sequential::<f32>::new(specs, 0).unwrap();
         let x = randn(batch * fi, 4);
@@ -212,15 +223,17 @@ impl LayerRun {
 fn bench_cnn_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("cnn_layers");
     let n = 64;
-    let conv = |cin, cout| LayerSpec::Conv2D {
-        in_channels: cin,
-        out_channels: cout,
-        kernel_size: [5, 5],
-        stride: [1, 1],
-        padding: Padding::Same,
-        dilation: [1, 1],
-        bias: true,
-        init: Init::He,
+    let conv = |cin, cout| {
+        LayerSpec::Conv2D(Conv2DSpec {
+            in_channels: cin,
+            out_channels: cout,
+            kernel_size: [5, 5],
+            stride: [1, 1],
+            padding: Padding::Same,
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        })
     };
     for (name, spec, input, flops) in [
         ("conv1_1x28x28_to_32", conv(1, 32), vec![1, 28, 28], 2 * 32 * 25 * 784),
@@ -240,8 +253,8 @@ fn bench_cnn_layers(c: &mut Criterion) {
             b.iter(|| threads::install(|| run.backward(true)).unwrap())
         });
     }
-    let pool = LayerSpec::MaxPool2D { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] };
-    let bn = LayerSpec::BatchNorm2D { num_features: 32, eps: 1e-5, momentum: Some(0.1) };
+    let pool = LayerSpec::MaxPool2D(MaxPool2DSpec { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] });
+    let bn = LayerSpec::BatchNorm2D(BatchNorm2DSpec { num_features: 32, eps: 1e-5, momentum: Some(0.1) });
     for (name, spec, layout) in [
         ("maxpool2x2_channels_last", pool.clone(), Layout::ChannelsLast),
         ("maxpool2x2_planar", pool, Layout::Planar),
@@ -268,7 +281,7 @@ fn bench_cnn_layers(c: &mut Criterion) {
 fn bench_conv_algorithms(c: &mut Criterion) {
     let mut g = c.benchmark_group("conv_algorithm");
     let n = 64;
-    let spec = LayerSpec::Conv2D {
+    let spec = LayerSpec::Conv2D(Conv2DSpec {
         in_channels: 32,
         out_channels: 64,
         kernel_size: [5, 5],
@@ -277,7 +290,7 @@ fn bench_conv_algorithms(c: &mut Criterion) {
         dilation: [1, 1],
         bias: false,
         init: Init::He,
-    };
+    });
     g.throughput(Throughput::Elements((2 * 64 * 800 * 196 * n) as u64));
     let mut direct = LayerRun::new(spec, &[32, 14, 14], n, Layout::ChannelsLast);
     g.bench_function("direct_tiles", |b| b.iter(|| threads::install(|| direct.forward()).unwrap()));
@@ -428,7 +441,7 @@ fn bench_train(c: &mut Criterion) {
         ("784-512-512-10_b128_adam", vec![512, 512], 128, true),
         ("784-1024-1024-10_b256_adam", vec![1024, 1024], 256, true),
     ] {
-        let mut specs = vec![LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 }];
+        let mut specs = vec![LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 })];
         specs.extend(mlp(&hidden));
         let mut model = Sequential::<f32>::new(specs, 0).unwrap();
         let ranges = model.entries().iter().map(|e| e.range.clone()).collect();

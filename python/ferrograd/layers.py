@@ -8,6 +8,11 @@ class names and ``state_dict`` keys match ``torch.nn`` (``Dense`` is
 Each class checks the *types* of its arguments; the values (sizes >= 1,
 probabilities in range, known names) are checked once, by the engine, when
 the layer is created, so a bad value raises a ``ValueError`` right away.
+
+The engine's layer registry is the one source of what a layer is: its
+arguments (which attributes the JSON spec holds, in order), its parameter
+names, shapes and count. The classes here add the docstrings, signatures
+and type checks; ``tests/test_layer_registry.py`` checks that both agree.
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+_ARGUMENTS: dict[str, tuple[str, ...]] = {name: tuple(args) for name, args in _core.layer_types()}
+
+
 class Layer:
     """Base class of all layers."""
 
@@ -99,7 +107,9 @@ class Layer:
     kind: str = ""
 
     def _config(self) -> dict[str, Any]:
-        return {}
+        """The constructor's arguments as the engine registers them (in its
+        order), read from the attributes of the same names."""
+        return {name: getattr(self, name) for name in _ARGUMENTS.get(self.kind, ())}
 
     def _spec(self) -> str:
         """The layer as the engine reads it: a JSON object."""
@@ -111,8 +121,13 @@ class Layer:
         _core.check_layer(self._spec())
 
     def num_params(self) -> int:
-        """Number of trainable scalars in this layer."""
-        return 0
+        """Number of trainable scalars in this layer (as the engine declares
+        its parameters)."""
+        if not self.kind:
+            return 0
+        # Summed here, exactly, so that an absurd size read from a file is
+        # still counted (and refused by the loader with the count).
+        return sum(math.prod(shape) for _, shape in _core.layer_info(self._spec())["params"])
 
     def __repr__(self) -> str:
         """The arguments as one would write them: required ones by
@@ -171,17 +186,6 @@ class Dense(Layer):
         self.init = init
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias,
-            "init": self.init,
-        }
-
-    def num_params(self) -> int:
-        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
-
 
 class ReLU(Layer):
     """``max(x, 0)``."""
@@ -197,9 +201,6 @@ class LeakyReLU(Layer):
     def __init__(self, negative_slope: float = 0.01) -> None:
         self.negative_slope = _number("negative_slope", negative_slope, "LeakyReLU")
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {"negative_slope": self.negative_slope}
 
 
 class Sigmoid(Layer):
@@ -240,9 +241,6 @@ class Dropout(Layer):
         self.p = _number("p", p, "Dropout")
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {"p": self.p}
-
 
 class Flatten(Layer):
     """Flattens each sample to one dimension: ``(N, d1, d2, ...) -> (N, d1*d2*...)``."""
@@ -263,9 +261,6 @@ class Rescaling(Layer):
         self.scale = _number("scale", scale, "Rescaling")
         self.offset = _number("offset", offset, "Rescaling")
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {"scale": self.scale, "offset": self.offset}
 
 
 class _Conv(Layer):
@@ -293,22 +288,6 @@ class _Conv(Layer):
         self.bias = bool(bias)
         self.init = init
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "bias": self.bias,
-            "init": self.init,
-        }
-
-    def num_params(self) -> int:
-        area = math.prod(self.kernel_size) if self.dims == 2 else int(self.kernel_size)
-        return self.out_channels * self.in_channels * area + (self.out_channels if self.bias else 0)
 
 
 class Conv2D(_Conv):
@@ -360,9 +339,6 @@ class _Pool(Layer):
         self.padding: Any = size("padding", padding, name)
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
-
 
 class MaxPool2D(_Pool):
     """Maximum over windows of ``(N, C, H, W)`` (``torch.nn.MaxPool2d``).
@@ -411,12 +387,6 @@ class _BatchNorm(Layer):
         self.momentum = None if momentum is None else _number("momentum", momentum, name)
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
-
-    def num_params(self) -> int:
-        return 2 * self.num_features
-
 
 class BatchNorm1D(_BatchNorm):
     """Batch normalization over ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``).
@@ -453,23 +423,6 @@ def _layer_classes() -> dict[str, type[Layer]]:
     return out
 
 
-_INIT_PARAMS: dict[type, frozenset[str]] = {}
-
-
-def _init_params(cls: type) -> frozenset[str]:
-    """The constructor's argument names, cached: inspecting a builtin
-    ``__init__`` (layers without arguments) leaves cyclic garbage behind."""
-    names = _INIT_PARAMS.get(cls)
-    if names is None:
-        init = getattr(cls, "__init__")  # noqa: B009 (mypy: not through an instance)
-        if init is object.__init__:
-            names = frozenset()
-        else:
-            names = frozenset(inspect.signature(init).parameters) - {"self"}
-        _INIT_PARAMS[cls] = names
-    return names
-
-
 def from_spec(spec: Any) -> Layer:
     """The layer a spec describes: a mapping (or its JSON text) with
     ``"type"`` (the class name) and the constructor's arguments, as
@@ -489,7 +442,7 @@ def from_spec(spec: Any) -> Layer:
     cls = classes.get(kind)
     if cls is None:
         raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(classes))}")
-    params = _init_params(cls)
+    params = _ARGUMENTS.get(kind, ())
     unknown = [k for k in config if k not in params]
     if unknown:
         raise ValueError(f"{kind}: unknown argument(s) {', '.join(map(repr, unknown))}")

@@ -2,7 +2,8 @@
 //!
 //! - [`kernels`]: matrix products, activations and reductions over slices,
 //!   parallel over disjoint output chunks, deterministic for any thread count.
-//! - [`layers`]: one file per layer, registered in [`layers::LayerSpec`].
+//! - [`layers`]: one file per layer, registered by one line in the list
+//!   that defines [`layers::LayerSpec`].
 //! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
 //! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
 //! - [`clip`]: gradient clipping by the total norm, as torch's `clip_grad_norm_`.
@@ -13,11 +14,12 @@
 //!
 //! ```
 //! use ferrograd::{Data, EpochOptions, Features, Flow, Init, LayerSpec, Loss, Sequential, Target};
+//! use ferrograd::layers::{DenseSpec, TanhSpec};
 //! use ferrograd::optim::{OptimConfig, Optimizer};
-//! let specs = vec![
-//!     LayerSpec::Dense { in_features: 2, out_features: 8, bias: true, init: Init::He },
-//!     LayerSpec::Tanh,
-//!     LayerSpec::Dense { in_features: 8, out_features: 2, bias: true, init: Init::Xavier },
+//! let specs: Vec<LayerSpec> = vec![
+//!     DenseSpec { in_features: 2, out_features: 8, bias: true, init: Init::He }.into(),
+//!     TanhSpec {}.into(),
+//!     DenseSpec { in_features: 8, out_features: 2, bias: true, init: Init::Xavier }.into(),
 //! ];
 //! let mut model = Sequential::<f32>::new(specs, 0).unwrap();
 //! let x = [0.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0];

@@ -23,6 +23,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::PyModel>()?;
     m.add_class::<optim::PyOptimizer>()?;
     m.add_function(wrap_pyfunction!(layers::check_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_types, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_info, m)?)?;
     m.add_function(wrap_pyfunction!(clip::clip_coef, m)?)?;
     m.add_function(wrap_pyfunction!(distributed::reduce_grads, m)?)?;
     m.add_function(wrap_pyfunction!(clip::check_clip, m)?)?;

@@ -391,9 +391,9 @@ fn monitors<T: Float>(specs: &[LayerSpec], ops: &[super::Op<T>]) -> Vec<Monitor>
     let mut out = Vec::new();
     for (layer, s) in specs.iter().enumerate() {
         let watch = match s {
-            LayerSpec::ReLU => Watch::Relu,
-            LayerSpec::Sigmoid => Watch::Sigmoid,
-            LayerSpec::Tanh => Watch::Tanh,
+            LayerSpec::ReLU(_) => Watch::Relu,
+            LayerSpec::Sigmoid(_) => Watch::Sigmoid,
+            LayerSpec::Tanh(_) => Watch::Tanh,
             _ => continue,
         };
         // The last op starting at or before this layer produced its output.

@@ -23,7 +23,7 @@ pub use train::{Data, EpochOptions, Flow, Progress};
 use crate::data::Features;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::layers::{BufferKind, Layer, LayerSpec};
+use crate::layers::{BufferKind, DenseSpec, Layer, LayerSpec, RescalingSpec};
 use crate::memory;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -124,8 +124,10 @@ fn input_prefix<T: Float>(specs: &[LayerSpec], ops: &[Op<T>]) -> (usize, Option<
     let mut count = 0;
     for op in ops {
         match specs[op.spec] {
-            LayerSpec::Flatten => {}
-            LayerSpec::Rescaling { scale, offset } if affine.is_none() => affine = Some((scale, offset)),
+            LayerSpec::Flatten(_) => {}
+            LayerSpec::Rescaling(RescalingSpec { scale, offset }) if affine.is_none() => {
+                affine = Some((scale, offset))
+            }
             _ => break,
         }
         count += 1;
@@ -139,7 +141,7 @@ fn input_prefix<T: Float>(specs: &[LayerSpec], ops: &[Op<T>]) -> (usize, Option<
 fn check_chain(specs: &[LayerSpec]) -> Result<()> {
     let layers = specs.iter().map(|s| s.build::<f32>()).collect::<Result<Vec<_>>>()?;
     for (i, s) in specs.iter().enumerate() {
-        let LayerSpec::Dense { in_features, .. } = *s else { continue };
+        let LayerSpec::Dense(DenseSpec { in_features, .. }) = *s else { continue };
         let mut shape = vec![in_features];
         for (j, layer) in layers.iter().enumerate().skip(i) {
             if !layer.acts_on_last_dim() {
