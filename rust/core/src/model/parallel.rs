@@ -77,6 +77,7 @@ impl Parallel {
 mod tests {
     use super::*;
     use crate::data::Features;
+    use crate::layers::{DenseSpec, TanhSpec};
     use crate::loss::{Loss, LossSpec, Target};
     use crate::model::{Data, EpochOptions, Flow, Sequential};
     use crate::optim::{OptimConfig, Optimizer};
@@ -86,9 +87,9 @@ mod tests {
 
     fn mlp(seed: u64) -> Sequential<f64> {
         let specs = vec![
-            LayerSpec::Dense { in_features: 5, out_features: 7, bias: true, init: Init::He },
-            LayerSpec::Tanh,
-            LayerSpec::Dense { in_features: 7, out_features: 3, bias: true, init: Init::Xavier },
+            LayerSpec::Dense(DenseSpec { in_features: 5, out_features: 7, bias: true, init: Init::He }),
+            LayerSpec::Tanh(TanhSpec {}),
+            LayerSpec::Dense(DenseSpec { in_features: 7, out_features: 3, bias: true, init: Init::Xavier }),
         ];
         Sequential::new(specs, seed).expect("model")
     }
