@@ -12,25 +12,31 @@
 mod activation;
 mod batchnorm;
 mod conv;
+mod conv_transpose;
 mod dense;
 mod dropout;
 mod flatten;
+mod identity;
 mod pool;
 mod rescaling;
 mod softmax;
 mod spec;
+mod upsample;
 
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;
 pub use conv::Conv;
+pub use conv_transpose::ConvTranspose;
 pub use dense::{Dense, Init};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use identity::Identity;
 pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
 pub(crate) use spec::{float as de_float, opt_floats as de_opt_floats};
 pub use spec::{LayerSpec, Padding};
+pub use upsample::{Upsample, UpsampleMode};
 
 /// Where element `(c, s)` of one sample lies (`c < channels`, `s` the
 /// flat spatial index, `< spatial`) in `layout`.

@@ -4,8 +4,8 @@
 //! layer's constructor checks the values.
 
 use super::{
-    Activation, BatchNorm, Conv, Dense, Dropout, Flatten, GlobalAvgPool, Init, Layer, Pool, PoolKind,
-    Rescaling, Softmax,
+    Activation, BatchNorm, Conv, ConvTranspose, Dense, Dropout, Flatten, GlobalAvgPool, Identity, Init,
+    Layer, Pool, PoolKind, Rescaling, Softmax, Upsample, UpsampleMode,
 };
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -138,6 +138,25 @@ pub enum LayerSpec {
         bias: bool,
         init: Init,
     },
+    /// `torch.nn.ConvTranspose2d` on `(C, H, W)`; weight `(in, out, kh, kw)`.
+    ConvTranspose2D {
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        output_padding: [usize; 2],
+        dilation: [usize; 2],
+        bias: bool,
+        init: Init,
+    },
+    /// `torch.nn.Upsample` on `(C, H, W)` by whole factors.
+    Upsample2D {
+        scale_factor: [usize; 2],
+        mode: UpsampleMode,
+    },
+    /// `y = x` (`torch.nn.Identity`).
+    Identity,
     MaxPool2D {
         kernel_size: [usize; 2],
         stride: [usize; 2],
@@ -205,7 +224,7 @@ impl LayerSpec {
                 other => vec![other],
             };
             if let Some(n) = items.iter().find_map(|x| x.as_i64().filter(|&n| n < 0)) {
-                let min = if key == "padding" { 0 } else { 1 };
+                let min = if key == "padding" || key == "output_padding" { 0 } else { 1 };
                 return Err(Error::value(format!("{kind}: {key} must be >= {min}, got {n}")));
             }
         }
@@ -304,6 +323,29 @@ impl LayerSpec {
                     *init,
                 )?)
             }
+            &LayerSpec::ConvTranspose2D {
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+                bias,
+                init,
+            } => Box::new(ConvTranspose::new(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+                bias,
+                init,
+            )?),
+            &LayerSpec::Upsample2D { scale_factor, mode } => Box::new(Upsample::new(scale_factor, mode)?),
+            LayerSpec::Identity => Box::new(Identity),
             &LayerSpec::MaxPool2D { kernel_size, stride, padding } => {
                 Box::new(Pool::new(name, PoolKind::Max, 2, kernel_size, stride, padding)?)
             }
@@ -346,6 +388,9 @@ impl LayerSpec {
             LayerSpec::Rescaling { .. } => "Rescaling",
             LayerSpec::Conv2D { .. } => "Conv2D",
             LayerSpec::Conv1D { .. } => "Conv1D",
+            LayerSpec::ConvTranspose2D { .. } => "ConvTranspose2D",
+            LayerSpec::Upsample2D { .. } => "Upsample2D",
+            LayerSpec::Identity => "Identity",
             LayerSpec::MaxPool2D { .. } => "MaxPool2D",
             LayerSpec::AvgPool2D { .. } => "AvgPool2D",
             LayerSpec::MaxPool1D { .. } => "MaxPool1D",
@@ -398,6 +443,31 @@ mod tests {
         assert!(err(&bn.replace("1e-5", "0")).contains("eps must be a finite value > 0"));
         let pool = r#"{"type": "MaxPool2D", "kernel_size": [3, 3], "stride": [1, 1], "padding": [2, 1]}"#;
         assert!(err(pool).contains("padding must be at most half the kernel size"));
+        let up = r#"{"type": "Upsample2D", "scale_factor": [2, 3], "mode": "nearest"}"#;
+        let parsed = LayerSpec::from_json(up).unwrap();
+        assert_eq!(parsed, LayerSpec::Upsample2D { scale_factor: [2, 3], mode: UpsampleMode::Nearest });
+        assert_eq!(LayerSpec::from_json(&parsed.to_json()).unwrap(), parsed);
+        assert!(err(&up.replace("nearest", "cubic"))
+            .contains("Upsample2D: unknown mode \"cubic\"; expected \"nearest\" or \"bilinear\""));
+        assert!(err(&up.replace("[2, 3]", "[2, 0]")).contains("scale_factor must be >= 1, got (2, 0)"));
+        let ct = LayerSpec::ConvTranspose2D {
+            in_channels: 4,
+            out_channels: 2,
+            kernel_size: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+            output_padding: [1, 1],
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        };
+        let text_ct = ct.to_json();
+        assert_eq!(LayerSpec::from_json(&text_ct).unwrap(), ct);
+        let bad_op = text_ct.replace("\"output_padding\":[1,1]", "\"output_padding\":[-1,1]");
+        assert!(err(&bad_op).contains("ConvTranspose2D: output_padding must be >= 0, got -1"));
+        let big_op = text_ct.replace("\"output_padding\":[1,1]", "\"output_padding\":[2,1]");
+        assert!(err(&big_op).contains("output_padding must be smaller than either stride or dilation"));
+        assert_eq!(LayerSpec::from_json(r#"{"type": "Identity"}"#).unwrap(), LayerSpec::Identity);
         let strided = text.replace("\"stride\":[1,1]", "\"stride\":[2,1]");
         assert!(err(&strided).contains("padding=\"same\" needs stride 1"));
     }
