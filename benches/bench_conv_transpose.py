@@ -49,7 +49,7 @@ def median_ms(step) -> float:
 def compare(name: str, kw: dict, x: np.ndarray, dy: np.ndarray) -> None:
     ours = fg.Sequential([L.ConvTranspose2D(CIN, COUT, **kw)], seed=0)
     theirs = torch.nn.ConvTranspose2d(CIN, COUT, **kw)
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    theirs.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     xt = torch.from_numpy(x)
     xg = torch.from_numpy(x.copy()).requires_grad_(True)
     dyt = torch.from_numpy(dy)
