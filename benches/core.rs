@@ -280,7 +280,8 @@ fn bench_conv_transpose(c: &mut Criterion) {
         bias: true,
         init: Init::He,
     };
-    for (name, spec, k) in [("k2s2_32x14x14_to_16", spec(2, 0, 0), 2), ("k3s2p1op1_32x14x14_to_16", spec(3, 1, 1), 3)]
+    for (name, spec, k) in
+        [("k2s2_32x14x14_to_16", spec(2, 0, 0), 2), ("k3s2p1op1_32x14x14_to_16", spec(3, 1, 1), 3)]
     {
         // Multiply-adds: every input position meets every kernel tap.
         let flops = 2 * 32 * 16 * k * k * 196;
