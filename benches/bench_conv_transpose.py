@@ -36,17 +36,19 @@ CASES = {
 STEPS = 30
 
 
-def times_ms(step) -> tuple[float, float]:
-    """The fastest and the median step (the fastest is the better estimate
-    on a machine shared with other work)."""
+def times_ms(step) -> tuple[float, float, float]:
+    """The fastest and the median step, and the least CPU time a step took
+    (on a machine shared with other work, the fastest step is the better
+    estimate; with one thread the CPU time does not count waiting)."""
     for _ in range(3):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(STEPS):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t)
-    return 1e3 * min(times), 1e3 * statistics.median(times)
+        cpu.append(time.process_time() - c)
+    return 1e3 * min(times), 1e3 * statistics.median(times), 1e3 * min(cpu)
 
 
 def compare(name: str, kw: dict, x: np.ndarray, dy: np.ndarray) -> None:
@@ -81,8 +83,9 @@ def compare(name: str, kw: dict, x: np.ndarray, dy: np.ndarray) -> None:
     )
     a, b, c = times_ms(ours_step), times_ms(theirs_step), times_ms(theirs_step_dx)
     print(
-        f"{name:>13}: ferrograd {a[0]:6.2f} ms (median {a[1]:6.2f})   torch {b[0]:6.2f} ms "
-        f"(median {b[1]:6.2f})   ratio {a[0] / b[0]:.2f}   torch with dx {c[0]:6.2f} ms"
+        f"{name:>13}: ferrograd {a[0]:6.2f} ms (median {a[1]:6.2f}, CPU {a[2]:6.2f})   "
+        f"torch {b[0]:6.2f} ms (median {b[1]:6.2f}, CPU {b[2]:6.2f})   ratio {a[0] / b[0]:.2f}   "
+        f"torch with dx {c[0]:6.2f} ms (CPU {c[2]:6.2f})"
     )
 
 
