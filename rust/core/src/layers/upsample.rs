@@ -68,6 +68,7 @@ fn taps<T: Float>(len: usize, scale: usize, mode: UpsampleMode) -> Vec<Tap<T>> {
 }
 
 impl Upsample {
+    /// Checks the configuration: every factor at least 1.
     pub fn new(scale: [usize; 2], mode: UpsampleMode) -> Result<Self> {
         if scale.contains(&0) {
             return Err(Error::value(format!(
