@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the core: matrix products from the benchmark
 //! configurations (with GFLOPS), dense forward and backward, the benchmark
 //! CNN's convolutions (forward, weight gradient, weight + input gradient),
-//! pooling and BatchNorm, softmax cross-entropy, each optimizer step, and
+//! pooling and BatchNorm, transposed convolutions, softmax cross-entropy, each optimizer step, and
 //! whole training epochs.
 //!
 //! `cargo bench -p ferrograd-core` (all), or `cargo bench -p ferrograd-core -- gemm`.
@@ -10,7 +10,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrograd::kernels::gemm::{gemm, gemm_ldb, pad_rows, padded_ld};
 use ferrograd::layers::{numel, Backward, Buffers, Forward, Layer, Layout};
-use ferrograd::layers::{BatchNorm2DSpec, Conv2DSpec, DenseSpec, MaxPool2DSpec, ReLUSpec, RescalingSpec};
+use ferrograd::layers::{
+    BatchNorm2DSpec, Conv2DSpec, ConvTranspose2DSpec, DenseSpec, MaxPool2DSpec, ReLUSpec, RescalingSpec,
+};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
@@ -273,6 +275,61 @@ fn bench_cnn_layers(c: &mut Criterion) {
     g.finish();
 }
 
+/// A U-Net decoder's upsampling at batch 64, `ConvTranspose2D(32, 16)` on
+/// 14x14 inputs to 28x28 outputs (GFLOPS as Gelem/s): k=2 s=2, and k=3 s=2
+/// p=1 op=1. `forward`, `backward` (weight and input gradient) and both
+/// (`forward_backward`, what torch's `ConvTranspose2d` forward + backward
+/// does; `benches/bench_conv_transpose.py` times that side), on
+/// channels-last buffers (between convolutions) and planar ones.
+fn bench_conv_transpose(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv_transpose");
+    let n = 64;
+    let spec = |k: usize, p: usize, op: usize| {
+        LayerSpec::ConvTranspose2D(ConvTranspose2DSpec {
+            in_channels: 32,
+            out_channels: 16,
+            kernel_size: [k, k],
+            stride: [2, 2],
+            padding: [p, p],
+            output_padding: [op, op],
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        })
+    };
+    for (name, spec, k) in
+        [("k2s2_32x14x14_to_16", spec(2, 0, 0), 2), ("k3s2p1op1_32x14x14_to_16", spec(3, 1, 1), 3)]
+    {
+        // Multiply-adds: every input position meets every kernel tap.
+        let flops = 2 * 32 * 16 * k * k * 196;
+        for (layout, lname) in [(Layout::ChannelsLast, "channels_last"), (Layout::Planar, "planar")] {
+            let id = format!("{name}_{lname}");
+            let mut run = LayerRun::new(spec.clone(), &[32, 14, 14], n, layout);
+            assert_eq!(run.output, [16, 28, 28]);
+            g.throughput(Throughput::Elements((flops * n) as u64));
+            g.bench_function(BenchmarkId::new("forward", &id), |b| {
+                b.iter(|| threads::install(|| run.forward()).unwrap())
+            });
+            run.forward();
+            g.throughput(Throughput::Elements((2 * flops * n) as u64));
+            g.bench_function(BenchmarkId::new("backward", &id), |b| {
+                b.iter(|| threads::install(|| run.backward(true)).unwrap())
+            });
+            g.throughput(Throughput::Elements((3 * flops * n) as u64));
+            g.bench_function(BenchmarkId::new("forward_backward", &id), |b| {
+                b.iter(|| {
+                    threads::install(|| {
+                        run.forward();
+                        run.backward(true)
+                    })
+                    .unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// The convolution algorithm, chosen by this measurement: the second CNN
 /// convolution's forward pass at batch 64 as ferrograd runs it (direct,
 /// register-tiled over channels-last data, no im2col) against im2col into a
@@ -472,6 +529,7 @@ criterion_group!(
     bench_gemm,
     bench_dense,
     bench_cnn_layers,
+    bench_conv_transpose,
     bench_conv_algorithms,
     bench_loss,
     bench_optim,

@@ -34,6 +34,15 @@ EXAMPLES = {
     "Rescaling": (L.Rescaling(0.5, 1.0), (4,), 0, (4,)),
     "Conv2D": (L.Conv2D(2, 3, 3, padding=1), (2, 5, 5), 3 * 2 * 9 + 3, (3, 5, 5)),
     "Conv1D": (L.Conv1D(2, 3, 3, bias=False), (2, 6), 3 * 2 * 3, (3, 4)),
+    # (H - 1) * stride - 2 * padding + (kernel - 1) + output_padding + 1 = 3 * 2 - 2 + 2 + 1 + 1
+    "ConvTranspose2D": (
+        L.ConvTranspose2D(2, 3, 3, stride=2, padding=1, output_padding=1),
+        (2, 4, 4),
+        2 * 3 * 9 + 3,
+        (3, 8, 8),
+    ),
+    "Upsample2D": (L.Upsample2D(2), (2, 3, 3), 0, (2, 6, 6)),
+    "Identity": (L.Identity(), (4,), 0, (4,)),
     "MaxPool2D": (L.MaxPool2D(2), (2, 4, 4), 0, (2, 2, 2)),
     "AvgPool2D": (L.AvgPool2D(3, stride=1, padding=1), (2, 4, 4), 0, (2, 4, 4)),
     "MaxPool1D": (L.MaxPool1D(2), (2, 4), 0, (2, 2)),

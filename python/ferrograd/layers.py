@@ -38,6 +38,9 @@ __all__ = [
     "Rescaling",
     "Conv2D",
     "Conv1D",
+    "ConvTranspose2D",
+    "Upsample2D",
+    "Identity",
     "MaxPool2D",
     "AvgPool2D",
     "MaxPool1D",
@@ -146,7 +149,10 @@ class Layer:
                 short = v
             if p.default is inspect.Parameter.empty:
                 parts.append(repr(short))
-            elif short != p.default and not (p.name == "stride" and v == config.get("kernel_size")):
+            elif short != p.default and not (
+                # Pooling's stride defaults to (None, meaning) the kernel size.
+                p.name == "stride" and p.default is None and v == config.get("kernel_size")
+            ):
                 parts.append(f"{p.name}={short!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
@@ -326,6 +332,100 @@ class Conv1D(_Conv):
 
     kind = "Conv1D"
     dims = 1
+
+
+class ConvTranspose2D(Layer):
+    """2-D transposed convolution over ``(N, C, H, W)``
+    (``torch.nn.ConvTranspose2d``): the gradient of a convolution with
+    respect to its input, used to upsample (a U-Net's decoder).
+
+    Parameters
+    ----------
+    in_channels, out_channels:
+        Channels of each input and output sample.
+    kernel_size, stride, dilation:
+        An int or a pair ``(height, width)``.
+    padding:
+        An int or a pair: rows and columns cropped from each side of the
+        full output (``dilation * (kernel_size - 1) - padding`` zeros are
+        implicitly added to the input, as in torch).
+    output_padding:
+        An int or a pair: rows and columns added on the bottom and right
+        of the output, to pick one of the sizes a strided convolution maps
+        to the same size; must be smaller than the stride or the dilation.
+    bias:
+        Whether to learn an additive bias per output channel.
+    init:
+        Weight initialisation as for :class:`Conv2D`, with torch's fans for
+        this weight shape (``fan_in = out_channels * kernel area``); biases
+        start at zero.
+
+    The weight has shape ``(in_channels, out_channels, kh, kw)`` as in
+    PyTorch. The output has ``(H - 1) * s - 2p + d(k - 1) + output_padding
+    + 1`` rows (likewise columns): ``ConvTranspose2D(c, c // 2, 2,
+    stride=2)`` and ``ConvTranspose2D(c, c // 2, 3, stride=2, padding=1,
+    output_padding=1)`` both double ``H`` and ``W``.
+    """
+
+    kind = "ConvTranspose2D"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        output_padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        init: str = "he",
+    ) -> None:
+        name = "ConvTranspose2D"
+        self.in_channels = _int("in_channels", in_channels, name)
+        self.out_channels = _int("out_channels", out_channels, name)
+        self.kernel_size = _pair("kernel_size", kernel_size, name)
+        self.stride = _pair("stride", stride, name)
+        self.padding = _pair("padding", padding, name)
+        self.output_padding = _pair("output_padding", output_padding, name)
+        self.dilation = _pair("dilation", dilation, name)
+        self.bias = bool(bias)
+        self.init = init
+        self._check()
+
+
+class Upsample2D(Layer):
+    """Upsampling of ``(N, C, H, W)`` to ``(N, C, H * sh, W * sw)``
+    (``torch.nn.Upsample(scale_factor=..., mode=...)``).
+
+    Parameters
+    ----------
+    scale_factor:
+        A whole factor, or a pair ``(sh, sw)``.
+    mode:
+        ``"nearest"`` (each value repeated over its ``sh x sw`` block) or
+        ``"bilinear"`` (torch's ``align_corners=False``: output pixel
+        centres mapped back onto the input, edges clamped).
+
+    The gradient of each input is the sum of the gradients of the outputs
+    made from it (times their interpolation weights). No parameters.
+    """
+
+    kind = "Upsample2D"
+
+    def __init__(self, scale_factor: Any = 2, mode: str = "nearest") -> None:
+        self.scale_factor = _pair("scale_factor", scale_factor, "Upsample2D")
+        if not isinstance(mode, str):
+            raise TypeError(f"Upsample2D: mode must be a string, got {type(mode).__name__}")
+        self.mode = mode
+        self._check()
+
+
+class Identity(Layer):
+    """``y = x`` (``torch.nn.Identity``): a placeholder, e.g. for a block
+    switched off in a configurable stack. It copies its input."""
+
+    kind = "Identity"
 
 
 class _Pool(Layer):

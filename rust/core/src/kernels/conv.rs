@@ -833,8 +833,28 @@ pub fn pad_grad<T: Float>(
     dz: &mut [T],
 ) {
     let plane = g.oh * g.ow;
+    assert!(y.len() >= g.cout * plane && dy.len() >= g.cout * plane);
+    let dy = &mut dy[..g.cout * plane];
+    grad_flush(act, &y[..g.cout * plane], dy);
+    pad_output(g, layout, order, dy, dz, false);
+}
+
+/// One sample's values in the shape of the output, `(cout, oh, ow)`
+/// (ordered by `order`), into the channels-last layout of the output
+/// gradient (`layout`), zeros around; denormals flushed when `flush_values`.
+/// A transposed convolution lays out its input this way: its forward pass
+/// is this convolution's input gradient.
+pub fn pad_output<T: Float>(
+    g: &ConvGeom,
+    layout: &GradLayout,
+    order: Layout,
+    dy: &[T],
+    dz: &mut [T],
+    flush_values: bool,
+) {
+    let plane = g.oh * g.ow;
     let GradLayout { offh, offw, hz, wz, cpad } = *layout;
-    assert!(y.len() >= g.cout * plane && dy.len() >= g.cout * plane && dz.len() >= layout.len());
+    assert!(dy.len() >= g.cout * plane && dz.len() >= layout.len(), "pad_output: bad sizes");
     let dz = &mut dz[..layout.len()];
     // Zeros where no output position lies: whole rows above and below,
     // columns left and right, channels past `cout`.
@@ -851,8 +871,7 @@ pub fn pad_grad<T: Float>(
             }
         }
     }
-    let dy = &mut dy[..g.cout * plane];
-    grad_flush(act, &y[..g.cout * plane], dy);
+    let dy = &dy[..g.cout * plane];
     for oh in 0..g.oh {
         let to = ((oh + offh) * wz + offw) * cpad;
         match order {
@@ -868,6 +887,9 @@ pub fn pad_grad<T: Float>(
                     }
                 }
             }
+        }
+        if flush_values {
+            dz[to..to + g.ow * cpad].iter_mut().for_each(|v| *v = flush(*v));
         }
     }
 }

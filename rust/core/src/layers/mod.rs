@@ -40,26 +40,32 @@
 mod activation;
 mod batchnorm;
 mod conv;
+mod conv_transpose;
 mod dense;
 mod dropout;
 mod flatten;
+mod identity;
 mod pool;
 mod rescaling;
 mod softmax;
+mod upsample;
 #[macro_use]
 mod spec;
 
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;
 pub use conv::Conv;
+pub use conv_transpose::ConvTranspose;
 pub use dense::{Dense, Init};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use identity::Identity;
 pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
 pub(crate) use spec::{float as de_float, opt_float as de_opt_float, opt_floats as de_opt_floats};
 pub use spec::{LayerConfig, LayerInfo, Padding};
+pub use upsample::{Upsample, UpsampleMode};
 
 layer_registry! {
     Dense: dense::DenseSpec,
@@ -74,6 +80,9 @@ layer_registry! {
     Rescaling: rescaling::RescalingSpec,
     Conv2D: conv::Conv2DSpec,
     Conv1D: conv::Conv1DSpec,
+    ConvTranspose2D: conv_transpose::ConvTranspose2DSpec,
+    Upsample2D: upsample::Upsample2DSpec,
+    Identity: identity::IdentitySpec,
     MaxPool2D: pool::MaxPool2DSpec,
     AvgPool2D: pool::AvgPool2DSpec,
     MaxPool1D: pool::MaxPool1DSpec,

@@ -268,7 +268,7 @@ impl LayerSpec {
                 other => vec![other],
             };
             if let Some(n) = items.iter().find_map(|x| x.as_i64().filter(|&n| n < 0)) {
-                let min = if key == "padding" { 0 } else { 1 };
+                let min = if key == "padding" || key == "output_padding" { 0 } else { 1 };
                 return Err(Error::value(format!("{kind}: {key} must be >= {min}, got {n}")));
             }
         }
@@ -319,7 +319,10 @@ impl LayerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{BatchNorm2DSpec, Conv2DSpec, DenseSpec, Init};
+    use crate::layers::{
+        BatchNorm2DSpec, Conv2DSpec, ConvTranspose2DSpec, DenseSpec, IdentitySpec, Init, Upsample2DSpec,
+        UpsampleMode,
+    };
 
     #[test]
     fn json_round_trip_and_errors() {
@@ -367,6 +370,33 @@ mod tests {
         assert!(err(pool).contains("padding must be at most half the kernel size"));
         let strided = text.replace("\"stride\":[1,1]", "\"stride\":[2,1]");
         assert!(err(&strided).contains("padding=\"same\" needs stride 1"));
+        let up = r#"{"type": "Upsample2D", "scale_factor": [2, 3], "mode": "nearest"}"#;
+        let parsed = LayerSpec::from_json(up).unwrap();
+        let want = Upsample2DSpec { scale_factor: [2, 3], mode: UpsampleMode::Nearest };
+        assert_eq!(parsed, LayerSpec::Upsample2D(want));
+        assert_eq!(LayerSpec::from_json(&parsed.to_json()).unwrap(), parsed);
+        assert!(err(&up.replace("nearest", "cubic"))
+            .contains("Upsample2D: unknown mode \"cubic\"; expected \"nearest\" or \"bilinear\""));
+        assert!(err(&up.replace("[2, 3]", "[2, 0]")).contains("scale_factor must be >= 1, got (2, 0)"));
+        let ct = LayerSpec::from(ConvTranspose2DSpec {
+            in_channels: 4,
+            out_channels: 2,
+            kernel_size: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+            output_padding: [1, 1],
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        });
+        let text_ct = ct.to_json();
+        assert_eq!(LayerSpec::from_json(&text_ct).unwrap(), ct);
+        let bad_op = text_ct.replace("\"output_padding\":[1,1]", "\"output_padding\":[-1,1]");
+        assert!(err(&bad_op).contains("ConvTranspose2D: output_padding must be >= 0, got -1"));
+        let big_op = text_ct.replace("\"output_padding\":[1,1]", "\"output_padding\":[2,1]");
+        assert!(err(&big_op).contains("output_padding must be smaller than either stride or dilation"));
+        let identity = LayerSpec::from_json(r#"{"type": "Identity"}"#).unwrap();
+        assert_eq!(identity, LayerSpec::Identity(IdentitySpec {}));
     }
 
     /// The JSON a config writes is the format saved models carry: the tag
