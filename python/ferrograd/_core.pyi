@@ -83,6 +83,7 @@ class Model:
         y: np.ndarray,
         loss: str,
         optimizer: Optimizer,
+        *,
         batch_size: int,
         shuffle: bool,
         epoch: int,

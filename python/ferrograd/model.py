@@ -799,17 +799,17 @@ class Sequential:
                 data.y,
                 s.spec,
                 opt._core,
-                s.batch_size,
-                s.shuffle,
-                epoch + 1,
-                False,  # check: _fit_data validated the data
-                report,
-                lrs,
-                momenta,
-                bool(batch_cbs),
-                data.weights,
-                s.clip,
-                s.diagnostics,
+                batch_size=s.batch_size,
+                shuffle=s.shuffle,
+                epoch=epoch + 1,
+                check=False,  # _fit_data validated the data
+                callback=report,
+                lrs=lrs,
+                momenta=momenta,
+                every_step=bool(batch_cbs),
+                sample_weight=data.weights,
+                clip=s.clip,
+                diagnostics=s.diagnostics,
                 **(s.plan.epoch_kwargs() if s.plan is not None else {}),
             )
         except BaseException:

@@ -432,7 +432,7 @@ impl PyModel {
     /// step on a memoryview of the flat gradient buffer to sum it in place
     /// across processes. Returns `(loss, accuracy or None, raw totals)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, parallel=None, reduce=None))]
+    #[pyo3(signature = (x, y, loss, optimizer, *, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, parallel=None, reduce=None))]
     fn train_epoch(
         slf: &Bound<'_, Self>,
         x: &Bound<'_, PyAny>,
