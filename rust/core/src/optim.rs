@@ -424,7 +424,9 @@ struct Stretch<'a, T> {
 fn update<T: Float, O: Watch<T>>(cfg: &OptimConfig, sc: StepScalars<T>, st: Stretch<'_, T>, o: &mut O) {
     let Stretch { p, g, a, b, c } = st;
     match *cfg {
-        OptimConfig::Sgd { momentum, nesterov, .. } => sgd(sc, momentum != 0.0, sc.first, nesterov, p, g, a, o),
+        OptimConfig::Sgd { momentum, nesterov, .. } => {
+            sgd(sc, momentum != 0.0, sc.first, nesterov, p, g, a, o)
+        }
         OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => adam(sc, p, g, a, b, o),
         OptimConfig::RmsProp { momentum, centered, .. } => {
             rmsprop(sc, momentum != 0.0, centered, p, g, a, b, c, o)

@@ -100,9 +100,10 @@ impl<'a, T: Float> Product<'a, T> {
         let need = if rows == 0 || cols == 0 {
             0
         } else {
-            (rows - 1).checked_mul(ldb).and_then(|v| v.checked_add(cols)).unwrap_or_else(|| {
-                panic!("gemm: B's size ({rows} rows {ldb} apart) overflows usize")
-            })
+            (rows - 1)
+                .checked_mul(ldb)
+                .and_then(|v| v.checked_add(cols))
+                .unwrap_or_else(|| panic!("gemm: B's size ({rows} rows {ldb} apart) overflows usize"))
         };
         assert!(b.len() >= need, "gemm: B has {} elements, needs {need}", b.len());
         // Strides reach the gemm crate as `isize`: `m` and `k` (A's), `ldb`
@@ -239,7 +240,8 @@ pub fn padded_ld<T>(k: usize) -> Option<usize> {
 /// `ld >= k`, in parallel when large (what lies between rows is left as it
 /// is: [`gemm_ldb`] never reads it).
 pub fn pad_rows<T: Float>(src: &[T], rows: usize, k: usize, ld: usize, dst: &mut [T]) {
-    let (src_len, dst_len) = (elements("pad_rows: source", rows, k), elements("pad_rows: destination", rows, ld));
+    let (src_len, dst_len) =
+        (elements("pad_rows: source", rows, k), elements("pad_rows: destination", rows, ld));
     assert!(ld >= k && src.len() >= src_len && dst.len() >= dst_len, "pad_rows: bad sizes");
     super::par_rows(&mut dst[..dst_len], ld, k, 1, |r0, d| {
         for (i, row) in d.chunks_exact_mut(ld).enumerate() {

@@ -143,7 +143,10 @@ pub fn par_chunks2<A: Send, B: Send>(
                 // slices stay mutably borrowed by this call until
                 // `for_each_index` returns.
                 let (x, y) = unsafe {
-                    (pa.chunk(i * ca, (i + 1).saturating_mul(ca)), pb.chunk(i * cb, (i + 1).saturating_mul(cb)))
+                    (
+                        pa.chunk(i * ca, (i + 1).saturating_mul(ca)),
+                        pb.chunk(i * cb, (i + 1).saturating_mul(cb)),
+                    )
                 };
                 f(i, x, y)
             })
