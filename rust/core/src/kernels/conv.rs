@@ -176,7 +176,10 @@ mod avx512 {
 
     // SAFETY (all methods): only called from functions compiled with
     // `avx512f` enabled, on a CPU that `Tiles::detect` found to support it;
-    // pointers are valid for a full vector, which the callers guarantee.
+    // the callers guarantee that pointers are valid for a full vector of
+    // `L` elements (`load`, `store`) or for `n <= L` (the partial ones,
+    // whose masks touch no more). `T` is f32 or f64 (`Float` is sealed), so
+    // `L` is 16 or 8 and a mask of `n` bits fits its `u16` or `u8`.
     impl<T: Float> Simd<T> for Avx512<T> {
         type V = __m512;
         const L: usize = 64 / std::mem::size_of::<T>();
