@@ -4,6 +4,8 @@
 //!   parallel over disjoint output chunks, deterministic for any thread count.
 //! - [`layers`]: one file per layer, registered by one line in the list
 //!   that defines [`layers::LayerSpec`].
+//! - [`layout`]: how a sample's values are ordered in a buffer (planar or
+//!   channels-last), shared by the kernels and the layers.
 //! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
 //! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
 //! - [`clip`]: gradient clipping by the total norm, as torch's `clip_grad_norm_`.
@@ -42,6 +44,7 @@ pub mod error;
 pub mod float;
 pub mod kernels;
 pub mod layers;
+pub mod layout;
 pub mod loss;
 pub mod memory;
 pub mod model;

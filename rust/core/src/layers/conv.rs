@@ -321,7 +321,7 @@ impl<T: Float> Layer<T> for Conv {
     fn scratch_len(&self, n: usize, in_shape: &[usize], training: bool) -> usize {
         match self.geom(in_shape) {
             Ok(g) => {
-                let l = lens(&g, Tiles::<T>::detect().lanes, n);
+                let l = lens(&g, Tiles::<T>::detect().lanes(), n);
                 if training {
                     l.iter().sum()
                 } else {
@@ -342,7 +342,7 @@ impl<T: Float> Layer<T> for Conv {
     fn forward(&self, f: Forward<'_, T>) {
         let Ok(g) = self.geom(f.in_shape) else { return };
         let tiles = Tiles::<T>::detect();
-        let lanes = tiles.lanes;
+        let lanes = tiles.lanes();
         let n = f.n;
         let parts = split(f.scratch, &g, lanes, n);
         let (w, b) = f.params.split_at(self.weight_len());
@@ -360,7 +360,7 @@ impl<T: Float> Layer<T> for Conv {
     fn backward(&self, b: Backward<'_, T>) {
         let Ok(g) = self.geom(b.in_shape) else { return };
         let tiles = Tiles::<T>::detect();
-        let lanes = tiles.lanes;
+        let lanes = tiles.lanes();
         let n = b.n;
         let parts = split(b.scratch, &g, lanes, n);
         let layout = g.grad_layout(lanes, b.dx.is_some());

@@ -316,7 +316,7 @@ impl<T: Float> Layer<T> for ConvTranspose {
     fn scratch_len(&self, n: usize, in_shape: &[usize], training: bool) -> usize {
         match self.geom(in_shape) {
             Ok(g) => {
-                let l = lens(&g, Tiles::<T>::detect().lanes, n);
+                let l = lens(&g, Tiles::<T>::detect().lanes(), n);
                 if training {
                     l.iter().sum()
                 } else {
@@ -337,7 +337,7 @@ impl<T: Float> Layer<T> for ConvTranspose {
     fn forward(&self, f: Forward<'_, T>) {
         let Ok(g) = self.geom(f.in_shape) else { return };
         let tiles = Tiles::<T>::detect();
-        let lanes = tiles.lanes;
+        let lanes = tiles.lanes();
         let n = f.n;
         let parts = split(f.scratch, &g, lanes, n);
         let layout = g.grad_layout(lanes, true);
@@ -360,7 +360,7 @@ impl<T: Float> Layer<T> for ConvTranspose {
     fn backward(&self, b: Backward<'_, T>) {
         let Ok(g) = self.geom(b.in_shape) else { return };
         let tiles = Tiles::<T>::detect();
-        let lanes = tiles.lanes;
+        let lanes = tiles.lanes();
         let n = b.n;
         let parts = split(b.scratch, &g, lanes, n);
         let layout = g.grad_layout(lanes, true);

@@ -92,15 +92,9 @@ layer_registry! {
     BatchNorm2D: batchnorm::BatchNorm2DSpec,
 }
 
-/// Where element `(c, s)` of one sample lies (`c < channels`, `s` the
-/// flat spatial index, `< spatial`) in `layout`.
-#[inline(always)]
-pub fn at(layout: Layout, channels: usize, spatial: usize, c: usize, s: usize) -> usize {
-    match layout {
-        Layout::Planar => c * spatial + s,
-        Layout::ChannelsLast => s * channels + c,
-    }
-}
+// The buffer orders live below both the kernels and the layers (the
+// convolution kernels read and write them); layers re-export them.
+pub use crate::layout::{at, Layout};
 
 use crate::error::Result;
 use crate::float::Float;
@@ -142,19 +136,6 @@ impl BufferDecl {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-}
-
-/// How one sample's values are ordered in an activation or gradient buffer.
-/// Shapes are always given in torch's order (`(C, H, W)`); with
-/// [`Layout::ChannelsLast`] the buffer holds `(H, W, C)` instead. Per-sample
-/// shapes of rank 1 have one order only and are always `Planar`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// Torch's order: channel planes (what the model takes and returns).
-    Planar,
-    /// Channels innermost: what the convolution kernels read and write,
-    /// kept between layers that can work on it.
-    ChannelsLast,
 }
 
 /// Which buffer layouts a layer reads and writes.

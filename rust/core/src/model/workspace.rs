@@ -370,7 +370,7 @@ impl<T: Float> Sequential<T> {
             }
             Target::Values(v) => {
                 ws.targets.resize(ws.cap.max(rows.len()) * cols, T::ZERO);
-                T::as_features(v).gather(rows, cols, &mut ws.targets);
+                crate::data::gather_rows(v, rows, cols, &mut ws.targets);
             }
         }
     }
