@@ -105,11 +105,12 @@ def config_name(config: str) -> str:
 # Each prints one JSON line (rank 0 only under mpiexec).
 
 
-def time_collective(call, barrier, reps: int = 7, target_s: float = 0.02, bcast=None) -> float:
-    """Median seconds of one `call()` (a collective), over `reps` samples of
-    k calls each, every sample started after a barrier. k is chosen on rank 0
-    so a sample lasts about `target_s` and broadcast (`bcast`), so every
-    rank makes the same calls."""
+def time_collective(call, barrier, reps: int = 15, target_s: float = 0.01, bcast=None) -> float:
+    """Seconds of one `call()` (a collective): the fastest of `reps` samples
+    of k calls each, every sample started after a barrier (other programs on
+    a shared machine only ever add time, so the minimum is the collective's
+    own cost). k is chosen on rank 0 so a sample lasts about `target_s` and
+    broadcast (`bcast`), so every rank makes the same calls."""
     for _ in range(3):
         call()
     barrier()
@@ -126,7 +127,7 @@ def time_collective(call, barrier, reps: int = 7, target_s: float = 0.02, bcast=
         for _ in range(k):
             call()
         samples.append((time.perf_counter() - t) / k)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def mpi_allreduce_seconds(comm, n: int) -> float:
@@ -360,6 +361,7 @@ def measure(args) -> dict:
             else:
                 fws.append(fw)
     sizes = sorted(set(AR_SIZES) | {num_params(bt.CONFIGS[c][0]) for c in bt.CONFIGS})
+    raw["loadavg"] = [os.getloadavg()[0]]
     for rep in range(args.repeats):
         if "allreduce" in parts:
             for key in AR_RUNS:
@@ -399,6 +401,7 @@ def measure(args) -> dict:
                         f"{r['samples'] / r['elapsed']:>9,.0f} samples/s  acc {r['acc']:.4f}{extra}",
                         flush=True,
                     )
+    raw["loadavg"].append(os.getloadavg()[0])
     return raw
 
 
@@ -475,6 +478,11 @@ def analyze(raw: dict, args) -> None:
     configs = [c for c in args.configs.split(",") if c]
     configs = [c for c in configs if any(k.startswith(c + "/") for k in raw["train"])] or configs
     train = raw["train"]
+    if "loadavg" in raw:
+        print(
+            "1-minute load average at the start and the end: "
+            + " / ".join(f"{x:.1f}" for x in raw["loadavg"])
+        )
     rounds = max((len(v) for v in train.values()), default=0)
     if train:
         print(
@@ -482,7 +490,7 @@ def analyze(raw: dict, args) -> None:
         )
         print(
             "| config | run | samples/s | ferrograd 2x1 vs this | ms per step | all-reduce ms"
-            " in the step | its share of the epoch | all-reduce ms alone | test acc |"
+            " in the step | its share of the epoch | all-reduce ms alone (fastest) | test acc |"
         )
         print("|" + "---|" * 9)
         for config in configs:
@@ -515,7 +523,7 @@ def analyze(raw: dict, args) -> None:
         med = {n: med_dict(runs) for n, runs in ar_raw.items()}
         lat, bw = fit_ring([(2, 4 * int(k), s) for k, s in med["2"].items()])
         print(
-            f"\n### MPI all-reduce on loopback (mpi4py Allreduce, float32, in place), median of {len(ar_raw['2'])} rounds\n"
+            f"\n### MPI all-reduce on loopback (mpi4py Allreduce, float32, in place), the fastest of 15 samples per run, median of {len(ar_raw['2'])} rounds\n"
         )
         print(
             f"Ring fit on the 2-rank points: latency {lat * 1e6:.2f} us per message, bandwidth {bw / 1e9:.2f} GB/s.\n"
