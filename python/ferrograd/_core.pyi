@@ -25,6 +25,7 @@ __all__ = [
     "loss_value",
     "memory_available",
     "read_safetensors",
+    "reduce_grads",
     "set_memory_limit",
     "set_num_threads",
     "write_safetensors",
@@ -63,6 +64,14 @@ class Model:
         batch_size: int,
         sample_weight: np.ndarray | None = None,
     ) -> tuple[float, float | None]: ...
+    def evaluate_totals(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: str,
+        batch_size: int,
+        sample_weight: np.ndarray | None = None,
+    ) -> tuple[float, float, int, int]: ...
     def validate(
         self, x: np.ndarray, y: np.ndarray, loss: str, sample_weight: np.ndarray | None = None
     ) -> None: ...
@@ -83,7 +92,9 @@ class Model:
         sample_weight: np.ndarray | None = None,
         clip: tuple[float, float] | None = None,
         diagnostics: bool = False,
-    ) -> tuple[float, float | None]: ...
+        parallel: tuple[str, int, int, int] | None = None,
+        reduce: Callable[[memoryview], Any] | None = None,
+    ) -> tuple[float, float | None, tuple[float, float, int, int]]: ...
     def last_diagnostics(self) -> dict[str, Any] | None: ...
     def diagnose(
         self, x: np.ndarray, y: np.ndarray, loss: str, sample_weight: np.ndarray | None = None
@@ -114,6 +125,7 @@ def check_layer(spec: str) -> None: ...
 def check_clip(max_norm: float, norm_type: float) -> None: ...
 def clip_coef(norms: list[float], max_norm: float, norm_type: float) -> tuple[float, float]: ...
 def check_loss(loss: str) -> None: ...
+def reduce_grads(model: Model, f: Callable[[memoryview], Any], scale: float) -> None: ...
 def class_weights(keys: list[int] | None, values: list[float], classes: int) -> list[float]: ...
 def loss_value(
     loss: str,

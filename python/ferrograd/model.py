@@ -13,7 +13,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from . import _core, losses, serialization
+from . import _core, _parallel, losses, serialization
 from . import optim as _optim
 from ._data import as_features, as_target, untorch
 from ._progress import EpochProgress
@@ -314,8 +314,12 @@ class Sequential:
     def save_weights(self, path: str | os.PathLike[str]) -> None:
         """Writes the :meth:`state_dict` (weights and buffers, torch's names
         and layouts) as a safetensors file, atomically. torch reads it with
-        ``model.load_state_dict(safetensors.torch.load_file(path))``."""
-        serialization.save_file(self.state_dict(), path, {"format": "pt"})
+        ``model.load_state_dict(safetensors.torch.load_file(path))``. In a
+        data-parallel job (:mod:`ferrograd.distributed`) every rank calls it,
+        rank 0 writes, and the file is complete on return on every rank."""
+        if _parallel.is_writer():
+            serialization.save_file(self.state_dict(), path, {"format": "pt"})
+        _parallel.barrier()
 
     def load_weights(self, path: str | os.PathLike[str]) -> None:
         """Loads a safetensors file of weights: one :meth:`save_weights`
@@ -346,9 +350,13 @@ class Sequential:
         and, when given, the optimizer's state and hyper-parameters and a
         scheduler's state. Load it with :func:`ferrograd.load`; training
         resumed from it gives the weights of an uninterrupted run, bit for
-        bit."""
-        tensors, meta = serialization.model_contents(self, optimizer, scheduler)
-        _core.write_safetensors(serialization._path(path), tensors, meta)
+        bit. In a data-parallel job (:mod:`ferrograd.distributed`) every
+        rank calls it, rank 0 writes, and the file is complete and loadable
+        on every rank when the call returns."""
+        if _parallel.is_writer():
+            tensors, meta = serialization.model_contents(self, optimizer, scheduler)
+            _core.write_safetensors(serialization._path(path), tensors, meta)
+        _parallel.barrier()
 
     # Pickle and copy.deepcopy go through the bytes of `save`, plus the
     # Python attributes (history, the latest optimizer, ...).
@@ -440,6 +448,7 @@ class Sequential:
         sample_weight: Any = None,
         clip_grad_norm: float | None = None,
         diagnostics: bool = False,
+        distributed: bool | str = False,
     ) -> History:
         """Trains the model; returns a :class:`History`.
 
@@ -501,6 +510,19 @@ class Sequential:
             update-to-weight ratio, per activation layer the fraction of dead
             ReLU units or saturated sigmoid/tanh outputs; each the mean over
             the epoch's steps.
+        distributed:
+            Data-parallel training over MPI (see :mod:`ferrograd.distributed`;
+            launch with ``mpiexec -n N python -m mpi4py script.py``). ``True``
+            (``"split"``): every rank passes the same data, ``batch_size`` is
+            the global batch, split across ranks; the weights equal a
+            single-process run's to rounding. ``"shard"``: each rank passes
+            its own part of the data, ``batch_size`` is the per-rank batch,
+            every rank runs the smallest part's step count each epoch, and
+            validation metrics are those of the union of the ranks'
+            ``validation_data``. Rank 0's weights and random state are
+            broadcast first; settings that differ across ranks raise
+            ``ValueError`` ("mismatch"); logs are reduced across ranks; the
+            progress display, ``CSVLogger`` and saving write on rank 0 only.
 
         The epochs run in Rust with the GIL released; Ctrl-C stops within a
         fraction of a second with ``KeyboardInterrupt``, leaving the model
@@ -602,7 +624,16 @@ class Sequential:
                 raise type(exc)(f"validation data: {exc}") from None
         self._input_shape = tuple(xa.shape[1:])
 
-        steps = -(-len(xa) // batch_size)
+        plan = None
+        if distributed is not False:
+            from .distributed import _FitPlan
+
+            plan = _FitPlan(self, distributed, len(xa), batch_size, epochs=epochs,
+                            initial_epoch=initial_epoch, shuffle=bool(shuffle), loss=spec,
+                            optimizer=type(opt).__name__, clip_grad_norm=clip,
+                            validation=val is not None, scheduler_interval=scheduler_interval)  # fmt: skip
+            verbose = verbose if plan.rank == 0 else 0
+        steps = -(-len(xa) // batch_size) if plan is None else plan.steps
         keys = ["loss", *metric_names]
         if val is not None:
             keys += [f"val_{k}" for k in keys]
@@ -640,7 +671,7 @@ class Sequential:
             report = self._reporter(progress, batch_cbs, metric_names)
             steps_before = opt.steps
             try:
-                train_loss, train_acc = self._core.train_epoch(
+                train_loss, train_acc, totals = self._core.train_epoch(
                     xa,
                     ya,
                     spec,
@@ -656,6 +687,7 @@ class Sequential:
                     sw,
                     clip,
                     bool(diagnostics),
+                    **(plan.epoch_kwargs() if plan is not None else {}),
                 )
             except BaseException:
                 progress.abort()
@@ -667,11 +699,16 @@ class Sequential:
                 if lrs is not None and taken < len(lrs):
                     assert scheduler is not None and snap is not None
                     scheduler._rewind(snap, taken)
+            if plan is not None:
+                train_loss, train_acc = plan.train_logs(totals)
             logs = {"loss": train_loss}
             if "accuracy" in metric_names and train_acc is not None:
                 logs["accuracy"] = train_acc
             if val is not None:
-                vl, va = self._core.evaluate(val[0], val[1], spec, DEFAULT_EVAL_BATCH)
+                if plan is None:
+                    vl, va = self._core.evaluate(val[0], val[1], spec, DEFAULT_EVAL_BATCH)
+                else:
+                    vl, va = plan.validate(self, val[0], val[1], spec, DEFAULT_EVAL_BATCH)
                 logs["val_loss"] = vl
                 if "accuracy" in metric_names and va is not None:
                     logs["val_accuracy"] = va
@@ -776,25 +813,43 @@ class Sequential:
         loss: str | losses.Loss,
         metrics: Sequence[str] | None = None,
         batch_size: int = DEFAULT_EVAL_BATCH,
+        distributed: bool = False,
     ) -> dict[str, float]:
         """Mean loss (and metrics) over a dataset in inference mode:
-        ``{"loss": ..., "accuracy": ...}``."""
+        ``{"loss": ..., "accuracy": ...}``. With ``distributed=True`` every
+        rank passes the same data, evaluates its part, and gets the whole
+        result (see :mod:`ferrograd.distributed`)."""
         loss_fn = losses.get(loss)
         metric_names = self._metrics_for(loss_fn, metrics)
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa, ya = self._prepare(X, y, loss_fn, "X")
-        value, acc = self._core.evaluate(xa, ya, loss_fn._spec(), batch_size)
+        acc: float | None
+        if distributed:
+            from .distributed import _evaluate
+
+            value, acc = _evaluate(self, xa, ya, loss_fn._spec(), batch_size)
+        else:
+            value, acc = self._core.evaluate(xa, ya, loss_fn._spec(), batch_size)
         self._input_shape = tuple(xa.shape[1:])
         out = {"loss": value}
         if "accuracy" in metric_names and acc is not None:
             out["accuracy"] = acc
         return out
 
-    def predict(self, X: Any, batch_size: int = DEFAULT_EVAL_BATCH) -> np.ndarray:
-        """The model's output for ``X`` in inference mode, computed in batches."""
+    def predict(
+        self, X: Any, batch_size: int = DEFAULT_EVAL_BATCH, distributed: bool = False
+    ) -> np.ndarray:
+        """The model's output for ``X`` in inference mode, computed in batches.
+        With ``distributed=True`` every rank passes the same ``X``, computes
+        its part, and gets the whole output (see :mod:`ferrograd.distributed`)."""
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa = as_features(X, self.dtype, "X")
-        out = self._core.predict(xa, batch_size)
+        if distributed:
+            from .distributed import _predict
+
+            out = _predict(self, xa, batch_size)
+        else:
+            out = self._core.predict(xa, batch_size)
         self._input_shape = tuple(xa.shape[1:])
         return out
 

@@ -56,7 +56,7 @@ pub use layers::{Init, LayerSpec, Padding};
 pub use loss::{Loss, LossSpec, LossTotals, Target};
 pub use memory::MemoryLimit;
 pub use model::{
-    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, ParamEntry,
+    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, Parallel, ParamEntry,
     ParamStats, Progress, Sequential, StateEntry, StateKind, StateValues,
 };
 pub use optim::{OptimConfig, Optimizer};

@@ -5,6 +5,7 @@
 
 mod arrays;
 mod clip;
+mod distributed;
 mod errors;
 mod layers;
 mod loss;
@@ -22,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<optim::PyOptimizer>()?;
     m.add_function(wrap_pyfunction!(layers::check_layer, m)?)?;
     m.add_function(wrap_pyfunction!(clip::clip_coef, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::reduce_grads, m)?)?;
     m.add_function(wrap_pyfunction!(clip::check_clip, m)?)?;
     m.add_function(wrap_pyfunction!(loss::loss_value, m)?)?;
     m.add_function(wrap_pyfunction!(loss::check_loss, m)?)?;

@@ -8,7 +8,7 @@ use crate::optim::{Opt, PyOptimizer};
 use ferrograd::optim::Optimizer;
 use ferrograd::{
     threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Float, Flow, Loss, LossSpec,
-    LossTotals, Sequential, StateKind, StateValues,
+    LossTotals, Parallel, Sequential, StateKind, StateValues,
 };
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -87,6 +87,14 @@ pub fn totals_tuple(t: &LossTotals, loss: Loss) -> (f64, Option<f64>) {
     (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
 }
 
+/// `(loss sum, its denominator, correct, accuracy's denominator)`: totals
+/// that add up across processes.
+pub type RawTotals = (f64, f64, u64, u64);
+
+fn raw_totals(t: &LossTotals) -> RawTotals {
+    (t.loss_sum, t.denom, t.correct, t.acc_units)
+}
+
 /// Borrows `x`, `y` (and sample weights `w`) as a batch-first dataset
 /// checked against the model's output shape, and runs `f` with it.
 fn with_data<'py, T: Element + Float, R>(
@@ -145,7 +153,8 @@ fn train_impl<T: Element + Float>(
     w: Option<&Bound<'_, PyAny>>,
     opts: &EpochOptions,
     callback: Option<Py<PyAny>>,
-) -> PyResult<(f64, Option<f64>)> {
+    reduce: Option<Py<PyAny>>,
+) -> PyResult<(f64, Option<f64>, RawTotals)> {
     let loss = opts.loss.kind;
     let xa = in_array(x, "X")?;
     let (f, n, shape) = xa.batch("X")?;
@@ -164,6 +173,8 @@ fn train_impl<T: Element + Float>(
     // thread has run the callback (so a callback sees every step in order
     // and can stop the epoch before the next one).
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
+    let hook = reduce.as_ref().map(crate::distributed::ReduceHook::new);
+    let hook = hook.as_ref();
     let (py_err, result) = py.detach(move || {
         let stop = AtomicBool::new(false);
         // Set when a callback asked to stop training: the epoch ends early,
@@ -176,7 +187,10 @@ fn train_impl<T: Element + Float>(
                 let tx = tx;
                 catch_unwind(AssertUnwindSafe(move || {
                     threads::install(move || {
-                        m.train_epoch(data, opt, opts, &mut |p| {
+                        let mut reduce = hook.map(|h| move |g: &mut [T]| h.call(g));
+                        let reduce =
+                            reduce.as_mut().map(|r| r as &mut dyn FnMut(&mut [T]) -> ferrograd::Result<()>);
+                        let progress = &mut |p: &ferrograd::Progress| {
                             let sent = tx.send(*p).is_ok();
                             if every_step && sent {
                                 let _ = ack_rx.recv();
@@ -188,7 +202,8 @@ fn train_impl<T: Element + Float>(
                             } else {
                                 Ok(Flow::Continue)
                             }
-                        })
+                        };
+                        m.train_epoch_reduced(data, opt, opts, progress, reduce)
                     })
                 }))
             });
@@ -224,11 +239,14 @@ fn train_impl<T: Element + Float>(
         });
         (py_err, result)
     });
-    if let Some(e) = py_err {
+    if let Some(e) = py_err.or_else(|| hook.and_then(|h| h.take_err())) {
         return Err(e);
     }
     match result {
-        Ok(Ok(Ok(Ok(t)))) => Ok(totals_tuple(&t, loss)),
+        Ok(Ok(Ok(Ok(t)))) => {
+            let (mean, acc) = totals_tuple(&t, loss);
+            Ok((mean, acc, raw_totals(&t)))
+        }
         Ok(Ok(Ok(Err(e)))) | Ok(Ok(Err(e))) => Err(to_py(e)),
         Ok(Err(p)) | Err(p) => Err(panic_err(p)),
     }
@@ -449,12 +467,38 @@ impl PyModel {
         })
     }
 
+    /// `(loss sum, its denominator, correct, accuracy's denominator)` over
+    /// a dataset: [`evaluate`](Self::evaluate)'s totals, which add up
+    /// across the parts of a dataset (data-parallel evaluation).
+    #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None))]
+    fn evaluate_totals(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+        batch_size: usize,
+        sample_weight: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<RawTotals> {
+        let loss: LossSpec = parse_loss(loss)?;
+        with_net!(&mut *self.lock()?, m, _T, {
+            with_data(m, x, y, sample_weight, |m, data| {
+                let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
+                Ok(raw_totals(&t))
+            })
+        })
+    }
+
     /// One training epoch; `callback(step, steps, samples, loss, acc)` is
     /// called about every 0.1 s from the calling thread (after every step
     /// with `every_step`, the epoch waiting for it each time). `lrs` and
     /// `momenta` give the learning rate and momentum of each step.
+    /// Data-parallel: `parallel` is `("split", rank, ranks, 0)` or
+    /// `("shard", rank, ranks, steps)`, and `reduce(view)` is called once per
+    /// step on a memoryview of the flat gradient buffer to sum it in place
+    /// across processes. Returns `(loss, accuracy or None, raw totals)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false))]
+    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, parallel=None, reduce=None))]
     fn train_epoch(
         slf: &Bound<'_, Self>,
         x: &Bound<'_, PyAny>,
@@ -472,9 +516,27 @@ impl PyModel {
         sample_weight: Option<&Bound<'_, PyAny>>,
         clip: Option<(f64, f64)>,
         diagnostics: bool,
-    ) -> PyResult<(f64, Option<f64>)> {
+        parallel: Option<(String, usize, usize, usize)>,
+        reduce: Option<Py<PyAny>>,
+    ) -> PyResult<(f64, Option<f64>, RawTotals)> {
         let py = slf.py();
         let clip = clip.map(|(max_norm, p)| ClipNorm::new(max_norm, p)).transpose().map_err(to_py)?;
+        let parallel = match parallel {
+            None => None,
+            Some((mode, rank, ranks, steps)) => {
+                let p = match mode.as_str() {
+                    "split" => Parallel::Split { rank, ranks },
+                    "shard" => Parallel::Shard { ranks, steps },
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "unknown parallel mode {other:?}; expected \"split\" or \"shard\""
+                        )))
+                    }
+                };
+                p.check().map_err(to_py)?;
+                Some(p)
+            }
+        };
         let opts = EpochOptions {
             loss: parse_loss(loss)?,
             batch_size,
@@ -486,6 +548,7 @@ impl PyModel {
             every_step,
             clip,
             diagnostics,
+            parallel,
         };
         let o = optimizer.get();
         if !o.model.bind(py).is(slf) {
@@ -494,8 +557,12 @@ impl PyModel {
         let mut me = slf.get().lock()?;
         let mut opt = o.lock()?;
         match (&mut *me, &mut *opt) {
-            (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
-            (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
+            (Net::F32(m), Opt::F32(opt)) => {
+                train_impl(py, m, opt, x, y, sample_weight, &opts, callback, reduce)
+            }
+            (Net::F64(m), Opt::F64(opt)) => {
+                train_impl(py, m, opt, x, y, sample_weight, &opts, callback, reduce)
+            }
             _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
         }
     }

@@ -11,11 +11,13 @@
 
 mod diagnostics;
 mod gradcheck;
+mod parallel;
 mod train;
 mod workspace;
 
 pub use diagnostics::{ActivationStat, ActivationStats, Diagnostics, ParamStats, SATURATION};
 pub use gradcheck::GradCheck;
+pub use parallel::Parallel;
 pub use train::{Data, EpochOptions, Flow, Progress};
 
 use crate::data::Features;
@@ -291,6 +293,12 @@ impl<T: Float> Sequential<T> {
     /// The flat gradient buffer.
     pub fn grads(&self) -> &[T] {
         &self.grads
+    }
+
+    /// The flat gradient buffer, writable (e.g. to all-reduce it in place
+    /// for data-parallel training with a custom loop).
+    pub fn grads_mut(&mut self) -> &mut [T] {
+        &mut self.grads
     }
 
     /// The layers' float buffers (running statistics), flat.

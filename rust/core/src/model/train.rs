@@ -1,5 +1,6 @@
 //! The fused training epoch, evaluation and inference.
 
+use super::parallel::Parallel;
 use super::workspace::batch_target;
 use super::Sequential;
 use crate::clip::ClipNorm;
@@ -8,7 +9,10 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::team;
 use crate::layers::numel;
-use crate::loss::{check_sample_weights, loss_grad, validate_target, Loss, LossSpec, LossTotals, Target};
+use crate::loss::{
+    check_sample_weights, loss_grad, loss_grad_over, mean_denom, validate_target, Loss, LossSpec, LossTotals,
+    Target,
+};
 use crate::optim::Optimizer;
 use std::time::Instant;
 
@@ -75,6 +79,9 @@ pub struct EpochOptions {
     /// Collect [`Diagnostics`](super::Diagnostics) (means over the epoch's steps), read with
     /// [`Sequential::last_diagnostics`].
     pub diagnostics: bool,
+    /// Data-parallel training: this process's part of each step (see
+    /// [`Sequential::train_epoch_reduced`]).
+    pub parallel: Option<Parallel>,
 }
 
 impl EpochOptions {
@@ -91,6 +98,7 @@ impl EpochOptions {
             every_step: false,
             clip: None,
             diagnostics: false,
+            parallel: None,
         }
     }
 
@@ -185,6 +193,29 @@ impl<T: Float> Sequential<T> {
         opts: &EpochOptions,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
     ) -> Result<LossTotals> {
+        self.train_epoch_reduced(data, opt, opts, progress, None)
+    }
+
+    /// [`Sequential::train_epoch`] with a gradient hook: `reduce` is called
+    /// once per step with the flat gradient buffer (every parameter's
+    /// gradient, after the whole backward pass, before clipping and the
+    /// update), e.g. to sum it in place across processes for data-parallel
+    /// training with `opts.parallel`; an error from it ends the epoch with
+    /// that error (the model stays usable, updated up to the step before).
+    ///
+    /// With a hook the step's updates wait for the whole backward pass (as
+    /// with clipping) and a non-finite loss on any process ends the epoch
+    /// on every process at the same step: the process that sees it makes
+    /// the first gradient element NaN before the hook, and every process
+    /// checks that element after it.
+    pub fn train_epoch_reduced(
+        &mut self,
+        data: Data<'_, T>,
+        opt: &mut Optimizer<T>,
+        opts: &EpochOptions,
+        progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
+        mut reduce: Option<&mut dyn FnMut(&mut [T]) -> Result<()>>,
+    ) -> Result<LossTotals> {
         let Data { x, n, shape, y, weights } = data;
         let (loss, epoch) = (&opts.loss, opts.epoch);
         if opts.batch_size == 0 {
@@ -206,19 +237,37 @@ impl<T: Float> Sequential<T> {
         self.plan(shape, 1, false)?;
         let cols = self.out_len();
         let bs = opts.batch_size.min(n);
-        self.plan(shape, bs, true)?;
-        self.check_batch(bs, true)?;
-        if n % bs != 0 {
-            self.check_batch(n % bs, true).map_err(|e| Error {
-                message: format!(
-                    "{} (the epoch's last batch: {n} samples in batches of {bs}; pick a batch size \
-                     that does not leave it so small)",
-                    e.message
-                ),
-                ..e
-            })?;
+        let par = opts.parallel;
+        if let Some(p) = par {
+            p.check()?;
+            if reduce.is_none() {
+                return Err(Error::value(
+                    "parallel training needs a gradient hook to sum the ranks' gradients",
+                ));
+            }
         }
-        let steps = n.div_ceil(bs);
+        // This process's largest part of a batch, and every part's size.
+        let part_sizes = |m: usize| par.map_or_else(|| vec![m], |p| p.part_sizes(m));
+        let local = part_sizes(bs).into_iter().max().unwrap_or(bs).max(1);
+        self.plan(shape, local, true)?;
+        for m in part_sizes(bs).into_iter().filter(|&m| m > 0) {
+            self.check_batch(m, true)?;
+        }
+        if n % bs != 0 {
+            part_sizes(n % bs)
+                .into_iter()
+                .filter(|&m| m > 0)
+                .try_for_each(|m| self.check_batch(m, true))
+                .map_err(|e| Error {
+                    message: format!(
+                        "{} (the epoch's last batch: {n} samples in batches of {bs}; pick a batch size \
+                     that does not leave it so small)",
+                        e.message
+                    ),
+                    ..e
+                })?;
+        }
+        let steps = par.map_or(n.div_ceil(bs), |p| p.steps(n.div_ceil(bs)));
         // Per-step schedules: every value is checked before the first step.
         for (what, values) in [("learning rates", &opts.lrs), ("momenta", &opts.momenta)] {
             if let Some(v) = values {
@@ -253,21 +302,33 @@ impl<T: Float> Sequential<T> {
         let in_len = self.in_len();
         let mut totals = LossTotals::default();
         let mut last_report = Instant::now();
-        let team = self.team_size(bs);
+        let team = self.team_size(local);
         let result = team::with_team(team, || {
             let mut result = Ok(());
             let mut tuner = team::Tuner::new(team > 1);
             for step in 0..steps {
                 tuner.before_step();
                 let began = Instant::now();
-                let idx = &order[step * bs..((step + 1) * bs).min(n)];
+                let batch = &order[step * bs..((step + 1) * bs).min(n)];
+                let idx = par.map_or(batch, |p| &batch[p.part(batch.len())]);
                 let rows = Rows::Index(idx);
                 let m = idx.len();
-                self.load(&x, rows, in_len);
+                // Split: the whole batch's denominator; shard: the mean of the ranks' means.
+                let denom = match par {
+                    Some(Parallel::Split { .. }) => Some(mean_denom(loss, y, batch, cols)),
+                    Some(Parallel::Shard { ranks, .. }) => {
+                        Some(mean_denom(loss, y, idx, cols) * ranks as f64)
+                    }
+                    None => None,
+                };
+                if m > 0 {
+                    self.load(&x, rows, in_len);
+                }
                 // Small batches: start loading the next one while this one computes
                 // (a large batch would only push the weights out of cache).
                 if step + 1 < steps && bs * in_len <= PREFETCH_MAX_ELEMS {
                     let next = &order[(step + 1) * bs..((step + 2) * bs).min(n)];
+                    let next = par.map_or(next, |p| &next[p.part(next.len())]);
                     x.prefetch(Rows::Index(next), in_len);
                 }
                 self.gather_target(y, rows, cols);
@@ -276,22 +337,26 @@ impl<T: Float> Sequential<T> {
                     self.ws.weights.extend(idx.iter().map(|&i| w[i]));
                 }
                 let key = self.rng.next_u64();
-                self.run_layers(m, true, true, key);
-                if opts.diagnostics {
-                    self.diag_activations(m);
+                if m > 0 {
+                    self.run_layers(m, true, true, key);
+                    if opts.diagnostics {
+                        self.diag_activations(m);
+                    }
                 }
                 let out = &self.ws.acts[self.ops.len()][..m * cols];
                 let bt = batch_target(y, &self.ws.labels, &self.ws.targets);
                 let bw = weights.map(|_| &self.ws.weights[..m]);
-                let t =
-                    match loss_grad(loss, out, m, cols, bt, bw, Some(&mut self.ws.d_a), &mut self.ws.stats) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    };
-                if !t.mean().is_finite() {
+                let d_a = Some(&mut self.ws.d_a[..]);
+                let t = match loss_grad_over(loss, out, m, cols, bt, bw, d_a, &mut self.ws.stats, denom) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                // With a hook, every process learns of a non-finite loss after it.
+                let finite = t.mean().is_finite();
+                if !finite && reduce.is_none() {
                     result = Err(Error::non_finite(format!(
                         "training loss became {} at epoch {epoch}, step {} (of {steps}); \
                      try a lower learning rate or check the data",
@@ -309,9 +374,31 @@ impl<T: Float> Sequential<T> {
                 }
                 let mut updated = Ok(());
                 let mut diag = std::mem::take(&mut self.diag);
-                if let Some(clip) = opts.clip {
+                if let Some(reduce) = reduce.as_mut() {
+                    // The hook (and clipping) need every gradient before the first update.
+                    if m > 0 {
+                        self.backward_loaded(m, key, false, |_, _, _| {});
+                    } else {
+                        self.grads.fill(T::ZERO);
+                    }
+                    if let (false, Some(g)) = (finite, self.grads.first_mut()) {
+                        *g = T::from_f64(f64::NAN);
+                    }
+                    updated = reduce(&mut self.grads);
+                    if updated.is_ok() && self.grads.first().is_some_and(|g| !g.to_f64().is_finite()) {
+                        updated = Err(Error::non_finite(format!(
+                            "training loss or gradient became non-finite at epoch {epoch}, step {} (of \
+                             {steps}) on {}; try a lower learning rate or check the data",
+                            step + 1,
+                            if finite { "another process" } else { "this process" }
+                        )));
+                    }
+                }
+                if let (Some(clip), true) = (opts.clip, updated.is_ok()) {
                     // Clipping needs every gradient before the first update.
-                    self.backward_loaded(m, key, false, |_, _, _| {});
+                    if reduce.is_none() {
+                        self.backward_loaded(m, key, false, |_, _, _| {});
+                    }
                     updated = self.clip_all(clip).map(drop).map_err(|e| Error {
                         message: format!(
                             "{} at epoch {epoch}, step {} (of {steps}); try a lower learning rate or \
@@ -326,6 +413,14 @@ impl<T: Float> Sequential<T> {
                             // The gradient norms before clipping (L2, as clipped).
                             let norms = Some(&self.clip_norms[..]);
                             diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, norms)
+                        } else {
+                            opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
+                        };
+                    }
+                } else if reduce.is_some() {
+                    if updated.is_ok() {
+                        updated = if diag.on() {
+                            diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, None)
                         } else {
                             opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
                         };
@@ -354,7 +449,8 @@ impl<T: Float> Sequential<T> {
                 totals.add(&t);
                 if opts.every_step || last_report.elapsed() >= self.report_every || step + 1 == steps {
                     last_report = Instant::now();
-                    let p = Progress { step: step + 1, steps, samples: (step * bs + m).min(n), totals };
+                    let done = step * bs + if par.is_some() { batch.len() } else { m };
+                    let p = Progress { step: step + 1, steps, samples: done.min(n), totals };
                     match progress(&p) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => break,
