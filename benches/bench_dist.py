@@ -19,10 +19,12 @@ Parts:
   worker), ``ferrograd 2x1`` (``mpiexec -n 2``, 1 thread each,
   ``fit(distributed=True)``), ``DDP 2x1`` (``mpiexec -n 2``, 1 thread each,
   ``DistributedDataParallel`` over Gloo on 127.0.0.1, each rank its slice of
-  every global batch from one shared shuffled order) and ``torch 1x2``.
-  After the epoch each distributed run times its own transport's all-reduce
-  of the model's gradient (float32, in place) in the same ranks: the
-  per-step all-reduce cost and its share of the step.
+  every global batch from one shared shuffled order) and ``ferrograd 3x1``
+  (3 ranks on 2 cores, for the cost model's 3-rank point); ``torch 1x2``
+  on request. The ferrograd ranks time every gradient all-reduce of the
+  epoch as the step sees it (waiting for the other rank included); after
+  the epoch each distributed run times its own transport's all-reduce of
+  the model's gradient (float32, in place) alone, in the same ranks.
 - ``allreduce``: mpi4py ``Allreduce`` (in place, float32) of every model's
   gradient and of sizes from 4 B to 16 MB, on 2 and 3 ranks (3 ranks on 2
   cores are oversubscribed), fitted to the ring model's latency and
