@@ -69,7 +69,7 @@ FRAMEWORKS = ("ferrograd 1x2", "ferrograd 2x1", "DDP 2x1", "ferrograd 3x1", "tor
 # and on a loaded 2-core machine one epoch takes minutes.
 DEFAULT_FRAMEWORKS = FRAMEWORKS[:4]
 AR_SIZES = [1, 16, 256, 4096, 65536, 262144, 1 << 20, 1 << 22]  # float32 elements
-COMPUTE_SAMPLES = {"small": 30720, "medium": 15360, "large": 7680, "cnn": 1536}
+COMPUTE_STEPS = {"small": 400, "medium": 150, "large": 60, "cnn": 30}  # per local batch size
 COMPUTE_FACTORS = (1 / 16, 1 / 4, 1 / 2, 1, 2)  # local batches, times the config's batch
 # All-reduce runs: ranks, and "y" for MPICH's sleeping yield while it waits
 # (3 busy-polling ranks on 2 cores otherwise wait for the scheduler's time slices).
@@ -157,27 +157,26 @@ def worker_allreduce(sizes: list[int]) -> None:
 
 def worker_compute(config: str, threads: int, passes: int = 2) -> None:
     """Seconds per step of single-process ferrograd at several local
-    batches: the fastest of `passes` interleaved passes over the batch sizes
-    (a slow phase of the machine lasts seconds: the minimum is the compute)."""
+    batches (``COMPUTE_STEPS`` steps each): the fastest of `passes`
+    interleaved passes over the batch sizes (a slow phase of the machine
+    lasts seconds: the minimum is the compute)."""
     import ferrograd as fg
 
     fg.set_num_threads(threads)
     hidden, batch, opt_name = bt.CONFIGS[config]
     xt, yt, _, _ = bt.load_data(images=hidden == "cnn")
-    n = COMPUTE_SAMPLES[config]
-    xt, yt = xt[:n], yt[:n]
     sizes = sorted({max(1, round(batch * f)) for f in COMPUTE_FACTORS})
     runs = {}
     for b in sizes:
         model, opt = bt.ferrograd_model(hidden, opt_name)
-        warm = min(n, 8 * b)
-        model.fit(xt[:warm], yt[:warm], "cross_entropy", opt, batch_size=b, verbose=0)
-        runs[b] = (model, opt)
+        n = min(len(xt), COMPUTE_STEPS[config] * b)
+        model.fit(xt[: 4 * b], yt[: 4 * b], "cross_entropy", opt, batch_size=b, verbose=0)
+        runs[b] = (model, opt, n)
     best = dict.fromkeys(sizes, math.inf)
     for _ in range(passes):
-        for b, (model, opt) in runs.items():
+        for b, (model, opt, n) in runs.items():
             t = time.perf_counter()
-            model.fit(xt, yt, "cross_entropy", opt, batch_size=b, verbose=0)
+            model.fit(xt[:n], yt[:n], "cross_entropy", opt, batch_size=b, verbose=0)
             best[b] = min(best[b], (time.perf_counter() - t) / math.ceil(n / b))
     print(json.dumps({"step_seconds": {str(b): s for b, s in best.items()}}))
 
@@ -654,6 +653,18 @@ def analyze(raw: dict, args) -> None:
         )
 
 
+def merge(raws: list[dict]) -> dict:
+    """Several runs' raw results as one (the rounds of each entry pooled)."""
+    out: dict = {"train": {}, "allreduce": {}, "compute": {}, "loadavg": []}
+    for raw in raws:
+        for part in ("train", "allreduce", "compute"):
+            for key, runs in raw[part].items():
+                out[part].setdefault(key, []).extend(runs)
+        out["loadavg"] += raw.get("loadavg", [])
+        out["cpu_count"] = raw["cpu_count"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -668,7 +679,9 @@ def main() -> None:
         "--net-latency-us", type=float, default=25.0, help="per message, for the predictions"
     )
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--analyze", help="print the tables of a --json file; run nothing")
+    ap.add_argument(
+        "--analyze", help="print the tables of --json files (comma-separated, merged); run nothing"
+    )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -683,7 +696,7 @@ def main() -> None:
             worker_ddp(rest[0], int(rest[1]), int(rest[2]))
         return
     if args.analyze:
-        raw = json.loads(Path(args.analyze).read_text())
+        raw = merge([json.loads(Path(f).read_text()) for f in args.analyze.split(",")])
     else:
         raw = measure(args)
         if args.json:
