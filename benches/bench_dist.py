@@ -602,6 +602,21 @@ def analyze(raw: dict, args) -> None:
             print(f"\n{key}: no usable compute fit (c0 {c0:.3g} s, c1 {c1:.3g} s): rerun")
     if not machine:
         return
+    rates = dict(kv.split("=") for kv in args.machine_rate.split(",") if kv)
+    scaled = []
+    for config, rate in rates.items():
+        if config in machine:
+            # Keep the fit's split between c0 and c1, at the given speed at b = B.
+            c0, c1 = machine[config]
+            batch = bt.CONFIGS[config][1]
+            k = batch / float(rate) / (c0 + c1 * batch)
+            machine[config] = (c0 * k, c1 * k)
+            scaled.append(f"{config} x{1 / k:.2f}")
+    if scaled:
+        print(
+            "\nThe predictions below take the machine's compute from --machine-rate "
+            f"(the fit's c0 and c1 sped up: {', '.join(scaled)})."
+        )
     net_lat = args.net_latency_us * 1e-6
     print(
         f"\n### Predicted scaling efficiency on N machines like this one (2 threads each), "
@@ -677,6 +692,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--net-latency-us", type=float, default=25.0, help="per message, for the predictions"
+    )
+    ap.add_argument(
+        "--machine-rate",
+        default="",
+        help="config=samples/s,... at batch B and 2 threads for the predictions (e.g. a quiet"
+        " machine's bench_train.py medians), instead of this run's compute fit",
     )
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument(
