@@ -194,6 +194,7 @@ impl LayerRun {
             out_layout: self.layout,
             training: true,
             key: 1,
+            first: 0,
         });
     }
 
@@ -214,6 +215,7 @@ impl LayerRun {
             in_layout: self.layout,
             out_layout: self.layout,
             key: 1,
+            first: 0,
         });
     }
 }

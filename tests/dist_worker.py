@@ -24,9 +24,12 @@ def toy(
     return x, y % classes
 
 
-def mlp(dtype: str, seed: int = 3, hidden: int = 16) -> fg.Sequential:
+def mlp(dtype: str, seed: int = 3, hidden: int = 16, dropout: float = 0.25) -> fg.Sequential:
     L = fg.layers
-    return fg.Sequential([L.Dense(6, hidden), L.Tanh(), L.Dense(hidden, 3)], seed=seed, dtype=dtype)
+    # Dropout: in fit, every rank draws the masks one process would for its
+    # samples (a custom loop's forward cannot know its samples' places).
+    layers = [L.Dense(6, hidden), L.Tanh(), L.Dropout(dropout), L.Dense(hidden, 3)]
+    return fg.Sequential(layers, seed=seed, dtype=dtype)
 
 
 def cnn(dtype: str, seed: int = 4) -> fg.Sequential:
@@ -140,7 +143,7 @@ def equal(out: dict[str, np.ndarray], tmp: str) -> None:
           validation_data=(xv, yv), distributed=True)  # fmt: skip
     out["mlp_float32_again"] = flat(m)
     # The step API: each rank the mean gradient of its half of a batch.
-    m = mlp("float64")
+    m = mlp("float64", dropout=0.0)
     dist.broadcast_parameters(m)
     opt = fg.optim.SGD(m.parameters(), lr=0.1)
     lossf = fg.losses.CrossEntropy()

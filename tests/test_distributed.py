@@ -85,7 +85,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     h = m.fit(xm[:600], ym[:600], "cross_entropy", "adam", epochs=2, batch_size=64, verbose=0)
     out["mnist"] = w.flat(m)
     out["mnist_loss"] = np.array(h["loss"])
-    m = w.mlp("float64")
+    m = w.mlp("float64", dropout=0.0)
     opt = fg.optim.SGD(m.parameters(), lr=0.1)
     lossf = fg.losses.CrossEntropy()
     for step in range(3):

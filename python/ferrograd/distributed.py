@@ -12,9 +12,10 @@ contiguous slice of every batch of one shared shuffled order, and the
 gradients are summed across ranks once per step inside the Rust epoch (an
 in-place ``MPI_Allreduce`` on a view of the flat gradient buffer). The
 weights equal single-process training with the same global batch to float
-rounding, for models without BatchNorm or Dropout: BatchNorm normalises
-with each rank's local batch statistics (as PyTorch's DDP by default) and
-Dropout draws each rank's masks for its own slice. ``distributed="shard"``
+rounding, for models without BatchNorm (Dropout included: each rank draws
+the masks of its samples' places in the whole batch); BatchNorm normalises
+with each rank's local batch statistics (as PyTorch's DDP by default).
+``distributed="shard"``
 trains on a part of the data per rank instead.
 
 For custom loops, :func:`broadcast_parameters` and

@@ -548,6 +548,7 @@ mod tests {
             out_layout: lout,
             training: true,
             key: 0,
+            first: 0,
         });
         close(&y, &y_ref, tol, "y");
         for with_dx in [true, false] {
@@ -570,6 +571,7 @@ mod tests {
                 in_layout: lin,
                 out_layout: lout,
                 key: 0,
+                first: 0,
             });
             let base = if with_dx { 0.5 } else { 0.0 };
             let dw_want: Vec<f64> = dw_ref.iter().map(|v| v + base).collect();

@@ -4,7 +4,7 @@
 //! element index, so any thread computes any element and backward recomputes
 //! it instead of storing it.
 
-use super::{de_float, Backward, Forward, Layer, LayerConfig, Layouts};
+use super::{de_float, numel, Backward, Forward, Layer, LayerConfig, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
@@ -50,7 +50,9 @@ impl Dropout {
         }
     }
 
-    fn apply<T: Float>(&self, training: bool, key: u64, src: &[T], dst: &mut [T]) {
+    /// `dst = mask * src`, the mask's elements numbered from `base` (the
+    /// batch's first element in the step's whole batch).
+    fn apply<T: Float>(&self, training: bool, key: u64, base: usize, src: &[T], dst: &mut [T]) {
         let len = src.len();
         if !training || self.p == 0.0 {
             dst[..len].copy_from_slice(src);
@@ -59,7 +61,7 @@ impl Dropout {
         let scale = T::from_f64(1.0 / (1.0 - self.p));
         par_elems(&mut dst[..len], 4, |off, c| {
             for (j, (v, &s)) in c.iter_mut().zip(&src[off..]).enumerate() {
-                *v = s * self.factor(key, off + j, scale);
+                *v = s * self.factor(key, base + off + j, scale);
             }
         });
     }
@@ -83,12 +85,12 @@ impl<T: Float> Layer<T> for Dropout {
     }
 
     fn forward(&self, f: Forward<'_, T>) {
-        self.apply(f.training, f.key, f.x, f.y);
+        self.apply(f.training, f.key, f.first * numel(f.in_shape), f.x, f.y);
     }
 
     fn backward(&self, b: Backward<'_, T>) {
         if let Some(dx) = b.dx {
-            self.apply(true, b.key, &b.dy[..b.x.len()], dx);
+            self.apply(true, b.key, b.first * numel(b.in_shape), &b.dy[..b.x.len()], dx);
         }
     }
 }

@@ -194,6 +194,11 @@ pub struct Forward<'a, T> {
     pub training: bool,
     /// Random stream for this pass (dropout masks).
     pub key: u64,
+    /// Where this batch's first sample stands in the step's whole batch:
+    /// 0, except for a data-parallel process's part of a larger batch.
+    /// Random draws are made by a sample's place in the whole batch, so
+    /// every process draws what one process would.
+    pub first: usize,
 }
 
 /// Everything one backward call sees (always after a training-mode forward
@@ -222,6 +227,8 @@ pub struct Backward<'a, T> {
     pub out_layout: Layout,
     /// The forward pass's random stream.
     pub key: u64,
+    /// The forward pass's [`Forward::first`].
+    pub first: usize,
 }
 
 /// A differentiable layer.

@@ -251,6 +251,7 @@ mod tests {
             out_layout: layout,
             training: true,
             key: 0,
+            first: 0,
         });
         let mut dx = vec![f64::NAN; x.len()];
         let mut dys = dy.to_vec();
@@ -270,6 +271,7 @@ mod tests {
             in_layout: layout,
             out_layout: layout,
             key: 0,
+            first: 0,
         });
         [y, dx]
     }

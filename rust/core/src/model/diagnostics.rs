@@ -319,7 +319,7 @@ impl<T: Float> Sequential<T> {
         }
         let saved = std::mem::take(&mut self.grads);
         self.grads = super::workspace::zeros(saved.len())?;
-        self.backward_loaded(data.n, pass.key, false, |_, _, _| {});
+        self.backward_loaded(data.n, pass, false, |_, _, _| {});
         let mut d = std::mem::take(&mut self.diag);
         d.record_norms(&self.params, &self.grads);
         d.steps = 1;

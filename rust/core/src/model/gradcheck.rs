@@ -45,7 +45,7 @@ impl<T: Float> Sequential<T> {
         let saved_grads = self.grads.clone();
         self.forward_loss(n, pass, loss, y, weighted, Grad::Mean)?;
         self.grads.fill(T::ZERO);
-        self.backward_loaded(n, pass.key, true, |_, _, _| {});
+        self.backward_loaded(n, pass, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
         let loss_at = |m: &mut Self| m.forward_loss(n, pass, loss, y, weighted, Grad::No).map(|t| t.mean());
         let mut report = Vec::new();

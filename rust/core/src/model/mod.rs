@@ -84,7 +84,7 @@ pub(crate) struct Op<T: Float> {
 #[derive(Clone, Copy, Debug)]
 struct Cache {
     n: usize,
-    key: u64,
+    pass: Pass,
 }
 
 /// A feed-forward stack of layers, like `torch.nn.Sequential`.
@@ -428,8 +428,9 @@ impl<T: Float> Sequential<T> {
         let in_len = self.in_len();
         self.load(x, crate::data::Rows::Range(0, n), in_len);
         let key = if training { self.rng.next_u64() } else { 0 };
-        self.run_layers(n, if training { Pass::train(key) } else { Pass::EVAL });
-        self.cache = if training { Some(Cache { n, key }) } else { None };
+        let pass = if training { Pass::train(key) } else { Pass::EVAL };
+        self.run_layers(n, pass);
+        self.cache = if training { Some(Cache { n, pass }) } else { None };
         let len = n * self.out_len();
         Ok(&self.ws.acts[self.ops.len()][..len])
     }
@@ -453,7 +454,7 @@ impl<T: Float> Sequential<T> {
             return Err(Error::non_finite(format!("gradient contains NaN or inf (flat index {i})")));
         }
         self.ws.d_a[..want].copy_from_slice(dout);
-        self.backward_loaded(cache.n, cache.key, true, |_, _, _| {});
+        self.backward_loaded(cache.n, cache.pass, true, |_, _, _| {});
         Ok(())
     }
 

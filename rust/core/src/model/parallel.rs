@@ -77,7 +77,7 @@ impl Parallel {
 mod tests {
     use super::*;
     use crate::data::Features;
-    use crate::layers::{DenseSpec, TanhSpec};
+    use crate::layers::{DenseSpec, DropoutSpec, TanhSpec};
     use crate::loss::{Loss, LossSpec, Target};
     use crate::model::{Data, EpochOptions, Flow, Sequential};
     use crate::optim::{OptimConfig, Optimizer};
@@ -89,6 +89,8 @@ mod tests {
         let specs = vec![
             LayerSpec::Dense(DenseSpec { in_features: 5, out_features: 7, bias: true, init: Init::He }),
             LayerSpec::Tanh(TanhSpec {}),
+            // Each process draws the masks of its samples' places in the whole batch.
+            LayerSpec::Dropout(DropoutSpec { p: 0.3 }),
             LayerSpec::Dense(DenseSpec { in_features: 7, out_features: 3, bias: true, init: Init::Xavier }),
         ];
         Sequential::new(specs, seed).expect("model")

@@ -411,7 +411,12 @@ impl<T: Float> Sequential<T> {
             }
             None => Grad::Mean,
         };
-        let pass = Pass::train(self.rng.next_u64());
+        // A split part draws the masks of its place in the whole batch.
+        let first = match opts.parallel {
+            Some(p @ Parallel::Split { .. }) => p.part(rows.batch.len()).start,
+            _ => 0,
+        };
+        let pass = Pass { first, ..Pass::train(self.rng.next_u64()) };
         let t = if m > 0 {
             self.load_batch(data, Rows::Index(rows.idx));
             // Small batches: start loading the next one while this one computes
@@ -448,7 +453,7 @@ impl<T: Float> Sequential<T> {
         }
         match run.reduce.as_mut() {
             Some(reduce) => {
-                self.backward_reduce(m, pass.key, finite, reduce)?;
+                self.backward_reduce(m, pass, finite, reduce)?;
                 if self.grads.first().is_some_and(|g| !g.to_f64().is_finite()) {
                     let who = if finite { "another process" } else { "this process" };
                     let e =
@@ -457,7 +462,7 @@ impl<T: Float> Sequential<T> {
                 }
                 self.update_all(opt, opts.clip).map_err(at)?;
             }
-            None => self.backward_update(opt, opts.clip, m, pass.key).map_err(at)?,
+            None => self.backward_update(opt, opts.clip, m, pass).map_err(at)?,
         }
         opt.finish_step();
         self.diag.end_step();
@@ -471,12 +476,12 @@ impl<T: Float> Sequential<T> {
     fn backward_reduce(
         &mut self,
         m: usize,
-        key: u64,
+        pass: Pass,
         finite: bool,
         reduce: &mut dyn FnMut(&mut [T]) -> Result<()>,
     ) -> Result<()> {
         if m > 0 {
-            self.backward_loaded(m, key, false, |_, _, _| {});
+            self.backward_loaded(m, pass, false, |_, _, _| {});
         } else {
             self.grads.fill(T::ZERO);
         }
@@ -495,15 +500,15 @@ impl<T: Float> Sequential<T> {
         opt: &mut Optimizer<T>,
         clip: Option<ClipNorm>,
         m: usize,
-        key: u64,
+        pass: Pass,
     ) -> Result<()> {
         if clip.is_some() {
-            self.backward_loaded(m, key, false, |_, _, _| {});
+            self.backward_loaded(m, pass, false, |_, _, _| {});
             return self.update_all(opt, clip);
         }
         let mut diag = std::mem::take(&mut self.diag);
         let mut updated = Ok(());
-        self.backward_loaded(m, key, false, |p, g, r| {
+        self.backward_loaded(m, pass, false, |p, g, r| {
             if updated.is_ok() {
                 updated = if diag.on() { diag.update(opt, p, g, r, None) } else { opt.step_part(p, g, r) };
             }

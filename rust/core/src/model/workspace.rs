@@ -23,21 +23,24 @@ pub(crate) struct Pass {
     pub(crate) update: bool,
     /// The pass's random stream (dropout masks).
     pub(crate) key: u64,
+    /// The batch's first sample's place in the step's whole batch (see
+    /// [`crate::layers::Forward::first`]).
+    pub(crate) first: usize,
 }
 
 impl Pass {
     /// Evaluation mode.
-    pub(crate) const EVAL: Pass = Pass { training: false, update: false, key: 0 };
+    pub(crate) const EVAL: Pass = Pass { training: false, update: false, key: 0, first: 0 };
 
     /// A training step's pass.
     pub(crate) fn train(key: u64) -> Pass {
-        Pass { training: true, update: true, key }
+        Pass { training: true, update: true, key, first: 0 }
     }
 
     /// Training mode with the buffers left as they are (gradient checks,
     /// diagnostics).
     pub(crate) fn frozen(key: u64) -> Pass {
-        Pass { training: true, update: false, key }
+        Pass { training: true, update: false, key, first: 0 }
     }
 }
 
@@ -231,7 +234,7 @@ impl<T: Float> Sequential<T> {
 
     /// The forward pass over the loaded batch of `n` samples.
     pub(crate) fn run_layers(&mut self, n: usize, pass: Pass) {
-        let Pass { training, update, key } = pass;
+        let Pass { training, update, key, first } = pass;
         let ws = &mut self.ws;
         for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
             let (lo, hi) = ws.acts.split_at_mut(i + 1);
@@ -260,6 +263,7 @@ impl<T: Float> Sequential<T> {
                 out_layout: ws.layouts[i + 1],
                 training,
                 key: key ^ mix64(i as u64),
+                first,
             });
         }
     }
@@ -272,7 +276,7 @@ impl<T: Float> Sequential<T> {
     pub(crate) fn backward_loaded(
         &mut self,
         n: usize,
-        key: u64,
+        pass: Pass,
         accumulate: bool,
         mut after: impl FnMut(&mut [T], &[T], Range<usize>),
     ) {
@@ -297,7 +301,8 @@ impl<T: Float> Sequential<T> {
                 out_shape,
                 in_layout: ws.layouts[i],
                 out_layout: ws.layouts[i + 1],
-                key: key ^ mix64(i as u64),
+                key: pass.key ^ mix64(i as u64),
+                first: pass.first,
             });
             std::mem::swap(&mut ws.d_a, &mut ws.d_b);
             if !op.prange.is_empty() {
