@@ -15,6 +15,7 @@ mod conv;
 mod dense;
 mod dropout;
 mod flatten;
+mod merge;
 mod pool;
 mod rescaling;
 mod softmax;
@@ -26,6 +27,9 @@ pub use conv::Conv;
 pub use dense::{Dense, Init};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use merge::{
+    Add, Average, Concatenate, Merge, MergeBackward, MergeForward, MergeSpec, Multiply, Subtract,
+};
 pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
