@@ -3,7 +3,7 @@
 
 use crate::arrays::{new_array, slice_err, target_array};
 use crate::errors::{compute, guarded, ShapeError};
-use crate::model::totals_tuple;
+
 use ferrograd::loss::{check_sample_weights, loss_grad, validate_target, RowStat};
 use ferrograd::{Error, Float, Loss, LossSpec};
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -82,7 +82,8 @@ fn loss_impl<'py, T: Element + Float>(
         loss_grad(loss, xs, n, cols, target, w, g, &mut stats)
     })?;
     let g = if with_grad { Some(new_array(py, &grad, &shape)?) } else { None };
-    let (m, acc) = totals_tuple(&t, loss.kind);
+    let acc = if loss.kind.has_accuracy() { Some(t.accuracy()) } else { None };
+    let m = t.mean();
     Ok((m, acc, g))
 }
 

@@ -79,6 +79,16 @@ pub struct GraphSpec {
 }
 
 impl GraphSpec {
+    /// Parses a graph's JSON (structure only; see [`GraphSpec::check`]).
+    pub fn from_json(text: &str) -> Result<GraphSpec> {
+        serde_json::from_str(text).map_err(|e| Error::value(format!("invalid graph JSON: {e}")))
+    }
+
+    /// The graph's JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// The chain `specs[0] -> specs[1] -> ...` on one input, with the
     /// layers named by their index (`Sequential`'s `"0.weight"` names).
     pub fn chain(specs: Vec<LayerSpec>) -> GraphSpec {

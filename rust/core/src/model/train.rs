@@ -94,6 +94,25 @@ pub struct Losses {
 }
 
 impl Losses {
+    /// A loss name or JSON configuration, or a JSON list of them (one per
+    /// output), with per-output weights (empty: all 1).
+    pub fn from_json(text: &str, weights: Vec<f64>) -> Result<Losses> {
+        let specs = if text.trim_start().starts_with('[') {
+            let items: Vec<serde_json::Value> = serde_json::from_str(text)
+                .map_err(|e| Error::value(format!("invalid list of losses: {e}")))?;
+            items
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => LossSpec::from_json(s),
+                    other => LossSpec::from_json(&other.to_string()),
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![LossSpec::from_json(text)?]
+        };
+        Ok(Losses { specs, weights })
+    }
+
     /// Output `k`'s loss (the last one given for outputs beyond it).
     pub fn spec(&self, k: usize) -> &LossSpec {
         &self.specs[k.min(self.specs.len() - 1)]
