@@ -552,6 +552,7 @@ impl PyModel {
 
     /// `(mean loss, accuracy or None)` over a dataset; `loss` is a name or a
     /// JSON configuration.
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None, loss_weights=None))]
     fn evaluate(
         &self,

@@ -356,9 +356,9 @@ impl Plan {
     }
 }
 
-/// The layout of every storage value (see the module docs of
-/// `workspace.rs`): a component is channels-last iff its samples have rank
-/// > 1, every op producing into it from outside is a `Convert` layer,
+/// The layout of every storage value: a component is channels-last iff its
+/// samples have a rank above 1, every op producing into it from outside is
+/// a `Convert` layer,
 /// every op reading it from outside reads channels-last (`Convert` or
 /// `Flatten`), and no value in it is a graph output.
 pub(crate) fn plan_layouts(
