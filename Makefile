@@ -18,7 +18,7 @@ $(TOOLS): Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "numpy>=1.21" "pytest>=7" "ruff>=0.5" "mypy>=1.8" "maturin>=1.9,<2" \
-		"matplotlib>=3.7" "scikit-learn>=1.6"  # the [plot] and [sklearn] extras, so their tests run
+		"matplotlib>=3.7" "scikit-learn>=1.6" "mpi4py>=4.1" "mpich"  # the [plot], [sklearn] and [mpi] extras, so their tests run
 	touch $@
 
 venv: $(TOOLS)  ## create .venv (or complete one) with the build and test tools

@@ -137,10 +137,31 @@ def ferrograd_cnn(raw: bool):
     ]
 
 
+def ferrograd_model(hidden, opt_name, raw=False):
+    """A fresh ferrograd model of a configuration (seed 0) and its optimizer.
+    With ``raw``, a ``Rescaling(1/255)`` first: uint8 pixels in, scaled per
+    batch by the model (no float copy of the data)."""
+    import ferrograd as fg
+    from ferrograd import layers as L
+
+    if hidden == "cnn":
+        model = fg.Sequential(ferrograd_cnn(raw), seed=0)
+    else:
+        stack, width = ([L.Rescaling(1 / 255)] if raw else []), 784
+        for h in hidden:
+            stack += [L.Dense(width, h), L.ReLU()]
+            width = h
+        stack.append(L.Dense(width, 10))
+        model = fg.Sequential(stack, seed=0)
+    if opt_name == "sgd":
+        return model, fg.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
+    return model, fg.optim.Adam(model.parameters(), lr=LR["adam"])
+
+
 def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics=False):
     t0 = time.perf_counter()
     import ferrograd as fg
-    from ferrograd import layers as L
+    import ferrograd.layers  # noqa: F401  (timed with the package: the models need it)
 
     import_s = time.perf_counter() - t0
     if threads:
@@ -148,8 +169,7 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics
     xt, yt, xs, ys = data
     extra = {"diagnostics": True} if diagnostics else {}  # builds before diagnostics lack it
     if hidden == "cnn":
-        model = fg.Sequential(ferrograd_cnn(raw), seed=0)
-        opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
+        model, opt = ferrograd_model(hidden, opt_name, raw)
         start = time.perf_counter()
         model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0, **extra)
         elapsed = time.perf_counter() - start
@@ -159,17 +179,7 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics
         infer = time.perf_counter() - start
         acc = float((out.argmax(1) == ys).mean())
         return elapsed, acc, import_s, infer
-    # raw: uint8 pixels in, scaled per batch by the model (no float copy of the data).
-    stack, width = ([L.Rescaling(1 / 255)] if raw else []), 784
-    for h in hidden:
-        stack += [L.Dense(width, h), L.ReLU()]
-        width = h
-    stack.append(L.Dense(width, 10))
-    model = fg.Sequential(stack, seed=0)
-    if opt_name == "sgd":
-        opt = fg.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
-    else:
-        opt = fg.optim.Adam(model.parameters(), lr=LR["adam"])
+    model, opt = ferrograd_model(hidden, opt_name, raw)
     start = time.perf_counter()
     model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0, **extra)
     elapsed = time.perf_counter() - start
@@ -227,18 +237,13 @@ def run_jax(hidden, batch, opt_name, data, threads):
     return elapsed, float((pred == ys).mean()), import_s
 
 
-def run_torch(hidden, batch, opt_name, data, threads):
-    t0 = time.perf_counter()
-    import numpy as np
+def torch_model(hidden, opt_name):
+    """The PyTorch twin of :func:`ferrograd_model` (torch's default
+    initialisation, seeded by the caller) and its optimizer."""
     import torch
 
-    import_s = time.perf_counter() - t0
-    torch.manual_seed(0)
-    if threads:
-        torch.set_num_threads(threads)
-    xt, yt, xs, ys = (torch.from_numpy(a) for a in data)
+    nn = torch.nn
     if hidden == "cnn":
-        nn = torch.nn
         model = nn.Sequential(
             nn.Conv2d(1, 32, 5, padding=2),
             nn.ReLU(),
@@ -251,8 +256,32 @@ def run_torch(hidden, batch, opt_name, data, threads):
             nn.ReLU(),
             nn.Linear(256, 10),
         )
-        opt = torch.optim.Adam(model.parameters(), lr=LR["adam"])
-        lossf = nn.CrossEntropyLoss()
+    else:
+        sizes = [784, *hidden, 10]
+        mods: list = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            mods.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                mods.append(nn.ReLU())
+        model = nn.Sequential(*mods)
+    if opt_name == "sgd":
+        return model, torch.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
+    return model, torch.optim.Adam(model.parameters(), lr=LR["adam"])
+
+
+def run_torch(hidden, batch, opt_name, data, threads):
+    t0 = time.perf_counter()
+    import numpy as np
+    import torch
+
+    import_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
+    xt, yt, xs, ys = (torch.from_numpy(a) for a in data)
+    model, opt = torch_model(hidden, opt_name)
+    lossf = torch.nn.CrossEntropyLoss()
+    if hidden == "cnn":
         perm = torch.from_numpy(np.random.default_rng(0).permutation(len(xt)))
         start = time.perf_counter()
         for i in range(0, len(xt), batch):
@@ -271,18 +300,6 @@ def run_torch(hidden, batch, opt_name, data, threads):
             infer = time.perf_counter() - start
         acc = (out.argmax(1) == ys).float().mean().item()
         return elapsed, acc, import_s, infer
-    sizes = [784, *hidden, 10]
-    mods = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        mods.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            mods.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*mods)
-    if opt_name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=LR["adam"])
-    lossf = torch.nn.CrossEntropyLoss()
     perm = torch.from_numpy(np.random.default_rng(0).permutation(len(xt)))
     start = time.perf_counter()
     for i in range(0, len(xt), batch):

@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the core: matrix products from the benchmark
 //! configurations (with GFLOPS), dense forward and backward, the benchmark
 //! CNN's convolutions (forward, weight gradient, weight + input gradient),
-//! pooling and BatchNorm, softmax cross-entropy, each optimizer step, and
+//! pooling and BatchNorm, transposed convolutions, softmax cross-entropy, each optimizer step, and
 //! whole training epochs.
 //!
 //! `cargo bench -p ferrograd-core` (all), or `cargo bench -p ferrograd-core -- gemm`.
@@ -10,6 +10,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrograd::kernels::gemm::{gemm, gemm_ldb, pad_rows, padded_ld};
 use ferrograd::layers::{numel, Backward, Buffers, Forward, Layer, Layout};
+use ferrograd::layers::{
+    BatchNorm2DSpec, Conv2DSpec, ConvTranspose2DSpec, DenseSpec, MaxPool2DSpec, ReLUSpec, RescalingSpec,
+};
 use ferrograd::loss::{loss_grad, RowStat};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
@@ -70,11 +73,21 @@ fn mlp(hidden: &[usize]) -> Vec<LayerSpec> {
     let mut specs = Vec::new();
     let mut width = 784;
     for &h in hidden {
-        specs.push(LayerSpec::Dense { in_features: width, out_features: h, bias: true, init: Init::He });
-        specs.push(LayerSpec::ReLU);
+        specs.push(LayerSpec::Dense(DenseSpec {
+            in_features: width,
+            out_features: h,
+            bias: true,
+            init: Init::He,
+        }));
+        specs.push(LayerSpec::ReLU(ReLUSpec {}));
         width = h;
     }
-    specs.push(LayerSpec::Dense { in_features: width, out_features: 10, bias: true, init: Init::Xavier });
+    specs.push(LayerSpec::Dense(DenseSpec {
+        in_features: width,
+        out_features: 10,
+        bias: true,
+        init: Init::Xavier,
+    }));
     specs
 }
 
@@ -89,8 +102,8 @@ fn bench_dense(c: &mut Criterion) {
     let mut g = c.benchmark_group("dense");
     for &(batch, fi, fo) in &[(32usize, 784usize, 128usize), (256, 1024, 1024)] {
         let specs = vec![
-            LayerSpec::Dense { in_features: fi, out_features: fo, bias: true, init: Init::He },
-            LayerSpec::ReLU,
+            LayerSpec::Dense(DenseSpec { in_features: fi, out_features: fo, bias: true, init: Init::He }),
+            LayerSpec::ReLU(ReLUSpec {}),
         ];
         let mut model = Sequential::<f32>::new(specs, 0).unwrap();
         let x = randn(batch * fi, 4);
@@ -212,15 +225,17 @@ impl LayerRun {
 fn bench_cnn_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("cnn_layers");
     let n = 64;
-    let conv = |cin, cout| LayerSpec::Conv2D {
-        in_channels: cin,
-        out_channels: cout,
-        kernel_size: [5, 5],
-        stride: [1, 1],
-        padding: Padding::Same,
-        dilation: [1, 1],
-        bias: true,
-        init: Init::He,
+    let conv = |cin, cout| {
+        LayerSpec::Conv2D(Conv2DSpec {
+            in_channels: cin,
+            out_channels: cout,
+            kernel_size: [5, 5],
+            stride: [1, 1],
+            padding: Padding::Same,
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        })
     };
     for (name, spec, input, flops) in [
         ("conv1_1x28x28_to_32", conv(1, 32), vec![1, 28, 28], 2 * 32 * 25 * 784),
@@ -240,8 +255,8 @@ fn bench_cnn_layers(c: &mut Criterion) {
             b.iter(|| threads::install(|| run.backward(true)).unwrap())
         });
     }
-    let pool = LayerSpec::MaxPool2D { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] };
-    let bn = LayerSpec::BatchNorm2D { num_features: 32, eps: 1e-5, momentum: Some(0.1) };
+    let pool = LayerSpec::MaxPool2D(MaxPool2DSpec { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] });
+    let bn = LayerSpec::BatchNorm2D(BatchNorm2DSpec { num_features: 32, eps: 1e-5, momentum: Some(0.1) });
     for (name, spec, layout) in [
         ("maxpool2x2_channels_last", pool.clone(), Layout::ChannelsLast),
         ("maxpool2x2_planar", pool, Layout::Planar),
@@ -260,6 +275,61 @@ fn bench_cnn_layers(c: &mut Criterion) {
     g.finish();
 }
 
+/// A U-Net decoder's upsampling at batch 64, `ConvTranspose2D(32, 16)` on
+/// 14x14 inputs to 28x28 outputs (GFLOPS as Gelem/s): k=2 s=2, and k=3 s=2
+/// p=1 op=1. `forward`, `backward` (weight and input gradient) and both
+/// (`forward_backward`, what torch's `ConvTranspose2d` forward + backward
+/// does; `benches/bench_conv_transpose.py` times that side), on
+/// channels-last buffers (between convolutions) and planar ones.
+fn bench_conv_transpose(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv_transpose");
+    let n = 64;
+    let spec = |k: usize, p: usize, op: usize| {
+        LayerSpec::ConvTranspose2D(ConvTranspose2DSpec {
+            in_channels: 32,
+            out_channels: 16,
+            kernel_size: [k, k],
+            stride: [2, 2],
+            padding: [p, p],
+            output_padding: [op, op],
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        })
+    };
+    for (name, spec, k) in
+        [("k2s2_32x14x14_to_16", spec(2, 0, 0), 2), ("k3s2p1op1_32x14x14_to_16", spec(3, 1, 1), 3)]
+    {
+        // Multiply-adds: every input position meets every kernel tap.
+        let flops = 2 * 32 * 16 * k * k * 196;
+        for (layout, lname) in [(Layout::ChannelsLast, "channels_last"), (Layout::Planar, "planar")] {
+            let id = format!("{name}_{lname}");
+            let mut run = LayerRun::new(spec.clone(), &[32, 14, 14], n, layout);
+            assert_eq!(run.output, [16, 28, 28]);
+            g.throughput(Throughput::Elements((flops * n) as u64));
+            g.bench_function(BenchmarkId::new("forward", &id), |b| {
+                b.iter(|| threads::install(|| run.forward()).unwrap())
+            });
+            run.forward();
+            g.throughput(Throughput::Elements((2 * flops * n) as u64));
+            g.bench_function(BenchmarkId::new("backward", &id), |b| {
+                b.iter(|| threads::install(|| run.backward(true)).unwrap())
+            });
+            g.throughput(Throughput::Elements((3 * flops * n) as u64));
+            g.bench_function(BenchmarkId::new("forward_backward", &id), |b| {
+                b.iter(|| {
+                    threads::install(|| {
+                        run.forward();
+                        run.backward(true)
+                    })
+                    .unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// The convolution algorithm, chosen by this measurement: the second CNN
 /// convolution's forward pass at batch 64 as ferrograd runs it (direct,
 /// register-tiled over channels-last data, no im2col) against im2col into a
@@ -268,7 +338,7 @@ fn bench_cnn_layers(c: &mut Criterion) {
 fn bench_conv_algorithms(c: &mut Criterion) {
     let mut g = c.benchmark_group("conv_algorithm");
     let n = 64;
-    let spec = LayerSpec::Conv2D {
+    let spec = LayerSpec::Conv2D(Conv2DSpec {
         in_channels: 32,
         out_channels: 64,
         kernel_size: [5, 5],
@@ -277,7 +347,7 @@ fn bench_conv_algorithms(c: &mut Criterion) {
         dilation: [1, 1],
         bias: false,
         init: Init::He,
-    };
+    });
     g.throughput(Throughput::Elements((2 * 64 * 800 * 196 * n) as u64));
     let mut direct = LayerRun::new(spec, &[32, 14, 14], n, Layout::ChannelsLast);
     g.bench_function("direct_tiles", |b| b.iter(|| threads::install(|| direct.forward()).unwrap()));
@@ -428,7 +498,7 @@ fn bench_train(c: &mut Criterion) {
         ("784-512-512-10_b128_adam", vec![512, 512], 128, true),
         ("784-1024-1024-10_b256_adam", vec![1024, 1024], 256, true),
     ] {
-        let mut specs = vec![LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 }];
+        let mut specs = vec![LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 })];
         specs.extend(mlp(&hidden));
         let mut model = Sequential::<f32>::new(specs, 0).unwrap();
         let ranges = model.entries().iter().map(|e| e.range.clone()).collect();
@@ -459,6 +529,7 @@ criterion_group!(
     bench_gemm,
     bench_dense,
     bench_cnn_layers,
+    bench_conv_transpose,
     bench_conv_algorithms,
     bench_loss,
     bench_optim,

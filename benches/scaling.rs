@@ -10,6 +10,7 @@
 //! `SCALING_SAMPLES` sets the samples per epoch (default 20,000; 4,000 for
 //! the CNN).
 
+use ferrograd::layers::{Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec, ReLUSpec, RescalingSpec};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::rng::Rng;
 use ferrograd::{
@@ -19,29 +20,31 @@ use std::time::Instant;
 
 /// The benchmark CNN (`bench_train.py`'s), after a `Rescaling(1/255)`.
 fn cnn() -> Vec<LayerSpec> {
-    let conv = |cin, cout| LayerSpec::Conv2D {
-        in_channels: cin,
-        out_channels: cout,
-        kernel_size: [5, 5],
-        stride: [1, 1],
-        padding: Padding::Same,
-        dilation: [1, 1],
-        bias: true,
-        init: Init::He,
+    let conv = |cin, cout| {
+        LayerSpec::Conv2D(Conv2DSpec {
+            in_channels: cin,
+            out_channels: cout,
+            kernel_size: [5, 5],
+            stride: [1, 1],
+            padding: Padding::Same,
+            dilation: [1, 1],
+            bias: true,
+            init: Init::He,
+        })
     };
-    let pool = LayerSpec::MaxPool2D { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] };
+    let pool = LayerSpec::MaxPool2D(MaxPool2DSpec { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] });
     vec![
-        LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 },
+        LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 }),
         conv(1, 32),
-        LayerSpec::ReLU,
+        LayerSpec::ReLU(ReLUSpec {}),
         pool.clone(),
         conv(32, 64),
-        LayerSpec::ReLU,
+        LayerSpec::ReLU(ReLUSpec {}),
         pool,
-        LayerSpec::Flatten,
-        LayerSpec::Dense { in_features: 3136, out_features: 256, bias: true, init: Init::He },
-        LayerSpec::ReLU,
-        LayerSpec::Dense { in_features: 256, out_features: 10, bias: true, init: Init::Xavier },
+        LayerSpec::Flatten(FlattenSpec {}),
+        LayerSpec::Dense(DenseSpec { in_features: 3136, out_features: 256, bias: true, init: Init::He }),
+        LayerSpec::ReLU(ReLUSpec {}),
+        LayerSpec::Dense(DenseSpec { in_features: 256, out_features: 10, bias: true, init: Init::Xavier }),
     ]
 }
 
@@ -54,14 +57,24 @@ fn cnn_flops() -> usize {
 }
 
 fn mlp(hidden: &[usize]) -> (Vec<LayerSpec>, usize) {
-    let mut specs = vec![LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 }];
+    let mut specs = vec![LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 })];
     let mut w = 784;
     for &h in hidden {
-        specs.push(LayerSpec::Dense { in_features: w, out_features: h, bias: true, init: Init::He });
-        specs.push(LayerSpec::ReLU);
+        specs.push(LayerSpec::Dense(DenseSpec {
+            in_features: w,
+            out_features: h,
+            bias: true,
+            init: Init::He,
+        }));
+        specs.push(LayerSpec::ReLU(ReLUSpec {}));
         w = h;
     }
-    specs.push(LayerSpec::Dense { in_features: w, out_features: 10, bias: true, init: Init::Xavier });
+    specs.push(LayerSpec::Dense(DenseSpec {
+        in_features: w,
+        out_features: 10,
+        bias: true,
+        init: Init::Xavier,
+    }));
     let mut sizes = vec![784];
     sizes.extend_from_slice(hidden);
     sizes.push(10);

@@ -160,6 +160,62 @@ CASES = {
         (2, 11),
     ),
     "conv1d_same": Case(lambda: [L.Conv1D(2, 3, 4, padding="same", bias=False)], (2, 7)),
+    # Transposed convolutions after a convolution (their input gradient
+    # reaches its weights) and before one (channels-last buffers between).
+    "conv_transpose": Case(lambda: [L.ConvTranspose2D(2, 3, 3)], (2, 4, 5)),
+    "conv_transpose_k2_s2_chain": Case(
+        lambda: [L.Conv2D(2, 3, 3, padding=1), L.Tanh(), L.ConvTranspose2D(3, 2, 2, stride=2)],
+        (2, 4, 5),
+    ),
+    "conv_transpose_s2_p1_op1_channels_last": Case(
+        lambda: [
+            L.Conv2D(2, 3, 2),
+            L.ConvTranspose2D(3, 4, 3, stride=2, padding=1, output_padding=1),
+            L.Tanh(),
+            L.Conv2D(4, 2, 3),
+            L.Flatten(),
+            L.Dense(2 * 6 * 8, 3),
+        ],
+        (2, 5, 6),
+        loss="cross_entropy",
+    ),
+    "conv_transpose_tuples_dilated_no_bias": Case(
+        lambda: [
+            L.Conv2D(2, 3, 2),
+            L.Sigmoid(),
+            L.ConvTranspose2D(
+                3,
+                2,
+                (3, 2),
+                stride=(2, 1),
+                padding=(1, 2),
+                output_padding=(1, 1),
+                dilation=(1, 2),
+                bias=False,
+            ),
+        ],
+        (2, 4, 6),
+    ),
+    "upsample_nearest_between_convs": Case(
+        lambda: [L.Conv2D(2, 3, 3), L.Upsample2D(2), L.Tanh(), L.Conv2D(3, 2, 3)], (2, 4, 5)
+    ),
+    "upsample_nearest_pair_last": Case(
+        lambda: [L.Conv2D(2, 3, 2), L.Tanh(), L.Upsample2D((3, 2))], (2, 3, 4)
+    ),
+    "upsample_bilinear_between_convs": Case(
+        lambda: [L.Conv2D(2, 3, 3), L.Upsample2D((2, 3), mode="bilinear"), L.Conv2D(3, 2, 2)],
+        (2, 5, 4),
+    ),
+    "upsample_bilinear_last": Case(
+        lambda: [L.Conv2D(1, 2, 2), L.Tanh(), L.Upsample2D(4, mode="bilinear")], (1, 3, 3)
+    ),
+    "identity": Case(
+        lambda: [L.Conv2D(2, 3, 3), L.Identity(), L.Tanh(), L.Identity(), L.Conv2D(3, 2, 2)],
+        (2, 5, 5),
+    ),
+    "identity_dense": Case(
+        lambda: [L.Dense(4, 3), L.Identity(), L.Tanh(), L.Dense(3, 2), L.Identity()], (4,)
+    ),
     "maxpool2d": Case(
         lambda: [L.Conv2D(1, 3, 3, padding=1), L.Tanh(), L.MaxPool2D(2)],
         (1, 6, 7),

@@ -21,10 +21,13 @@ __all__ = [
     "clip_coef",
     "get_memory_limit",
     "get_num_threads",
+    "layer_info",
+    "layer_types",
     "loads_safetensors",
     "loss_value",
     "memory_available",
     "read_safetensors",
+    "reduce_grads",
     "set_memory_limit",
     "set_num_threads",
     "write_safetensors",
@@ -36,7 +39,7 @@ class StateError(ValueError): ...
 class InternalError(RuntimeError): ...
 
 # One array, or a list of them (one per input or output of a graph).
-Arrays = np.ndarray | list[np.ndarray]
+_Arrays = np.ndarray | list[np.ndarray]
 
 @final
 class Model:
@@ -64,30 +67,39 @@ class Model:
     def layer_shapes(self, input: list[int]) -> list[list[int]]: ...
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray: ...
     def backward(self, grad: np.ndarray) -> None: ...
-    def predict(self, x: Arrays, batch_size: int) -> np.ndarray | list[np.ndarray]: ...
+    def predict(self, x: _Arrays, batch_size: int) -> np.ndarray | list[np.ndarray]: ...
     def evaluate(
         self,
-        x: Arrays,
-        y: Arrays,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         batch_size: int,
         sample_weight: np.ndarray | None = None,
         loss_weights: list[float] | None = None,
     ) -> tuple[float, float | None]: ...
+    def evaluate_totals(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: str,
+        batch_size: int,
+        sample_weight: np.ndarray | None = None,
+    ) -> tuple[float, float, int, int]: ...
     def validate(
         self,
-        x: Arrays,
-        y: Arrays,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         sample_weight: np.ndarray | None = None,
         loss_weights: list[float] | None = None,
     ) -> None: ...
     def train_epoch(
         self,
-        x: Arrays,
-        y: Arrays,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         optimizer: Optimizer,
+        *,
         batch_size: int,
         shuffle: bool,
         epoch: int,
@@ -100,12 +112,14 @@ class Model:
         clip: tuple[float, float] | None = None,
         diagnostics: bool = False,
         loss_weights: list[float] | None = None,
-    ) -> tuple[float, float | None]: ...
+        parallel: tuple[str, int, int, int] | None = None,
+        reduce: Callable[[memoryview], Any] | None = None,
+    ) -> tuple[float, float | None, tuple[float, float, int, int]]: ...
     def last_diagnostics(self) -> dict[str, Any] | None: ...
     def diagnose(
         self,
-        x: Arrays,
-        y: Arrays,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         sample_weight: np.ndarray | None = None,
         loss_weights: list[float] | None = None,
@@ -114,8 +128,8 @@ class Model:
     def scale_grads(self, params: list[int], coef: float) -> None: ...
     def gradcheck(
         self,
-        x: Arrays,
-        y: Arrays,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         eps: float,
         loss_weights: list[float] | None = None,
@@ -138,9 +152,12 @@ class Optimizer:
     def set_state(self, steps: int, state: list[list[np.ndarray]]) -> None: ...
 
 def check_layer(spec: str) -> None: ...
+def layer_types() -> list[tuple[str, list[str]]]: ...
+def layer_info(spec: str, input_shape: list[int] | None = None) -> dict[str, Any]: ...
 def check_clip(max_norm: float, norm_type: float) -> None: ...
 def clip_coef(norms: list[float], max_norm: float, norm_type: float) -> tuple[float, float]: ...
 def check_loss(loss: str) -> None: ...
+def reduce_grads(model: Model, f: Callable[[memoryview], Any], scale: float) -> None: ...
 def class_weights(keys: list[int] | None, values: list[float], classes: int) -> list[float]: ...
 def loss_value(
     loss: str,

@@ -33,6 +33,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _parallel
+
 if TYPE_CHECKING:
     from .model import Sequential
 
@@ -516,7 +518,9 @@ class CSVLogger(Callback):
     The first row is a header: ``epoch`` (0-based), then the log keys in
     sorted order (as of the first epoch; a key missing later is written
     ``NA``). Each row is flushed as soon as its epoch ends; the file is
-    closed when training ends.
+    closed when training ends. In a data-parallel job
+    (:mod:`ferrograd.distributed`) only rank 0 writes (the logs are the
+    same on every rank).
 
     Parameters
     ----------
@@ -561,7 +565,8 @@ class CSVLogger(Callback):
             with open(self.filename, encoding="utf-8", newline="") as f:
                 self.append_header = not f.readline()
         mode = "a" if self.append else "w"
-        self.csv_file = open(self.filename, mode, encoding="utf-8", newline="")
+        target = self.filename if _parallel.is_writer() else os.devnull
+        self.csv_file = open(target, mode, encoding="utf-8", newline="")
         self._writer = csv.writer(self.csv_file, delimiter=self.sep, lineterminator="\n")
         self.keys = None
 
@@ -773,7 +778,7 @@ class ModelCheckpoint(Callback):
                 sched = None
             model.save(path, optimizer=opt, scheduler=sched)
         self.last_path = path
-        if self.verbose > 0:
+        if self.verbose > 0 and _parallel.is_writer():
             if self.save_best_only:
                 print(
                     f"Epoch {epoch + 1}: {self.monitor} improved from {previous:.5f} to "

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     m.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
+    m.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI: launch as `mpiexec -n 2 ferrograd mnist --distributed` "
+        "(needs ferrograd[mpi]; --batch-size is the global batch; rank 0 prints and saves)",
+    )
     return p
 
 
@@ -121,6 +128,17 @@ def run_mnist(args: argparse.Namespace) -> float:
         fg.set_num_threads(args.threads)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {dropout}")
+    writer = True
+    if args.distributed:
+        from ferrograd import distributed as dist
+
+        dist.init()
+        writer = dist.rank() == 0
+
+    def say(*parts: object, **kw: Any) -> None:
+        if writer:
+            print(*parts, **kw)
+
     (x_train, y_train), (x_test, y_test) = fg.datasets.load_mnist(
         root=args.data, download=not args.no_download
     )
@@ -153,15 +171,17 @@ def run_mnist(args: argparse.Namespace) -> float:
             width = h
         stack.append(L.Dense(width, 10, init="xavier"))
     model = fg.Sequential(stack, seed=args.seed)
-    model.summary(input_shape=x_train.shape[1:])
-    print(f"threads: {fg.get_num_threads()}, train {len(x_train):,}, test {len(x_test):,}")
+    if writer:
+        model.summary(input_shape=x_train.shape[1:])
+    ranks = f", ranks: {dist.size()}" if args.distributed else ""
+    say(f"threads: {fg.get_num_threads()}{ranks}, train {len(x_train):,}, test {len(x_test):,}")
     opt = fg.optim.Adam(model.parameters(), lr=args.lr)
     # Cosine decay from lr to 0 over the run, stepped once per epoch.
     sched = fg.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     start = time.perf_counter()
 
     def report(epoch: int, logs: dict[str, float]) -> None:
-        print(
+        say(
             f"Epoch {epoch + 1}/{epochs} - lr {logs['learning_rate']:.2e} - "
             f"loss {logs['loss']:.4f} - accuracy {logs['accuracy']:.4f} - "
             f"test_loss {logs['val_loss']:.4f} - test_accuracy {logs['val_accuracy']:.4f} - "
@@ -180,14 +200,16 @@ def run_mnist(args: argparse.Namespace) -> float:
         verbose=0,
         scheduler=sched,
         callbacks=[fg.callbacks.LambdaCallback(on_epoch_end=report)],
+        distributed=args.distributed,
     )
-    acc = model.evaluate(x_test, y_test, "cross_entropy")["accuracy"]
+    acc = model.evaluate(x_test, y_test, "cross_entropy", distributed=args.distributed)["accuracy"]
     elapsed = time.perf_counter() - start
-    print(
+    say(
         f"test accuracy: {acc:.4f} ({elapsed:.1f}s, {epochs * len(x_train) / elapsed:,.0f} samples/s)"
     )
-    np.savez(out, **dict(model.state_dict()))  # type: ignore[arg-type]
-    print(f"saved weights to {out}")
+    if writer:
+        np.savez(out, **dict(model.state_dict()))  # type: ignore[arg-type]
+        print(f"saved weights to {out}")
     return acc
 
 
@@ -202,8 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, TypeError, OSError) as exc:
         print(f"ferrograd: error: {exc}", file=sys.stderr)
+        _end_job()
         return 1
     return 0
+
+
+def _end_job() -> None:
+    """In a data-parallel job, ends every rank (the others would wait for
+    this one forever)."""
+    from ferrograd import _parallel
+
+    if _parallel.comm is not None and _parallel.comm.Get_size() > 1:
+        sys.stderr.flush()
+        time.sleep(0.5)
+        _parallel.comm.Abort(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,11 @@ class names and ``state_dict`` keys match ``torch.nn`` (``Dense`` is
 Each class checks the *types* of its arguments; the values (sizes >= 1,
 probabilities in range, known names) are checked once, by the engine, when
 the layer is created, so a bad value raises a ``ValueError`` right away.
+
+The engine's layer registry is the one source of what a layer is: its
+arguments (which attributes the JSON spec holds, in order), its parameter
+names, shapes and count. The classes here add the docstrings, signatures
+and type checks; ``tests/test_layer_registry.py`` checks that both agree.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ __all__ = [
     "Rescaling",
     "Conv2D",
     "Conv1D",
+    "ConvTranspose2D",
+    "Upsample2D",
+    "Identity",
     "MaxPool2D",
     "AvgPool2D",
     "MaxPool1D",
@@ -92,6 +100,9 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+_ARGUMENTS: dict[str, tuple[str, ...]] = {name: tuple(args) for name, args in _core.layer_types()}
+
+
 class Layer:
     """Base class of all layers."""
 
@@ -99,7 +110,9 @@ class Layer:
     kind: str = ""
 
     def _config(self) -> dict[str, Any]:
-        return {}
+        """The constructor's arguments as the engine registers them (in its
+        order), read from the attributes of the same names."""
+        return {name: getattr(self, name) for name in _ARGUMENTS.get(self.kind, ())}
 
     def _spec(self) -> str:
         """The layer as the engine reads it: a JSON object."""
@@ -111,8 +124,13 @@ class Layer:
         _core.check_layer(self._spec())
 
     def num_params(self) -> int:
-        """Number of trainable scalars in this layer."""
-        return 0
+        """Number of trainable scalars in this layer (as the engine declares
+        its parameters)."""
+        if not self.kind:
+            return 0
+        # Summed here, exactly, so that an absurd size read from a file is
+        # still counted (and refused by the loader with the count).
+        return sum(math.prod(shape) for _, shape in _core.layer_info(self._spec())["params"])
 
     def __repr__(self) -> str:
         """The arguments as one would write them: required ones by
@@ -131,7 +149,10 @@ class Layer:
                 short = v
             if p.default is inspect.Parameter.empty:
                 parts.append(repr(short))
-            elif short != p.default and not (p.name == "stride" and v == config.get("kernel_size")):
+            elif short != p.default and not (
+                # Pooling's stride defaults to (None, meaning) the kernel size.
+                p.name == "stride" and p.default is None and v == config.get("kernel_size")
+            ):
                 parts.append(f"{p.name}={short!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
@@ -171,17 +192,6 @@ class Dense(Layer):
         self.init = init
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias,
-            "init": self.init,
-        }
-
-    def num_params(self) -> int:
-        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
-
 
 class ReLU(Layer):
     """``max(x, 0)``."""
@@ -197,9 +207,6 @@ class LeakyReLU(Layer):
     def __init__(self, negative_slope: float = 0.01) -> None:
         self.negative_slope = _number("negative_slope", negative_slope, "LeakyReLU")
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {"negative_slope": self.negative_slope}
 
 
 class Sigmoid(Layer):
@@ -240,9 +247,6 @@ class Dropout(Layer):
         self.p = _number("p", p, "Dropout")
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {"p": self.p}
-
 
 class Flatten(Layer):
     """Flattens each sample to one dimension: ``(N, d1, d2, ...) -> (N, d1*d2*...)``."""
@@ -263,9 +267,6 @@ class Rescaling(Layer):
         self.scale = _number("scale", scale, "Rescaling")
         self.offset = _number("offset", offset, "Rescaling")
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {"scale": self.scale, "offset": self.offset}
 
 
 class _Conv(Layer):
@@ -293,22 +294,6 @@ class _Conv(Layer):
         self.bias = bool(bias)
         self.init = init
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "bias": self.bias,
-            "init": self.init,
-        }
-
-    def num_params(self) -> int:
-        area = math.prod(self.kernel_size) if self.dims == 2 else int(self.kernel_size)
-        return self.out_channels * self.in_channels * area + (self.out_channels if self.bias else 0)
 
 
 class Conv2D(_Conv):
@@ -349,6 +334,100 @@ class Conv1D(_Conv):
     dims = 1
 
 
+class ConvTranspose2D(Layer):
+    """2-D transposed convolution over ``(N, C, H, W)``
+    (``torch.nn.ConvTranspose2d``): the gradient of a convolution with
+    respect to its input, used to upsample (a U-Net's decoder).
+
+    Parameters
+    ----------
+    in_channels, out_channels:
+        Channels of each input and output sample.
+    kernel_size, stride, dilation:
+        An int or a pair ``(height, width)``.
+    padding:
+        An int or a pair: rows and columns cropped from each side of the
+        full output (``dilation * (kernel_size - 1) - padding`` zeros are
+        implicitly added to the input, as in torch).
+    output_padding:
+        An int or a pair: rows and columns added on the bottom and right
+        of the output, to pick one of the sizes a strided convolution maps
+        to the same size; must be smaller than the stride or the dilation.
+    bias:
+        Whether to learn an additive bias per output channel.
+    init:
+        Weight initialisation as for :class:`Conv2D`, with torch's fans for
+        this weight shape (``fan_in = out_channels * kernel area``); biases
+        start at zero.
+
+    The weight has shape ``(in_channels, out_channels, kh, kw)`` as in
+    PyTorch. The output has ``(H - 1) * s - 2p + d(k - 1) + output_padding
+    + 1`` rows (likewise columns): ``ConvTranspose2D(c, c // 2, 2,
+    stride=2)`` and ``ConvTranspose2D(c, c // 2, 3, stride=2, padding=1,
+    output_padding=1)`` both double ``H`` and ``W``.
+    """
+
+    kind = "ConvTranspose2D"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        output_padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        init: str = "he",
+    ) -> None:
+        name = "ConvTranspose2D"
+        self.in_channels = _int("in_channels", in_channels, name)
+        self.out_channels = _int("out_channels", out_channels, name)
+        self.kernel_size = _pair("kernel_size", kernel_size, name)
+        self.stride = _pair("stride", stride, name)
+        self.padding = _pair("padding", padding, name)
+        self.output_padding = _pair("output_padding", output_padding, name)
+        self.dilation = _pair("dilation", dilation, name)
+        self.bias = bool(bias)
+        self.init = init
+        self._check()
+
+
+class Upsample2D(Layer):
+    """Upsampling of ``(N, C, H, W)`` to ``(N, C, H * sh, W * sw)``
+    (``torch.nn.Upsample(scale_factor=..., mode=...)``).
+
+    Parameters
+    ----------
+    scale_factor:
+        A whole factor, or a pair ``(sh, sw)``.
+    mode:
+        ``"nearest"`` (each value repeated over its ``sh x sw`` block) or
+        ``"bilinear"`` (torch's ``align_corners=False``: output pixel
+        centres mapped back onto the input, edges clamped).
+
+    The gradient of each input is the sum of the gradients of the outputs
+    made from it (times their interpolation weights). No parameters.
+    """
+
+    kind = "Upsample2D"
+
+    def __init__(self, scale_factor: Any = 2, mode: str = "nearest") -> None:
+        self.scale_factor = _pair("scale_factor", scale_factor, "Upsample2D")
+        if not isinstance(mode, str):
+            raise TypeError(f"Upsample2D: mode must be a string, got {type(mode).__name__}")
+        self.mode = mode
+        self._check()
+
+
+class Identity(Layer):
+    """``y = x`` (``torch.nn.Identity``): a placeholder, e.g. for a block
+    switched off in a configurable stack. It copies its input."""
+
+    kind = "Identity"
+
+
 class _Pool(Layer):
     dims = 2
 
@@ -359,9 +438,6 @@ class _Pool(Layer):
         self.stride: Any = self.kernel_size if stride is None else size("stride", stride, name)
         self.padding: Any = size("padding", padding, name)
         self._check()
-
-    def _config(self) -> dict[str, Any]:
-        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
 
 
 class MaxPool2D(_Pool):
@@ -411,12 +487,6 @@ class _BatchNorm(Layer):
         self.momentum = None if momentum is None else _number("momentum", momentum, name)
         self._check()
 
-    def _config(self) -> dict[str, Any]:
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
-
-    def num_params(self) -> int:
-        return 2 * self.num_features
-
 
 class BatchNorm1D(_BatchNorm):
     """Batch normalization over ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``).
@@ -453,23 +523,6 @@ def _layer_classes() -> dict[str, type[Layer]]:
     return out
 
 
-_INIT_PARAMS: dict[type, frozenset[str]] = {}
-
-
-def _init_params(cls: type) -> frozenset[str]:
-    """The constructor's argument names, cached: inspecting a builtin
-    ``__init__`` (layers without arguments) leaves cyclic garbage behind."""
-    names = _INIT_PARAMS.get(cls)
-    if names is None:
-        init = getattr(cls, "__init__")  # noqa: B009 (mypy: not through an instance)
-        if init is object.__init__:
-            names = frozenset()
-        else:
-            names = frozenset(inspect.signature(init).parameters) - {"self"}
-        _INIT_PARAMS[cls] = names
-    return names
-
-
 def from_spec(spec: Any) -> Layer:
     """The layer a spec describes: a mapping (or its JSON text) with
     ``"type"`` (the class name) and the constructor's arguments, as
@@ -489,7 +542,7 @@ def from_spec(spec: Any) -> Layer:
     cls = classes.get(kind)
     if cls is None:
         raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(classes))}")
-    params = _init_params(cls)
+    params = _ARGUMENTS.get(kind, ())
     unknown = [k for k in config if k not in params]
     if unknown:
         raise ValueError(f"{kind}: unknown argument(s) {', '.join(map(repr, unknown))}")

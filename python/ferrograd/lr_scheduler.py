@@ -41,13 +41,12 @@ import copy
 import math
 import numbers
 import warnings
-import weakref
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
-from .optim import Optimizer
+from ._optimizer import Optimizer
 
 __all__ = [
     "LRScheduler",
@@ -67,18 +66,13 @@ _EPOCH_DEPRECATION = (
     "used where the scheduler has one."
 )
 
-# torch keeps a scheduler's shared values ("initial_lr", and OneCycleLR's
-# "max_lr", "min_lr", "max_momentum", "base_momentum") in the optimizer's
-# param group, where every scheduler of that optimizer sees them. ferrograd's
-# optimizers have no param groups, so these live here, one dict per optimizer.
-_GROUPS: weakref.WeakKeyDictionary[Optimizer, dict[str, float]] = weakref.WeakKeyDictionary()
-
 
 def _group(optimizer: Optimizer) -> dict[str, float]:
-    group = _GROUPS.get(optimizer)
-    if group is None:
-        group = _GROUPS[optimizer] = {}
-    return group
+    """The optimizer's shared schedule values: torch keeps ``initial_lr`` (and
+    OneCycleLR's ``max_lr``, ``min_lr``, ``max_momentum``, ``base_momentum``)
+    in the optimizer's param group, where every scheduler of that optimizer
+    sees them; a ferrograd optimizer keeps them in its one group's dict."""
+    return optimizer._sched_group
 
 
 # ------------------------------------------------------------------ argument checks
@@ -1079,3 +1073,54 @@ class ReduceLROnPlateau(LRScheduler):
         self._init_is_better(
             mode=self.mode, threshold=self.threshold, threshold_mode=self.threshold_mode
         )
+
+
+# ------------------------------------------------------------------ model files
+
+
+def _checkpoint(s: LRScheduler) -> dict[str, Any]:
+    """A scheduler's part of a model file (JSON-able): its class and state,
+    and for a :class:`SequentialLR` its children's parts."""
+    state = s.state_dict()
+    out: dict[str, Any] = {"class": type(s).__name__}
+    if isinstance(s, SequentialLR):
+        out["children"] = [_checkpoint(c) for c in s._schedulers]
+        state.pop("_schedulers", None)
+    out["state"] = state
+    return out
+
+
+def _from_checkpoint(data: Any, optimizer: Optimizer, depth: int = 0) -> LRScheduler:
+    """The scheduler of ``optimizer`` a model file's part (what
+    :func:`_checkpoint` wrote) describes; ``ValueError`` for a malformed one."""
+    if not isinstance(data, dict) or not isinstance(data.get("class"), str) or depth > 8:
+        raise ValueError("the file's scheduler entry is malformed")
+    cls = globals().get(data["class"])
+    if not (isinstance(cls, type) and issubclass(cls, LRScheduler)):
+        raise ValueError(f"the file names an unknown scheduler {data['class']!r}")
+    state = data.get("state")
+    if not isinstance(state, dict):
+        raise ValueError(f"the file's {data['class']} state is malformed")
+    state = {k: v for k, v in state.items() if k != "optimizer" and not k.startswith("__")}
+    sched = cls.__new__(cls)
+    sched.optimizer = optimizer
+    if isinstance(sched, SequentialLR):
+        kids = data.get("children")
+        milestones = state.get("_milestones")
+        if (
+            not isinstance(kids, list)
+            or not isinstance(milestones, list)
+            or len(kids) != len(milestones) + 1
+        ):
+            raise ValueError("the file's SequentialLR needs one more child than milestones")
+        children = [_from_checkpoint(c, optimizer, depth + 1) for c in kids]
+        sched._schedulers = children
+        state["_schedulers"] = [c.state_dict() for c in children]
+    try:
+        sched.load_state_dict(state)
+        last = sched.get_last_lr()
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in last):
+            raise ValueError(f"learning rates {last!r}")
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise ValueError(f"the file's {data['class']} state is malformed: {e}") from None
+    return sched

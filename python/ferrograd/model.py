@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,11 +13,16 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from . import _core, losses, serialization
+from . import _core, _parallel, losses
 from . import optim as _optim
 from ._data import as_features, as_target, untorch
+from ._optimizer import CHECKPOINT_PREFIX
 from ._progress import EpochProgress
-from .layers import Layer
+from ._safetensors import file_path, save_file
+from .callbacks import Callback
+from .layers import Dense, Layer
+from .lr_scheduler import LRScheduler, ReduceLROnPlateau
+from .parameter import Parameter
 
 __all__ = ["Sequential", "Parameter", "History", "gradcheck"]
 
@@ -28,6 +32,42 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 _METRICS = ("accuracy",)
 DEFAULT_EVAL_BATCH = 1024
+
+
+class _Checkpoints:
+    """The model file functions :meth:`Sequential.save` and pickling use.
+
+    The file format is :mod:`ferrograd.serialization`'s, which sits above
+    this module (it builds models, optimizers and schedulers); it hands its
+    functions over with :func:`_register_checkpoints` when it is imported,
+    which ``import ferrograd`` does."""
+
+    def __init__(
+        self,
+        save: Callable[..., None],
+        dumps: Callable[[Sequential], bytes],
+        loads: Callable[[bytes], Any],
+    ) -> None:
+        self.save, self.dumps, self.loads = save, dumps, loads
+
+
+_registered: _Checkpoints | None = None
+
+
+def _register_checkpoints(
+    save: Callable[..., None],
+    dumps: Callable[[Sequential], bytes],
+    loads: Callable[[bytes], Any],
+) -> None:
+    """Called by :mod:`ferrograd.serialization` when it is imported."""
+    global _registered
+    _registered = _Checkpoints(save, dumps, loads)
+
+
+def _checkpoints() -> _Checkpoints:
+    if _registered is None:  # `import ferrograd` imports serialization: not reached
+        raise RuntimeError("ferrograd.serialization is not imported")
+    return _registered
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -84,6 +124,7 @@ class _FitSetup:
     metrics: tuple[str, ...]
     clip: tuple[float, float] | None
     diagnostics: bool
+    plan: Any = None  # distributed._FitPlan: data-parallel training
 
 
 @dataclass
@@ -94,55 +135,6 @@ class _FitData:
     y: Any
     weights: np.ndarray | None
     val: tuple[np.ndarray, Any] | None
-
-
-class Parameter:
-    """A view of one model parameter, named as in ``torch.nn``'s ``state_dict``.
-
-    ``value`` and ``grad`` return numpy copies in ``state_dict`` layout
-    (e.g. ``(out_features, in_features)`` for a weight); assigning ``value``
-    writes into the model.
-    """
-
-    def __init__(self, model: Sequential, index: int, name: str, shape: tuple[int, ...]):
-        # The engine's model strongly, the Sequential weakly: a model and its
-        # parameters form no reference cycle, so dropping the model frees it.
-        self._core = model._core
-        self._ref = weakref.ref(model)
-        self._dtype = model.dtype
-        self._index = index
-        self.name = name
-        self.shape = shape
-
-    @property
-    def _model(self) -> Sequential:
-        model = self._ref()
-        if model is None:
-            raise ReferenceError(f"the model of parameter {self.name!r} was freed")
-        return model
-
-    @property
-    def value(self) -> np.ndarray:
-        """A copy of the parameter's values."""
-        return self._core.get_param(self._index)
-
-    @value.setter
-    def value(self, new: Any) -> None:
-        model = self._model
-        model.load_state_dict({**model.state_dict(), self.name: new})
-
-    @property
-    def grad(self) -> np.ndarray:
-        """A copy of the accumulated gradient (zero until a backward pass)."""
-        return self._core.get_grad(self._index)
-
-    @property
-    def numel(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape))
-
-    def __repr__(self) -> str:
-        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype})"
 
 
 class History:
@@ -361,8 +353,12 @@ class Sequential:
     def save_weights(self, path: str | os.PathLike[str]) -> None:
         """Writes the :meth:`state_dict` (weights and buffers, torch's names
         and layouts) as a safetensors file, atomically. torch reads it with
-        ``model.load_state_dict(safetensors.torch.load_file(path))``."""
-        serialization.save_file(self.state_dict(), path, {"format": "pt"})
+        ``model.load_state_dict(safetensors.torch.load_file(path))``. In a
+        data-parallel job (:mod:`ferrograd.distributed`) every rank calls it,
+        rank 0 writes, and the file is complete on return on every rank."""
+        if _parallel.is_writer():
+            save_file(self.state_dict(), path, {"format": "pt"})
+        _parallel.barrier()
 
     def load_weights(self, path: str | os.PathLike[str]) -> None:
         """Loads a safetensors file of weights: one :meth:`save_weights`
@@ -371,10 +367,10 @@ class Sequential:
         :meth:`save` (its optimizer state is ignored). All or nothing, as
         :meth:`load_state_dict`: a bad file or a mismatch raises
         ``ValueError`` naming the keys, and the model is unchanged."""
-        where = serialization._path(path)
+        where = file_path(path)
         tensors, meta = _core.read_safetensors(where)
         weights = {
-            k: v for k, v in tensors if not k.startswith(serialization._OPT_PREFIX)
+            k: v for k, v in tensors if not k.startswith(CHECKPOINT_PREFIX)
         } if "ferrograd" in meta else dict(tensors)  # fmt: skip
         try:
             self.load_state_dict(weights)
@@ -393,9 +389,12 @@ class Sequential:
         and, when given, the optimizer's state and hyper-parameters and a
         scheduler's state. Load it with :func:`ferrograd.load`; training
         resumed from it gives the weights of an uninterrupted run, bit for
-        bit."""
-        tensors, meta = serialization.model_contents(self, optimizer, scheduler)
-        _core.write_safetensors(serialization._path(path), tensors, meta)
+        bit. In a data-parallel job (:mod:`ferrograd.distributed`) every
+        rank calls it, rank 0 writes, and the file is complete and loadable
+        on every rank when the call returns."""
+        if _parallel.is_writer():
+            _checkpoints().save(self, path, optimizer, scheduler)
+        _parallel.barrier()
 
     # Pickle and copy.deepcopy go through the bytes of `save`, plus the
     # Python attributes (history, the latest optimizer, ...).
@@ -404,7 +403,7 @@ class Sequential:
     )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        blob = serialization.dumps(self)
+        blob = _checkpoints().dumps(self)
         extra = {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
         return (_unpickle_model, (blob,), extra)
 
@@ -487,6 +486,7 @@ class Sequential:
         sample_weight: Any = None,
         clip_grad_norm: float | None = None,
         diagnostics: bool = False,
+        distributed: bool | str = False,
     ) -> History:
         """Trains the model; returns a :class:`History`.
 
@@ -548,6 +548,19 @@ class Sequential:
             update-to-weight ratio, per activation layer the fraction of dead
             ReLU units or saturated sigmoid/tanh outputs; each the mean over
             the epoch's steps.
+        distributed:
+            Data-parallel training over MPI (see :mod:`ferrograd.distributed`;
+            launch with ``mpiexec -n N python -m mpi4py script.py``). ``True``
+            (``"split"``): every rank passes the same data, ``batch_size`` is
+            the global batch, split across ranks; the weights equal a
+            single-process run's to rounding. ``"shard"``: each rank passes
+            its own part of the data, ``batch_size`` is the per-rank batch,
+            every rank runs the smallest part's step count each epoch, and
+            validation metrics are those of the union of the ranks'
+            ``validation_data``. Rank 0's weights and random state are
+            broadcast first; settings that differ across ranks raise
+            ``ValueError`` ("mismatch"); logs are reduced across ranks; the
+            progress display, ``CSVLogger`` and saving write on rank 0 only.
 
         The epochs run in Rust with the GIL released; Ctrl-C stops within a
         fraction of a second with ``KeyboardInterrupt``, leaving the model
@@ -563,6 +576,17 @@ class Sequential:
         data = self._fit_data(
             setup, X, y, validation_data, validation_split, class_weight, sample_weight
         )
+        if distributed is not False:
+            from .distributed import _FitPlan
+
+            setup.plan = _FitPlan(self, distributed, len(data.x), setup.batch_size,
+                                  epochs=setup.epochs, initial_epoch=setup.initial_epoch,
+                                  shuffle=setup.shuffle, loss=setup.spec,
+                                  optimizer=type(setup.opt).__name__, clip_grad_norm=setup.clip,
+                                  validation=data.val is not None,
+                                  scheduler_interval=scheduler_interval)  # fmt: skip
+            if setup.plan.rank != 0:
+                setup.verbose = 0
         return self._fit_loop(setup, data)
 
     def _fit_setup(
@@ -593,8 +617,6 @@ class Sequential:
         initial_epoch = _int_arg("initial_epoch", initial_epoch, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         verbose = _int_arg("verbose", verbose, 0)
-        from .callbacks import Callback
-
         cbs = list(callbacks) if callbacks is not None else []
         for i, cb in enumerate(cbs):
             if not isinstance(cb, Callback):
@@ -605,8 +627,6 @@ class Sequential:
             raise ValueError(
                 f'scheduler_interval must be "epoch" or "step", got {scheduler_interval!r}'
             )
-        from .lr_scheduler import LRScheduler, ReduceLROnPlateau
-
         plateau = isinstance(scheduler, ReduceLROnPlateau)
         if scheduler is not None:
             if not isinstance(scheduler, LRScheduler):
@@ -704,7 +724,7 @@ class Sequential:
     def _fit_loop(self, setup: _FitSetup, data: _FitData) -> History:
         """The epochs, with the callbacks, the scheduler and the History."""
         s, cbs, opt = setup, setup.callbacks, setup.opt
-        steps = -(-len(data.x) // s.batch_size)
+        steps = -(-len(data.x) // s.batch_size) if s.plan is None else s.plan.steps
         keys = ["loss", *s.metrics]
         if data.val is not None:
             keys += [f"val_{k}" for k in keys]
@@ -774,22 +794,23 @@ class Sequential:
         report = self._reporter(progress, batch_cbs, s.metrics)
         steps_before = opt.steps
         try:
-            train_loss, train_acc = self._core.train_epoch(
+            train_loss, train_acc, totals = self._core.train_epoch(
                 data.x,
                 data.y,
                 s.spec,
                 opt._core,
-                s.batch_size,
-                s.shuffle,
-                epoch + 1,
-                False,  # check: _fit_data validated the data
-                report,
-                lrs,
-                momenta,
-                bool(batch_cbs),
-                data.weights,
-                s.clip,
-                s.diagnostics,
+                batch_size=s.batch_size,
+                shuffle=s.shuffle,
+                epoch=epoch + 1,
+                check=False,  # _fit_data validated the data
+                callback=report,
+                lrs=lrs,
+                momenta=momenta,
+                every_step=bool(batch_cbs),
+                sample_weight=data.weights,
+                clip=s.clip,
+                diagnostics=s.diagnostics,
+                **(s.plan.epoch_kwargs() if s.plan is not None else {}),
             )
         except BaseException:
             progress.abort()
@@ -801,11 +822,16 @@ class Sequential:
             if lrs is not None and taken < len(lrs):
                 assert scheduler is not None and snap is not None
                 scheduler._rewind(snap, taken)
+        if s.plan is not None:
+            train_loss, train_acc = s.plan.train_logs(totals)
         logs = {"loss": train_loss}
         if "accuracy" in s.metrics and train_acc is not None:
             logs["accuracy"] = train_acc
         if data.val is not None:
-            vl, va = self._core.evaluate(data.val[0], data.val[1], s.spec, DEFAULT_EVAL_BATCH)
+            if s.plan is None:
+                vl, va = self._core.evaluate(data.val[0], data.val[1], s.spec, DEFAULT_EVAL_BATCH)
+            else:
+                vl, va = s.plan.validate(self, *data.val, s.spec, DEFAULT_EVAL_BATCH)
             logs["val_loss"] = vl
             if "accuracy" in s.metrics and va is not None:
                 logs["val_accuracy"] = va
@@ -892,25 +918,43 @@ class Sequential:
         loss: str | losses.Loss,
         metrics: Sequence[str] | None = None,
         batch_size: int = DEFAULT_EVAL_BATCH,
+        distributed: bool = False,
     ) -> dict[str, float]:
         """Mean loss (and metrics) over a dataset in inference mode:
-        ``{"loss": ..., "accuracy": ...}``."""
+        ``{"loss": ..., "accuracy": ...}``. With ``distributed=True`` every
+        rank passes the same data, evaluates its part, and gets the whole
+        result (see :mod:`ferrograd.distributed`)."""
         loss_fn = losses.get(loss)
         metric_names = self._metrics_for(loss_fn, metrics)
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa, ya = self._prepare(X, y, loss_fn, "X")
-        value, acc = self._core.evaluate(xa, ya, loss_fn._spec(), batch_size)
+        acc: float | None
+        if distributed:
+            from .distributed import _evaluate
+
+            value, acc = _evaluate(self, xa, ya, loss_fn._spec(), batch_size)
+        else:
+            value, acc = self._core.evaluate(xa, ya, loss_fn._spec(), batch_size)
         self._input_shape = tuple(xa.shape[1:])
         out = {"loss": value}
         if "accuracy" in metric_names and acc is not None:
             out["accuracy"] = acc
         return out
 
-    def predict(self, X: Any, batch_size: int = DEFAULT_EVAL_BATCH) -> np.ndarray:
-        """The model's output for ``X`` in inference mode, computed in batches."""
+    def predict(
+        self, X: Any, batch_size: int = DEFAULT_EVAL_BATCH, distributed: bool = False
+    ) -> np.ndarray:
+        """The model's output for ``X`` in inference mode, computed in batches.
+        With ``distributed=True`` every rank passes the same ``X``, computes
+        its part, and gets the whole output (see :mod:`ferrograd.distributed`)."""
         batch_size = _int_arg("batch_size", batch_size, 1)
         xa = as_features(X, self.dtype, "X")
-        out = self._core.predict(xa, batch_size)
+        if distributed:
+            from .distributed import _predict
+
+            out = _predict(self, xa, batch_size)
+        else:
+            out = self._core.predict(xa, batch_size)
         self._input_shape = tuple(xa.shape[1:])
         return out
 
@@ -920,8 +964,6 @@ class Sequential:
         shape = input_shape if input_shape is not None else self._input_shape
         if shape is None:
             first = self.layers[0]
-            from .layers import Dense
-
             if isinstance(first, Dense):
                 shape = (first.in_features,)
             else:
@@ -970,7 +1012,7 @@ class Sequential:
 
 
 def _unpickle_model(blob: bytes) -> Sequential:
-    model: Sequential = serialization.loads(blob)
+    model: Sequential = _checkpoints().loads(blob)
     return model
 
 

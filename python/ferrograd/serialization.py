@@ -13,150 +13,38 @@
 Files are read by the Rust core (the ``safetensors`` crate), which checks
 the header, dtypes, shapes and offsets before allocating anything the file
 controls; a bad file raises ``ValueError`` and changes nothing.
+
+This module owns the model file format (the metadata, the architecture);
+it sits above the model, the optimizers and the schedulers, each of which
+writes and reads its own part (``Optimizer._checkpoint``,
+``lr_scheduler._checkpoint``). The plain safetensors functions are
+``ferrograd._safetensors``'s, re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, lr_scheduler, optim
 from . import layers as _layers
-from ._data import untorch
-
-if TYPE_CHECKING:
-    from .lr_scheduler import LRScheduler
-    from .model import Sequential
-    from .optim import Optimizer
+from . import model as _model
+from ._optimizer import CHECKPOINT_PREFIX as _OPT_PREFIX
+from ._safetensors import file_path as _path
+from ._safetensors import load_file, save_file
+from ._safetensors import read_metadata as read_metadata
+from .lr_scheduler import LRScheduler
+from .model import Sequential
+from .optim import Optimizer
 
 __all__ = ["save_file", "load_file", "load"]
 
 #: Format version of the ``"ferrograd"`` metadata entry of model files.
 FORMAT_VERSION = 1
-_OPT_PREFIX = "optimizer.state."
-
-
-def _path(path: Any) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return os.fspath(path)
-
-
-def _tensor(name: str, value: Any) -> np.ndarray:
-    a = np.asarray(untorch(value))
-    if a.dtype.kind == "f":
-        a = a.astype(np.float64 if a.dtype == np.float64 else np.float32, copy=False)
-    elif a.dtype.kind in "biu":
-        a = a.astype(np.int64, copy=False)
-    else:
-        raise TypeError(f"tensor {name!r} has dtype {a.dtype}, expected numbers")
-    return np.require(a, requirements=["C", "A"])  # keeps 0-d arrays 0-d
-
-
-def _items(tensors: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
-    if not isinstance(tensors, Mapping):
-        raise TypeError(
-            f"tensors must be a mapping of names to arrays, got {type(tensors).__name__}"
-        )
-    out = []
-    for name, v in tensors.items():
-        if not isinstance(name, str):
-            raise TypeError(f"tensor names must be strings, got {name!r}")
-        out.append((name, _tensor(name, v)))
-    return out
-
-
-def _meta(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise TypeError("metadata must map strings to strings")
-    return dict(metadata)
-
-
-def save_file(
-    tensors: Mapping[str, Any],
-    path: str | os.PathLike[str],
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Writes ``{name: array}`` as a safetensors file, atomically: a
-    temporary file in the same folder, flushed and fsynced, then renamed
-    over ``path``, so a crash leaves the previous file intact. Floats are
-    stored as float32 or float64 (float16 arrays as float32), integers and
-    bools as int64; ``metadata`` maps strings to strings."""
-    _core.write_safetensors(_path(path), _items(tensors), _meta(metadata))
-
-
-def load_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Reads a safetensors file as ``{name: array}`` (in name order):
-    float16 and bfloat16 become float32, every integer type int64. A file
-    that is not a valid safetensors file raises ``ValueError``."""
-    tensors, _ = _core.read_safetensors(_path(path))
-    return dict(tensors)
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The metadata map of a safetensors file (after checking the file)."""
-    _, meta = _core.read_safetensors(_path(path))
-    return dict(meta)
-
-
-# ---------------------------------------------------------------- model files
-
-
-def _scheduler_json(s: LRScheduler) -> dict[str, Any]:
-    from .lr_scheduler import SequentialLR
-
-    state = s.state_dict()
-    out: dict[str, Any] = {"class": type(s).__name__}
-    if isinstance(s, SequentialLR):
-        out["children"] = [_scheduler_json(c) for c in s._schedulers]
-        state.pop("_schedulers", None)
-    out["state"] = state
-    return out
-
-
-def _scheduler_from_json(data: Any, optimizer: Optimizer, depth: int = 0) -> LRScheduler:
-    from . import lr_scheduler
-
-    if not isinstance(data, dict) or not isinstance(data.get("class"), str) or depth > 8:
-        raise ValueError("the file's scheduler entry is malformed")
-    cls = getattr(lr_scheduler, data["class"], None)
-    if not (isinstance(cls, type) and issubclass(cls, lr_scheduler.LRScheduler)):
-        raise ValueError(f"the file names an unknown scheduler {data['class']!r}")
-    state = data.get("state")
-    if not isinstance(state, dict):
-        raise ValueError(f"the file's {data['class']} state is malformed")
-    state = {k: v for k, v in state.items() if k != "optimizer" and not k.startswith("__")}
-    sched = cls.__new__(cls)
-    sched.optimizer = optimizer
-    if isinstance(sched, lr_scheduler.SequentialLR):
-        kids = data.get("children")
-        milestones = state.get("_milestones")
-        if (
-            not isinstance(kids, list)
-            or not isinstance(milestones, list)
-            or len(kids) != len(milestones) + 1
-        ):
-            raise ValueError("the file's SequentialLR needs one more child than milestones")
-        children = [_scheduler_from_json(c, optimizer, depth + 1) for c in kids]
-        sched._schedulers = children
-        state["_schedulers"] = [c.state_dict() for c in children]
-    try:
-        sched.load_state_dict(state)
-        last = sched.get_last_lr()
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in last):
-            raise ValueError(f"learning rates {last!r}")
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
-        raise ValueError(f"the file's {data['class']} state is malformed: {e}") from None
-    return sched
 
 
 def _json_default(v: Any) -> Any:
@@ -173,9 +61,6 @@ def model_contents(
     model: Sequential, optimizer: Optimizer | None = None, scheduler: LRScheduler | None = None
 ) -> tuple[list[tuple[str, np.ndarray]], dict[str, str]]:
     """The tensors and metadata :meth:`Sequential.save` writes."""
-    from .lr_scheduler import LRScheduler
-    from .optim import Optimizer
-
     info: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "architecture": [json.loads(ly._spec()) for ly in model.layers],
@@ -193,24 +78,14 @@ def model_contents(
             )
         if optimizer._mcore is not model._core:
             raise ValueError("the optimizer belongs to another model")
-        steps, slots = optimizer._core.get_state()
-        info["optimizer"] = {
-            "class": type(optimizer).__name__,
-            "config": optimizer.defaults,
-            "params": [p._index for p in optimizer.params],
-            "steps": steps,
-            "slots": len(slots[0]) if slots else 0,
-            "group": optimizer._sched_values(),
-        }
-        for i, arrays in enumerate(slots):
-            for k, a in enumerate(arrays):
-                tensors.append((f"{_OPT_PREFIX}{i}.{k}", a))
+        info["optimizer"], opt_tensors = optimizer._checkpoint()
+        tensors += opt_tensors
     if scheduler is not None:
         if not isinstance(scheduler, LRScheduler):
             raise TypeError(f"scheduler must be an LR scheduler, got {type(scheduler).__name__}")
         if optimizer is None or scheduler.optimizer is not optimizer:
             raise ValueError("save a scheduler together with the optimizer it schedules")
-        info["scheduler"] = _scheduler_json(scheduler)
+        info["scheduler"] = lr_scheduler._checkpoint(scheduler)
     meta = {
         "format": "ferrograd",
         "ferrograd": json.dumps(info, default=_json_default, allow_nan=True),
@@ -241,8 +116,6 @@ def model_from_contents(
     tensors: Mapping[str, np.ndarray], meta: Mapping[str, str], where: str
 ) -> tuple[Sequential, dict[str, Any]]:
     """The model a file describes, and its metadata object."""
-    from .model import Sequential
-
     info = _model_info(meta, where)
     arch = info.get("architecture")
     if not isinstance(arch, list) or not arch:
@@ -290,58 +163,12 @@ def optimizer_from_contents(
     model: Sequential, tensors: Mapping[str, np.ndarray], info: Mapping[str, Any], where: str
 ) -> Optimizer:
     """The optimizer a model file holds, bound to ``model``."""
-    from . import optim
-
     data = info.get("optimizer")
     if not isinstance(data, dict):
         raise ValueError(
             f"{where} holds no optimizer: save it with model.save(path, optimizer=opt)"
         )
-    cls = getattr(optim, str(data.get("class")), None)
-    if not (isinstance(cls, type) and issubclass(cls, optim.Optimizer)) or cls is optim.Optimizer:
-        raise ValueError(f"{where} names an unknown optimizer {data.get('class')!r}")
-    params = data.get("params")
-    n = len(model.parameters())
-    if not isinstance(params, list) or not all(isinstance(i, int) and 0 <= i < n for i in params):
-        raise ValueError(f"{where}: the optimizer's parameters do not match the model")
-    steps, nslots = data.get("steps", 0), data.get("slots", 0)
-    if not isinstance(steps, int) or steps < 0 or not isinstance(nslots, int) or nslots < 0:
-        raise ValueError(f"{where}: the optimizer's step count is malformed")
-    slots = []
-    for i in range(len(params)):
-        arrays = []
-        for k in range(nslots):
-            key = f"{_OPT_PREFIX}{i}.{k}"
-            if key not in tensors:
-                raise ValueError(f"{where}: the optimizer state lacks {key!r}")
-            arrays.append(np.ascontiguousarray(tensors[key], dtype=model.dtype))
-        slots.append(arrays)
-    expected = {f"{_OPT_PREFIX}{i}.{k}" for i in range(len(params)) for k in range(nslots)}
-    extra = sorted(k for k in tensors if k.startswith(_OPT_PREFIX) and k not in expected)
-    if extra:
-        raise ValueError(
-            f"{where}: the optimizer state does not match the optimizer; unexpected: "
-            + ", ".join(extra[:5])
-        )
-    config = data.get("config")
-    if not isinstance(config, dict):
-        raise ValueError(f"{where}: the optimizer's config is malformed")
-    plist = model.parameters()
-    opt = cls.__new__(cls)
-    opt.params = [plist[i] for i in params]
-    opt.defaults = dict(config)
-    group = data.get("group") or {}
-    try:
-        if not opt.params:
-            raise ValueError("it updates no parameters")
-        opt._bind(opt.params[0], config)
-        opt._core.set_state(steps, slots)
-        if not isinstance(group, dict):
-            raise TypeError("the scheduler values must be an object")
-        opt._set_sched_values({k: optim._num(k, v) for k, v in group.items()})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: the optimizer does not match the model: {e}") from None
-    return opt
+    return optim._from_checkpoint(model, tensors, data, where)
 
 
 def load(
@@ -376,7 +203,7 @@ def _load_contents(
         return model, opt
     if "scheduler" not in info:
         raise ValueError(f"{where} holds no scheduler: save it with model.save(..., scheduler=s)")
-    return model, opt, _scheduler_from_json(info["scheduler"], opt)
+    return model, opt, lr_scheduler._from_checkpoint(info["scheduler"], opt)
 
 
 def loads(data: bytes, with_optimizer: bool = False, with_scheduler: bool = False) -> Any:
@@ -391,3 +218,20 @@ def dumps(
     """The bytes :meth:`Sequential.save` would write."""
     tensors, meta = model_contents(model, optimizer, scheduler)
     return _core.dumps_safetensors(tensors, meta)
+
+
+def _save(
+    model: Sequential,
+    path: str | os.PathLike[str],
+    optimizer: Optimizer | None = None,
+    scheduler: LRScheduler | None = None,
+) -> None:
+    """What :meth:`Sequential.save` does: the model file, written atomically."""
+    tensors, meta = model_contents(model, optimizer, scheduler)
+    _core.write_safetensors(_path(path), tensors, meta)
+
+
+# `Sequential.save` and pickling write and read model files, whose format is
+# this module's; it sits above the model (it builds models, optimizers and
+# schedulers), so it hands the model module its functions here.
+_model._register_checkpoints(_save, dumps, loads)

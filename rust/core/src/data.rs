@@ -59,6 +59,19 @@ pub fn first_non_finite<T: Float>(v: &[T]) -> Option<usize> {
     first_where(v, non_finite)
 }
 
+/// Copies the selected rows of `src` (`row_len` elements each, already in
+/// the model's element type) into `out` (which must hold `rows.len() *
+/// row_len` elements): [`Features::gather`] without a conversion.
+pub fn gather_rows<T: Float>(src: &[T], rows: Rows<'_>, row_len: usize, out: &mut [T]) {
+    let out = &mut out[..rows.len() * row_len];
+    par_rows(out, row_len, row_len / 8 + 1, 1, |r0, chunk| {
+        for (i, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
+            let s = rows.get(r0 + i) * row_len;
+            dst.copy_from_slice(&src[s..s + row_len]);
+        }
+    });
+}
+
 /// A borrowed, contiguous, batch-first feature array.
 #[derive(Clone, Copy, Debug)]
 pub enum Features<'a> {
@@ -173,15 +186,19 @@ impl Features<'_> {
                 Features::F32(v) => (v.as_ptr() as *const i8, 4),
                 Features::F64(v) => (v.as_ptr() as *const i8, 8),
             };
-            let bytes = row_len * elem;
+            // A slice spans at most `isize::MAX` bytes, so `total` cannot
+            // overflow; the row offsets are checked.
+            let total = self.len() * elem;
+            let Some(bytes) = row_len.checked_mul(elem) else { return };
             for i in 0..rows.len() {
-                let start = rows.get(i) * bytes;
-                if start + bytes > self.len() * elem {
+                let Some(start) = rows.get(i).checked_mul(bytes) else { continue };
+                if start > total || bytes > total - start {
                     continue;
                 }
                 for off in (0..bytes).step_by(64) {
-                    // SAFETY: `start + off` lies inside the borrowed buffer
-                    // (checked above), and a prefetch never faults or writes.
+                    // SAFETY: `start + off < start + bytes <= total` lies
+                    // inside the borrowed buffer (checked above, without
+                    // overflow), and a prefetch never faults or writes.
                     unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(start + off)) };
                 }
             }

@@ -1,12 +1,37 @@
 //! The scalar types the engine computes in: `f32` (default) and `f64`.
+//!
+//! [`Float`] is sealed: the SIMD kernels pick lane counts, masks and
+//! instructions from `size_of::<T>()` and assume an IEEE `f32` or `f64`
+//! underneath, so an implementation for any other type would let safe code
+//! read and write out of bounds. This module imports nothing from the rest
+//! of the crate: everything else builds on it.
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
-/// A floating-point element type (`f32` or `f64`).
+mod sealed {
+    /// Implemented for `f32` and `f64` only, and not nameable outside this
+    /// crate, so nothing else can implement [`super::Float`].
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type: `f32` or `f64`, and nothing else.
+///
+/// Sealed (the kernels rely on the size and bit layout of these two types
+/// for their unsafe vector code): its supertrait `sealed::Sealed` lives in
+/// a private module, so no other crate can implement it, nor therefore
+/// `Float`:
+///
+/// ```compile_fail,E0603
+/// struct Half(u16);
+/// impl ferrograd::float::sealed::Sealed for Half {}
+/// ```
 pub trait Float:
-    Copy
+    sealed::Sealed
+    + Copy
     + Send
     + Sync
     + Debug
@@ -48,8 +73,6 @@ pub trait Float:
     /// compiled with FMA enabled).
     fn mul_add(self, a: Self, b: Self) -> Self;
     fn is_finite(self) -> bool;
-    /// Views a slice of this type as model input.
-    fn as_features(s: &[Self]) -> crate::data::Features<'_>;
     #[inline]
     fn from_usize(v: usize) -> Self {
         Self::from_f64(v as f64)
@@ -83,11 +106,8 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $erf:path, $feat:ident) => {
+    ($t:ty, $name:expr, $erf:path) => {
         impl Float for $t {
-            fn as_features(s: &[Self]) -> crate::data::Features<'_> {
-                crate::data::Features::$feat(s)
-            }
             const NAME: &'static str = $name;
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -196,5 +216,5 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, "float32", libm::erff, F32);
-impl_float!(f64, "float64", libm::erf, F64);
+impl_float!(f32, "float32", libm::erff);
+impl_float!(f64, "float64", libm::erf);

@@ -2,7 +2,10 @@
 //!
 //! - [`kernels`]: matrix products, activations and reductions over slices,
 //!   parallel over disjoint output chunks, deterministic for any thread count.
-//! - [`layers`]: one file per layer, registered in [`layers::LayerSpec`].
+//! - [`layers`]: one file per layer, registered by one line in the list
+//!   that defines [`layers::LayerSpec`].
+//! - [`layout`]: how a sample's values are ordered in a buffer (planar or
+//!   channels-last), shared by the kernels and the layers.
 //! - [`loss`]: MSE, softmax cross-entropy and binary cross-entropy from logits.
 //! - [`optim`]: SGD, Adam, AdamW and RMSprop with torch's update equations.
 //! - [`clip`]: gradient clipping by the total norm, as torch's `clip_grad_norm_`.
@@ -13,11 +16,12 @@
 //!
 //! ```
 //! use ferrograd::{Data, EpochOptions, Features, Flow, Init, LayerSpec, Loss, Sequential, Target};
+//! use ferrograd::layers::{DenseSpec, TanhSpec};
 //! use ferrograd::optim::{OptimConfig, Optimizer};
-//! let specs = vec![
-//!     LayerSpec::Dense { in_features: 2, out_features: 8, bias: true, init: Init::He },
-//!     LayerSpec::Tanh,
-//!     LayerSpec::Dense { in_features: 8, out_features: 2, bias: true, init: Init::Xavier },
+//! let specs: Vec<LayerSpec> = vec![
+//!     DenseSpec { in_features: 2, out_features: 8, bias: true, init: Init::He }.into(),
+//!     TanhSpec {}.into(),
+//!     DenseSpec { in_features: 8, out_features: 2, bias: true, init: Init::Xavier }.into(),
 //! ];
 //! let mut model = Sequential::<f32>::new(specs, 0).unwrap();
 //! let x = [0.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0];
@@ -40,6 +44,7 @@ pub mod error;
 pub mod float;
 pub mod kernels;
 pub mod layers;
+pub mod layout;
 pub mod loss;
 pub mod memory;
 pub mod model;
@@ -57,8 +62,8 @@ pub use layers::{Init, LayerSpec, Padding};
 pub use loss::{Loss, LossSpec, LossTotals, Target};
 pub use memory::MemoryLimit;
 pub use model::{
-    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, GraphInput,
-    GraphLayer, GraphNode, GraphSpec, Losses, NodeSpec, ParamEntry, ParamStats, Progress, Sequential,
-    StateEntry, StateKind, StateValues, Totals,
+    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, GradHook, GraphInput,
+    GraphLayer, GraphNode, GraphSpec, Losses, NodeSpec, Parallel, ParamEntry, ParamStats, Progress,
+    Sequential, StateEntry, StateKind, StateValues, Totals,
 };
 pub use optim::{OptimConfig, Optimizer};

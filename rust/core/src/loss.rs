@@ -440,6 +440,43 @@ pub fn loss_grad<T: Float>(
     grad: Option<&mut [T]>,
     stats: &mut [RowStat],
 ) -> Result<LossTotals> {
+    loss_grad_over(spec, out, rows, cols, target, sample_weight, grad, stats, None)
+}
+
+/// The denominator of the mean loss over the samples `rows` (indices into
+/// `target`, a whole data set's): the samples, their class weights
+/// (cross-entropy with `weight`) or the elements; summed in `rows`' order,
+/// as [`loss_grad`] sums a batch's.
+pub fn mean_denom<T: Float>(spec: &LossSpec, target: Target<'_, T>, rows: &[usize], cols: usize) -> f64 {
+    match (spec.kind, target, spec.weight.as_deref()) {
+        (Loss::CrossEntropy, Target::Labels(l), Some(w)) => rows
+            .iter()
+            .map(|&i| {
+                l.get(i).and_then(|&c| usize::try_from(c).ok()).and_then(|c| w.get(c)).map_or(0.0, |&v| v)
+            })
+            .sum(),
+        (Loss::CrossEntropy, _, _) => rows.len() as f64,
+        _ => (rows.len() * cols) as f64,
+    }
+}
+
+/// [`loss_grad`] whose gradient is that of the loss sum divided by `denom`
+/// when given, instead of by this batch's own denominator: data-parallel
+/// training gives each process's part of a batch the whole batch's
+/// [`mean_denom`], so that the parts' gradients sum to the whole batch's.
+/// The totals are this batch's own either way.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_grad_over<T: Float>(
+    spec: &LossSpec,
+    out: &[T],
+    rows: usize,
+    cols: usize,
+    target: Target<'_, T>,
+    sample_weight: Option<&[T]>,
+    grad: Option<&mut [T]>,
+    stats: &mut [RowStat],
+    denom: Option<f64>,
+) -> Result<LossTotals> {
     let loss = spec.kind;
     if cols == 0 || rows == 0 {
         return Ok(LossTotals::default());
@@ -486,11 +523,12 @@ pub fn loss_grad<T: Float>(
     let sw = |i: usize| sample_weight.map_or(T::ONE, |w| w[i]);
     // The mean's denominator: known before any gradient (it depends on
     // the targets only), and summed in row order.
-    let denom: f64 = match (loss, target, cx.weight) {
+    let own = || match (loss, target, cx.weight) {
         (Loss::CrossEntropy, Target::Labels(l), Some(w)) => l[..rows].iter().map(|&c| w[c as usize]).sum(),
         (Loss::CrossEntropy, _, _) => rows as f64,
         _ => (rows * cols) as f64,
     };
+    let denom: f64 = denom.unwrap_or_else(own);
     let inv = if denom > 0.0 { T::from_f64(1.0 / denom) } else { T::ZERO };
     let parallel = rows * cols >= crate::kernels::PAR_MIN_WORK / 16
         && !crate::kernels::team::in_job()

@@ -454,7 +454,7 @@ mod tests {
     }
 
     fn dense(i: usize, o: usize) -> crate::LayerSpec {
-        crate::LayerSpec::Dense { in_features: i, out_features: o, bias: true, init: crate::Init::He }
+        crate::layers::DenseSpec { in_features: i, out_features: o, bias: true, init: crate::Init::He }.into()
     }
 
     /// 1000 x 1000 weights and biases, twice (gradients), in float32.

@@ -318,7 +318,7 @@ impl<T: Float> Optimizer<T> {
         self.check_len(params, grads)?;
         self.prepare()?;
         let (cfg, sc) = (self.config.clone(), self.scalars());
-        self.stretches(params, grads, window, |st| drive(st, |_, st| update(&cfg, sc, st)));
+        self.stretches(params, grads, window, |st| drive(st, |_, st| update(&cfg, sc, st, &mut Plain)));
         Ok(())
     }
 
@@ -417,14 +417,19 @@ struct Stretch<'a, T> {
     c: &'a mut [T],
 }
 
-/// The update of one stretch, on this thread.
-fn update<T: Float>(cfg: &OptimConfig, sc: StepScalars<T>, st: Stretch<'_, T>) {
+/// The update of one stretch, on this thread, watched by `o`: [`Plain`]
+/// (a step) or [`Sums`] (a measured step, for diagnostics). Both run the
+/// one definition of each optimizer's per-element update ([`sgd`],
+/// [`adam`], [`rmsprop`]), so they give the same bits.
+fn update<T: Float, O: Watch<T>>(cfg: &OptimConfig, sc: StepScalars<T>, st: Stretch<'_, T>, o: &mut O) {
     let Stretch { p, g, a, b, c } = st;
     match *cfg {
-        OptimConfig::Sgd { momentum, nesterov, .. } => sgd(sc, momentum != 0.0, sc.first, nesterov, p, g, a),
-        OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => adam(sc, p, g, a, b),
+        OptimConfig::Sgd { momentum, nesterov, .. } => {
+            sgd(sc, momentum != 0.0, sc.first, nesterov, p, g, a, o)
+        }
+        OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => adam(sc, p, g, a, b, o),
         OptimConfig::RmsProp { momentum, centered, .. } => {
-            rmsprop(sc, momentum != 0.0, centered, p, g, a, b, c)
+            rmsprop(sc, momentum != 0.0, centered, p, g, a, b, c, o)
         }
     }
 }
@@ -452,7 +457,7 @@ fn measured<T: Float>(
             b: part_mut(b, i, e),
             c: part_mut(c, i, e),
         };
-        update_watched(cfg, sc, st, &mut sums);
+        update(cfg, sc, st, &mut sums);
         let slot = (s0 + i) / CHUNK;
         // SAFETY: slot `k` sums offsets `k * CHUNK .. (k + 1) * CHUNK` of the
         // window, which one call alone processes: `drive` hands out whole
@@ -463,6 +468,26 @@ fn measured<T: Float>(
         cell[0] = sums.total();
         i = e;
     }
+}
+
+/// What an update pass does besides updating: nothing ([`Plain`]) or
+/// measuring what it sees ([`Sums`]).
+trait Watch<T: Float> {
+    /// Whether [`Watch::see`] does anything. A constant, so the plain pass
+    /// compiles to the bare update loop (no copies of the old weights).
+    const ON: bool;
+    /// Element `g` changed a weight from `old` to `new`; `l < LANES` is its
+    /// lane (its index modulo [`LANES`]).
+    fn see(&mut self, l: usize, g: T, old: T, new: T);
+}
+
+/// A plain step: nothing is watched.
+struct Plain;
+
+impl<T: Float> Watch<T> for Plain {
+    const ON: bool = false;
+    #[inline(always)]
+    fn see(&mut self, _: usize, _: T, _: T, _: T) {}
 }
 
 /// Lanes of a measured update's sums (a multiple of every vector width).
@@ -483,6 +508,16 @@ impl<T: Float> Sums<T> {
         Sums { g: [T::ZERO; LANES], w: [T::ZERO; LANES], d: [T::ZERO; LANES] }
     }
 
+    /// The three sums, the lanes added in order in float64.
+    fn total(&self) -> [f64; 3] {
+        let f = |a: &[T; LANES]| a.iter().map(|v| v.to_f64()).sum::<f64>();
+        [f(&self.g), f(&self.w), f(&self.d)]
+    }
+}
+
+impl<T: Float> Watch<T> for Sums<T> {
+    const ON: bool = true;
+
     /// Fused multiply-adds: the measured kernels are compiled with FMA
     /// (AVX2 or AVX-512 builds; the portable fallback pays for software FMA).
     #[inline(always)]
@@ -492,236 +527,6 @@ impl<T: Float> Sums<T> {
         let d = new - old;
         self.d[l] = d.mul_add(d, self.d[l]);
     }
-
-    /// The three sums, the lanes added in order in float64.
-    fn total(&self) -> [f64; 3] {
-        let f = |a: &[T; LANES]| a.iter().map(|v| v.to_f64()).sum::<f64>();
-        [f(&self.g), f(&self.w), f(&self.d)]
-    }
-}
-
-/// `f(p, g, a, b, c)` on each element (`b`, `c` may be empty: then
-/// `T::ZERO` placeholders are passed and dropped), watching it in lane
-/// `i % LANES`: runs of `LANES` elements the compiler vectorizes.
-#[inline(always)]
-fn watched<T: Float>(s: &mut Sums<T>, p: &mut [T], g: &[T], a: &mut [T], f: impl Fn(&mut T, T, &mut T)) {
-    let n = p.len();
-    let (g, a) = (&g[..n], &mut a[..n]);
-    let (pc, pr) = p.as_chunks_mut::<LANES>();
-    let (gc, gr) = g.as_chunks::<LANES>();
-    let (ac, ar) = a.as_chunks_mut::<LANES>();
-    // Per run of LANES: keep the old weights, update, then add the run to
-    // the sums (two loops of fixed length, each vectorized on its own).
-    for ((p, g), a) in pc.iter_mut().zip(gc).zip(ac.iter_mut()) {
-        let old = *p;
-        for l in 0..LANES {
-            f(&mut p[l], g[l], &mut a[l]);
-        }
-        for l in 0..LANES {
-            s.see(l, g[l], old[l], p[l]);
-        }
-    }
-    for (l, ((p, &g), a)) in pr.iter_mut().zip(gr).zip(ar.iter_mut()).enumerate() {
-        let old = *p;
-        f(p, g, a);
-        s.see(l, g, old, *p);
-    }
-}
-
-/// [`watched`] for updates with two state slots.
-#[inline(always)]
-fn watched2<T: Float>(
-    s: &mut Sums<T>,
-    p: &mut [T],
-    g: &[T],
-    a: &mut [T],
-    b: &mut [T],
-    f: impl Fn(&mut T, T, &mut T, &mut T),
-) {
-    let n = p.len();
-    let (g, a, b) = (&g[..n], &mut a[..n], &mut b[..n]);
-    let (pc, pr) = p.as_chunks_mut::<LANES>();
-    let (gc, gr) = g.as_chunks::<LANES>();
-    let (ac, ar) = a.as_chunks_mut::<LANES>();
-    let (bc, br) = b.as_chunks_mut::<LANES>();
-    // Per run of LANES: keep the old weights, update, then add the run to
-    // the sums (two loops of fixed length, each vectorized on its own).
-    for (((p, g), a), b) in pc.iter_mut().zip(gc).zip(ac.iter_mut()).zip(bc.iter_mut()) {
-        let old = *p;
-        for l in 0..LANES {
-            f(&mut p[l], g[l], &mut a[l], &mut b[l]);
-        }
-        for l in 0..LANES {
-            s.see(l, g[l], old[l], p[l]);
-        }
-    }
-    for (l, (((p, &g), a), b)) in pr.iter_mut().zip(gr).zip(ar.iter_mut()).zip(br.iter_mut()).enumerate() {
-        let old = *p;
-        f(p, g, a, b);
-        s.see(l, g, old, *p);
-    }
-}
-
-/// The update of one stretch, on this thread, measured into `s`: the same
-/// arithmetic as [`update`], element for element.
-fn update_watched<T: Float>(cfg: &OptimConfig, sc: StepScalars<T>, st: Stretch<'_, T>, s: &mut Sums<T>) {
-    let Stretch { p, g, a, b, c } = st;
-    match *cfg {
-        OptimConfig::Sgd { momentum, nesterov, .. } => {
-            sgd_watched(sc, momentum != 0.0, sc.first, nesterov, p, g, a, s)
-        }
-        OptimConfig::Adam { .. } | OptimConfig::AdamW { .. } => adam_watched(sc, p, g, a, b, s),
-        OptimConfig::RmsProp { momentum, centered, .. } => {
-            rmsprop_watched(sc, momentum != 0.0, centered, p, g, a, b, c, s)
-        }
-    }
-}
-
-/// [`watched`] for updates with three state slots.
-#[inline(always)]
-fn watched3<T: Float>(
-    s: &mut Sums<T>,
-    p: &mut [T],
-    g: &[T],
-    a: &mut [T],
-    b: &mut [T],
-    c: &mut [T],
-    f: impl Fn(&mut T, T, &mut T, &mut T, &mut T),
-) {
-    let n = p.len();
-    let (g, a, b, c) = (&g[..n], &mut a[..n], &mut b[..n], &mut c[..n]);
-    let (pc, pr) = p.as_chunks_mut::<LANES>();
-    let (gc, gr) = g.as_chunks::<LANES>();
-    let (ac, ar) = a.as_chunks_mut::<LANES>();
-    let (bc, br) = b.as_chunks_mut::<LANES>();
-    let (cc, cr) = c.as_chunks_mut::<LANES>();
-    // Per run of LANES: keep the old weights, update, then add the run to
-    // the sums (two loops of fixed length, each vectorized on its own).
-    for ((((p, g), a), b), c) in
-        pc.iter_mut().zip(gc).zip(ac.iter_mut()).zip(bc.iter_mut()).zip(cc.iter_mut())
-    {
-        let old = *p;
-        for l in 0..LANES {
-            f(&mut p[l], g[l], &mut a[l], &mut b[l], &mut c[l]);
-        }
-        for l in 0..LANES {
-            s.see(l, g[l], old[l], p[l]);
-        }
-    }
-    for (l, ((((p, &g), a), b), c)) in
-        pr.iter_mut().zip(gr).zip(ar.iter_mut()).zip(br.iter_mut()).zip(cr.iter_mut()).enumerate()
-    {
-        let old = *p;
-        f(p, g, a, b, c);
-        s.see(l, g, old, *p);
-    }
-}
-
-crate::multiversion! {
-fn rmsprop_watched<T: Float>(
-    sc: StepScalars<T>,
-    has_m: bool,
-    centered: bool,
-    p: &mut [T],
-    g: &[T],
-    v: &mut [T],
-    buf: &mut [T],
-    ga: &mut [T],
-    s: &mut Sums<T>,
-) {
-    let one = T::ONE;
-    let (lr, wd, alpha, ac, mom, eps) = (sc.lr, sc.wd, sc.a, one - sc.a, sc.b, sc.eps);
-    // One closure per branch, so each loop is branch-free.
-    macro_rules! run {
-        ($centered:expr, $has_m:expr) => {
-            watched3(s, p, g, v, buf, ga, |p, g, v, buf, ga| {
-                let d = g + wd * *p;
-                *v = *v * alpha + ac * d * d;
-                let avg = if $centered {
-                    *ga += ac * (d - *ga);
-                    (*v - *ga * *ga).sqrt() + eps
-                } else {
-                    (*v).sqrt() + eps
-                };
-                if $has_m {
-                    *buf = *buf * mom + d / avg;
-                    *p -= lr * *buf;
-                } else {
-                    *p -= lr * (d / avg);
-                }
-            })
-        };
-    }
-    match (centered, has_m) {
-        (true, true) => run!(true, true),
-        (true, false) => run!(true, false),
-        (false, true) => run!(false, true),
-        (false, false) => run!(false, false),
-    }
-}
-}
-
-crate::multiversion! {
-fn sgd_watched<T: Float>(
-    sc: StepScalars<T>,
-    has_m: bool,
-    first: bool,
-    nesterov: bool,
-    p: &mut [T],
-    g: &[T],
-    buf: &mut [T],
-    s: &mut Sums<T>,
-) {
-    let (lr, wd, mom, damp) = (sc.lr, sc.wd, sc.a, sc.b);
-    match (has_m, first, nesterov) {
-        (false, _, _) => watched(s, p, g, buf, |p, g, _| *p -= lr * (g + wd * *p)),
-        (true, true, false) => watched(s, p, g, buf, |p, g, b| {
-            let d = g + wd * *p;
-            *b = d;
-            *p -= lr * d;
-        }),
-        (true, true, true) => watched(s, p, g, buf, |p, g, b| {
-            let d = g + wd * *p;
-            *b = d;
-            *p -= lr * (d + mom * d);
-        }),
-        (true, false, false) => watched(s, p, g, buf, |p, g, b| {
-            let d = g + wd * *p;
-            *b = mom * *b + damp * d;
-            *p -= lr * *b;
-        }),
-        (true, false, true) => watched(s, p, g, buf, |p, g, b| {
-            let d = g + wd * *p;
-            *b = mom * *b + damp * d;
-            *p -= lr * (d + mom * *b);
-        }),
-    }
-}
-}
-
-crate::multiversion! {
-fn adam_watched<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: &mut Sums<T>) {
-    let one = T::ONE;
-    let (b1c, b2, b2c) = (one - sc.a, sc.b, one - sc.b);
-    let (step, bc2, eps) = (sc.c, sc.d, sc.eps);
-    if sc.flag {
-        let shrink = one - sc.lr * sc.wd;
-        watched2(s, p, g, m, v, |p, d, m, v| {
-            *p *= shrink;
-            *m += b1c * (d - *m);
-            *v = *v * b2 + b2c * d * d;
-            *p -= step * (*m / ((*v).sqrt() / bc2 + eps));
-        });
-    } else {
-        let wd = sc.wd;
-        watched2(s, p, g, m, v, |p, g, m, v| {
-            let d = g + wd * *p;
-            *m += b1c * (d - *m);
-            *v = *v * b2 + b2c * d * d;
-            *p -= step * (*m / ((*v).sqrt() / bc2 + eps));
-        });
-    }
-}
 }
 
 const PAR_MIN: usize = 1 << 17;
@@ -775,11 +580,126 @@ fn drive<T: Float>(st: Stretch<'_, T>, f: impl Fn(usize, Stretch<'_, T>) + Sync 
     });
 }
 
-// The update loops below hoist every branch out of the element loop so the
-// compiler vectorizes them; each follows torch.optim's documented equations.
+// The drivers below run an update closure `f(p, g, state..)` on every
+// element of a stretch, watched by `o`. Unwatched (`O::ON` false, known at
+// compile time): one loop over the zipped slices, which the compiler
+// vectorizes. Watched: runs of `LANES` elements, each run updated (its old
+// weights kept) and then seen, two loops of fixed length that vectorize on
+// their own, then the remainder in lane `i % LANES`. Every element gets
+// the same `f` either way, so both passes give the same bits.
+
+/// The driver for updates with one state slot (`a`, unused by plain SGD).
+#[inline(always)]
+fn each1<T: Float, O: Watch<T>>(o: &mut O, p: &mut [T], g: &[T], a: &mut [T], f: impl Fn(&mut T, T, &mut T)) {
+    let n = p.len();
+    let (g, a) = (&g[..n], &mut a[..n]);
+    if !O::ON {
+        p.iter_mut().zip(g).zip(a).for_each(|((p, &g), a)| f(p, g, a));
+        return;
+    }
+    let (pc, pr) = p.as_chunks_mut::<LANES>();
+    let (gc, gr) = g.as_chunks::<LANES>();
+    let (ac, ar) = a.as_chunks_mut::<LANES>();
+    for ((p, g), a) in pc.iter_mut().zip(gc).zip(ac.iter_mut()) {
+        let old = *p;
+        for l in 0..LANES {
+            f(&mut p[l], g[l], &mut a[l]);
+        }
+        for l in 0..LANES {
+            o.see(l, g[l], old[l], p[l]);
+        }
+    }
+    for (l, ((p, &g), a)) in pr.iter_mut().zip(gr).zip(ar.iter_mut()).enumerate() {
+        let old = *p;
+        f(p, g, a);
+        o.see(l, g, old, *p);
+    }
+}
+
+/// [`each1`] for updates with two state slots.
+#[inline(always)]
+fn each2<T: Float, O: Watch<T>>(
+    o: &mut O,
+    p: &mut [T],
+    g: &[T],
+    a: &mut [T],
+    b: &mut [T],
+    f: impl Fn(&mut T, T, &mut T, &mut T),
+) {
+    let n = p.len();
+    let (g, a, b) = (&g[..n], &mut a[..n], &mut b[..n]);
+    if !O::ON {
+        p.iter_mut().zip(g).zip(a).zip(b).for_each(|(((p, &g), a), b)| f(p, g, a, b));
+        return;
+    }
+    let (pc, pr) = p.as_chunks_mut::<LANES>();
+    let (gc, gr) = g.as_chunks::<LANES>();
+    let (ac, ar) = a.as_chunks_mut::<LANES>();
+    let (bc, br) = b.as_chunks_mut::<LANES>();
+    for (((p, g), a), b) in pc.iter_mut().zip(gc).zip(ac.iter_mut()).zip(bc.iter_mut()) {
+        let old = *p;
+        for l in 0..LANES {
+            f(&mut p[l], g[l], &mut a[l], &mut b[l]);
+        }
+        for l in 0..LANES {
+            o.see(l, g[l], old[l], p[l]);
+        }
+    }
+    for (l, (((p, &g), a), b)) in pr.iter_mut().zip(gr).zip(ar.iter_mut()).zip(br.iter_mut()).enumerate() {
+        let old = *p;
+        f(p, g, a, b);
+        o.see(l, g, old, *p);
+    }
+}
+
+/// [`each1`] for updates with three state slots.
+#[inline(always)]
+fn each3<T: Float, O: Watch<T>>(
+    o: &mut O,
+    p: &mut [T],
+    g: &[T],
+    a: &mut [T],
+    b: &mut [T],
+    c: &mut [T],
+    f: impl Fn(&mut T, T, &mut T, &mut T, &mut T),
+) {
+    let n = p.len();
+    let (g, a, b, c) = (&g[..n], &mut a[..n], &mut b[..n], &mut c[..n]);
+    if !O::ON {
+        p.iter_mut().zip(g).zip(a).zip(b).zip(c).for_each(|((((p, &g), a), b), c)| f(p, g, a, b, c));
+        return;
+    }
+    let (pc, pr) = p.as_chunks_mut::<LANES>();
+    let (gc, gr) = g.as_chunks::<LANES>();
+    let (ac, ar) = a.as_chunks_mut::<LANES>();
+    let (bc, br) = b.as_chunks_mut::<LANES>();
+    let (cc, cr) = c.as_chunks_mut::<LANES>();
+    for ((((p, g), a), b), c) in
+        pc.iter_mut().zip(gc).zip(ac.iter_mut()).zip(bc.iter_mut()).zip(cc.iter_mut())
+    {
+        let old = *p;
+        for l in 0..LANES {
+            f(&mut p[l], g[l], &mut a[l], &mut b[l], &mut c[l]);
+        }
+        for l in 0..LANES {
+            o.see(l, g[l], old[l], p[l]);
+        }
+    }
+    for (l, ((((p, &g), a), b), c)) in
+        pr.iter_mut().zip(gr).zip(ar.iter_mut()).zip(br.iter_mut()).zip(cr.iter_mut()).enumerate()
+    {
+        let old = *p;
+        f(p, g, a, b, c);
+        o.see(l, g, old, *p);
+    }
+}
+
+// Each optimizer's per-element update, written once: one closure per
+// branch, chosen outside the element loop so every loop is branch-free and
+// vectorizes. Each follows torch.optim's documented equations.
 
 crate::multiversion! {
-fn sgd<T: Float>(
+fn sgd<T: Float, O: Watch<T>>(
     sc: StepScalars<T>,
     has_m: bool,
     first: bool,
@@ -787,32 +707,27 @@ fn sgd<T: Float>(
     p: &mut [T],
     g: &[T],
     buf: &mut [T],
+    o: &mut O,
 ) {
     let (lr, wd, mom, damp) = (sc.lr, sc.wd, sc.a, sc.b);
-    if !has_m {
-        for (p, &g) in p.iter_mut().zip(g) {
-            *p -= lr * (g + wd * *p);
-        }
-        return;
-    }
-    let it = p.iter_mut().zip(g).zip(buf.iter_mut());
-    match (first, nesterov) {
-        (true, false) => it.for_each(|((p, &g), b)| {
+    match (has_m, first, nesterov) {
+        (false, _, _) => each1(o, p, g, buf, |p, g, _| *p -= lr * (g + wd * *p)),
+        (true, true, false) => each1(o, p, g, buf, |p, g, b| {
             let d = g + wd * *p;
             *b = d;
             *p -= lr * d;
         }),
-        (true, true) => it.for_each(|((p, &g), b)| {
+        (true, true, true) => each1(o, p, g, buf, |p, g, b| {
             let d = g + wd * *p;
             *b = d;
             *p -= lr * (d + mom * d);
         }),
-        (false, false) => it.for_each(|((p, &g), b)| {
+        (true, false, false) => each1(o, p, g, buf, |p, g, b| {
             let d = g + wd * *p;
             *b = mom * *b + damp * d;
             *p -= lr * *b;
         }),
-        (false, true) => it.for_each(|((p, &g), b)| {
+        (true, false, true) => each1(o, p, g, buf, |p, g, b| {
             let d = g + wd * *p;
             *b = mom * *b + damp * d;
             *p -= lr * (d + mom * *b);
@@ -822,15 +737,14 @@ fn sgd<T: Float>(
 }
 
 crate::multiversion! {
-fn adam<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+fn adam<T: Float, O: Watch<T>>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], o: &mut O) {
     let one = T::ONE;
     let (b1c, b2, b2c) = (one - sc.a, sc.b, one - sc.b);
     let (step, bc2, eps) = (sc.c, sc.d, sc.eps);
-    let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
     if sc.flag {
         // AdamW: decoupled decay, then the Adam step on the raw gradient.
         let shrink = one - sc.lr * sc.wd;
-        it.for_each(|(((p, &d), m), v)| {
+        each2(o, p, g, m, v, |p, d, m, v| {
             *p *= shrink;
             // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
             *m += b1c * (d - *m);
@@ -839,7 +753,7 @@ fn adam<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut
         });
     } else {
         let wd = sc.wd;
-        it.for_each(|(((p, &g), m), v)| {
+        each2(o, p, g, m, v, |p, g, m, v| {
             let d = g + wd * *p;
             *m += b1c * (d - *m);
             *v = *v * b2 + b2c * d * d;
@@ -850,7 +764,7 @@ fn adam<T: Float>(sc: StepScalars<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut
 }
 
 crate::multiversion! {
-fn rmsprop<T: Float>(
+fn rmsprop<T: Float, O: Watch<T>>(
     sc: StepScalars<T>,
     has_m: bool,
     centered: bool,
@@ -859,24 +773,36 @@ fn rmsprop<T: Float>(
     v: &mut [T],
     buf: &mut [T],
     ga: &mut [T],
+    o: &mut O,
 ) {
     let one = T::ONE;
     let (lr, wd, alpha, ac, mom, eps) = (sc.lr, sc.wd, sc.a, one - sc.a, sc.b, sc.eps);
-    for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
-        let d = g + wd * *p;
-        v[i] = v[i] * alpha + ac * d * d;
-        let avg = if centered {
-            ga[i] += ac * (d - ga[i]);
-            (v[i] - ga[i] * ga[i]).sqrt() + eps
-        } else {
-            v[i].sqrt() + eps
+    // One closure per branch, so each loop is branch-free.
+    macro_rules! run {
+        ($centered:expr, $has_m:expr) => {
+            each3(o, p, g, v, buf, ga, |p, g, v, buf, ga| {
+                let d = g + wd * *p;
+                *v = *v * alpha + ac * d * d;
+                let avg = if $centered {
+                    *ga += ac * (d - *ga);
+                    (*v - *ga * *ga).sqrt() + eps
+                } else {
+                    (*v).sqrt() + eps
+                };
+                if $has_m {
+                    *buf = *buf * mom + d / avg;
+                    *p -= lr * *buf;
+                } else {
+                    *p -= lr * (d / avg);
+                }
+            })
         };
-        if has_m {
-            buf[i] = buf[i] * mom + d / avg;
-            *p -= lr * buf[i];
-        } else {
-            *p -= lr * (d / avg);
-        }
+    }
+    match (centered, has_m) {
+        (true, true) => run!(true, true),
+        (true, false) => run!(true, false),
+        (false, true) => run!(false, true),
+        (false, false) => run!(false, false),
     }
 }
 }

@@ -1,5 +1,5 @@
-//! Python exceptions for the core's errors, and the one helper every heavy
-//! call goes through.
+//! Python exceptions for the core's errors, the non-waiting lock of models
+//! and optimizers, and the one helper every heavy call goes through.
 
 use ferrograd::{threads, Error, ErrorKind};
 use pyo3::exceptions::{
@@ -7,6 +7,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 pyo3::create_exception!(
     _core,
@@ -75,6 +76,27 @@ pub fn panic_err(panic: Box<dyn std::any::Any + Send>) -> PyErr {
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
     InternalError::new_err(format!("internal error in ferrograd (please report it): {msg}"))
+}
+
+/// The error for a model or optimizer that another call is using.
+pub fn in_use(what: &str) -> PyErr {
+    PyRuntimeError::new_err(format!(
+        "this {what} is in use by another call (a fit, predict or other call on it is running \
+         in another thread, or a callback is calling it during a training step); one model can \
+         run one call at a time: give each thread its own model (copy.deepcopy), or wait for \
+         the other call to finish"
+    ))
+}
+
+/// Locks without waiting: the lock is only ever held by a running call.
+pub fn try_lock<'a, T>(m: &'a Mutex<T>, what: &str) -> PyResult<MutexGuard<'a, T>> {
+    match m.try_lock() {
+        Ok(g) => Ok(g),
+        // A panic is caught inside the call that held the lock; its state is
+        // whatever the core left, which every core call keeps consistent.
+        Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+        Err(TryLockError::WouldBlock) => Err(in_use(what)),
+    }
 }
 
 /// Adds the exception classes to the module.

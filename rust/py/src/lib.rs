@@ -5,11 +5,13 @@
 
 mod arrays;
 mod clip;
+mod distributed;
 mod errors;
 mod layers;
 mod loss;
 mod memory;
 mod model;
+mod net;
 mod optim;
 mod persist;
 mod threads;
@@ -18,10 +20,13 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<model::PyModel>()?;
+    m.add_class::<net::PyModel>()?;
     m.add_class::<optim::PyOptimizer>()?;
     m.add_function(wrap_pyfunction!(layers::check_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_types, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_info, m)?)?;
     m.add_function(wrap_pyfunction!(clip::clip_coef, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::reduce_grads, m)?)?;
     m.add_function(wrap_pyfunction!(clip::check_clip, m)?)?;
     m.add_function(wrap_pyfunction!(loss::loss_value, m)?)?;
     m.add_function(wrap_pyfunction!(loss::check_loss, m)?)?;

@@ -5,7 +5,7 @@ use crate::arrays::{new_array, slice_err, target_array};
 use crate::errors::{compute, guarded, ShapeError};
 
 use ferrograd::loss::{check_sample_weights, loss_grad, validate_target, RowStat};
-use ferrograd::{Error, Float, Loss, LossSpec};
+use ferrograd::{Error, Float, Loss, LossSpec, Totals};
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -13,6 +13,12 @@ use pyo3::prelude::*;
 /// Parses a loss (a name or its JSON configuration).
 pub fn parse_loss(text: &str) -> PyResult<LossSpec> {
     guarded(|| LossSpec::from_json(text))
+}
+
+/// `(mean loss, accuracy or None)`: the weighted total of a model with
+/// several outputs, and its first output's accuracy.
+pub fn totals_tuple(t: &Totals, loss: Loss) -> (f64, Option<f64>) {
+    (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
 }
 
 /// Borrows optional per-sample weights of the model's dtype.

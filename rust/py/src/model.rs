@@ -1,14 +1,17 @@
-//! `ferrograd._core.Model`: a compiled `Sequential` of either float type.
+//! The methods of `ferrograd._core.Model` (the handle itself, `PyModel`, is
+//! in `net.rs`, below the optimizer that holds one): build, state, forward
+//! and backward, the fused training epoch, evaluation and prediction.
 
 use crate::arrays::{in_array, new_array, slice_err, target_array, InArray, TargetArray};
 use crate::errors::{compute, guarded, panic_err, to_py};
 use crate::layers::parse_specs;
-use crate::loss::sample_weights;
+use crate::loss::{sample_weights, totals_tuple};
+use crate::net::{with_net, Net, PyModel};
 use crate::optim::{Opt, PyOptimizer};
 use ferrograd::optim::Optimizer;
 use ferrograd::{
     threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Features, Float, Flow,
-    GraphSpec, Loss, Losses, Sequential, StateKind, StateValues, Target, Totals,
+    GraphSpec, Losses, Parallel, Sequential, StateKind, StateValues, Target, Totals,
 };
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -17,75 +20,16 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
-pub enum Net {
-    F32(Sequential<f32>),
-    F64(Sequential<f64>),
-}
+/// `(loss sum, its denominator, correct, accuracy's denominator)`: totals
+/// that add up across processes.
+pub type RawTotals = (f64, f64, u64, u64);
 
-/// Dispatches `$body` over the model's element type, binding `$m` to the
-/// `Sequential<T>` and `$t` to `T`.
-macro_rules! with_net {
-    ($net:expr, $m:ident, $t:ident, $body:expr) => {
-        match $net {
-            Net::F32($m) => {
-                type $t = f32;
-                $body
-            }
-            Net::F64($m) => {
-                type $t = f64;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use with_net;
-
-/// A compiled Sequential model (use `ferrograd.Sequential`).
-///
-/// Frozen, with the model behind a mutex that calls never wait for: a call
-/// while another one runs (from another thread, or from a callback during
-/// an epoch) gets a `RuntimeError` that says so, instead of PyO3's
-/// "Already borrowed".
-#[pyclass(module = "ferrograd._core", name = "Model", frozen)]
-pub struct PyModel {
-    net: Mutex<Net>,
-}
-
-/// The error for a model or optimizer that another call is using.
-pub fn in_use(what: &str) -> PyErr {
-    PyRuntimeError::new_err(format!(
-        "this {what} is in use by another call (a fit, predict or other call on it is running \
-         in another thread, or a callback is calling it during a training step); one model can \
-         run one call at a time: give each thread its own model (copy.deepcopy), or wait for \
-         the other call to finish"
-    ))
-}
-
-/// Locks without waiting: the lock is only ever held by a running call.
-pub fn try_lock<'a, T>(m: &'a Mutex<T>, what: &str) -> PyResult<MutexGuard<'a, T>> {
-    match m.try_lock() {
-        Ok(g) => Ok(g),
-        // A panic is caught inside the call that held the lock; its state is
-        // whatever the core left, which every core call keeps consistent.
-        Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-        Err(TryLockError::WouldBlock) => Err(in_use(what)),
-    }
-}
-
-impl PyModel {
-    /// The model, or the in-use error.
-    pub fn lock(&self) -> PyResult<MutexGuard<'_, Net>> {
-        try_lock(&self.net, "model")
-    }
-}
-
-/// `(mean loss, accuracy or None)`: the weighted total of a model with
-/// several outputs, and its first output's accuracy.
-pub fn totals_tuple(t: &Totals, loss: Loss) -> (f64, Option<f64>) {
-    (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
+/// The raw totals of a one-output model's loss (data-parallel training and
+/// evaluation take models with one output).
+fn raw_totals(t: &Totals) -> RawTotals {
+    t.outputs.first().map_or((0.0, 0.0, 0, 0), |t| (t.loss_sum, t.denom, t.correct, t.acc_units))
 }
 
 /// The losses of a call: a loss name or JSON configuration, or a JSON list
@@ -231,11 +175,18 @@ fn train_impl<T: Element + Float>(
     w: Option<&Bound<'_, PyAny>>,
     opts: &EpochOptions,
     callback: Option<Py<PyAny>>,
-) -> PyResult<(f64, Option<f64>)> {
+    reduce: Option<Py<PyAny>>,
+) -> PyResult<(f64, Option<f64>, RawTotals)> {
     let loss = opts.loss.spec(0).kind;
     let xa = input_arrays(x)?;
     let (feats, n, shapes) = batches(&xa)?;
     let out_shapes = m.output_shapes(&shapes).map_err(to_py)?;
+    if opts.parallel.is_some() && out_shapes.len() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "data-parallel training takes a model with one output, this one has {}",
+            out_shapes.len()
+        )));
+    }
     let ya = items(y).iter().map(target_array::<T>).collect::<PyResult<Vec<TargetArray<'_, T>>>>()?;
     if ya.len() != out_shapes.len() {
         return Err(PyValueError::new_err(format!(
@@ -268,6 +219,8 @@ fn train_impl<T: Element + Float>(
     // thread has run the callback (so a callback sees every step in order
     // and can stop the epoch before the next one).
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
+    let hook = reduce.as_ref().map(crate::distributed::ReduceHook::new);
+    let hook = hook.as_ref();
     let (py_err, result) = py.detach(move || {
         let stop = AtomicBool::new(false);
         // Set when a callback asked to stop training: the epoch ends early,
@@ -280,7 +233,9 @@ fn train_impl<T: Element + Float>(
                 let tx = tx;
                 catch_unwind(AssertUnwindSafe(move || {
                     threads::install(move || {
-                        m.train_epoch(data, opt, opts, &mut |p| {
+                        let mut reduce = hook.map(|h| move |g: &mut [T]| h.call(g));
+                        let reduce = reduce.as_mut().map(|r| r as ferrograd::GradHook<'_, T>);
+                        let progress = &mut |p: &ferrograd::Progress| {
                             let sent = tx.send(p.clone()).is_ok();
                             if every_step && sent {
                                 let _ = ack_rx.recv();
@@ -292,7 +247,8 @@ fn train_impl<T: Element + Float>(
                             } else {
                                 Ok(Flow::Continue)
                             }
-                        })
+                        };
+                        m.train_epoch_reduced(data, opt, opts, progress, reduce)
                     })
                 }))
             });
@@ -328,11 +284,14 @@ fn train_impl<T: Element + Float>(
         });
         (py_err, result)
     });
-    if let Some(e) = py_err {
+    if let Some(e) = py_err.or_else(|| hook.and_then(|h| h.take_err())) {
         return Err(e);
     }
     match result {
-        Ok(Ok(Ok(Ok(t)))) => Ok(totals_tuple(&t, loss)),
+        Ok(Ok(Ok(Ok(t)))) => {
+            let (mean, acc) = totals_tuple(&t, loss);
+            Ok((mean, acc, raw_totals(&t)))
+        }
         Ok(Ok(Ok(Err(e)))) | Ok(Ok(Err(e))) => Err(to_py(e)),
         Ok(Err(p)) | Err(p) => Err(panic_err(p)),
     }
@@ -387,7 +346,7 @@ impl PyModel {
                 }
             })
         })?;
-        Ok(PyModel { net: Mutex::new(net) })
+        Ok(PyModel::wrap(net))
     }
 
     /// The model's graph as JSON (a `Sequential` is a chain).
@@ -573,12 +532,38 @@ impl PyModel {
         })
     }
 
+    /// `(loss sum, its denominator, correct, accuracy's denominator)` over
+    /// a dataset: [`evaluate`](Self::evaluate)'s totals, which add up
+    /// across the parts of a dataset (data-parallel evaluation).
+    #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None))]
+    fn evaluate_totals(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &str,
+        batch_size: usize,
+        sample_weight: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<RawTotals> {
+        let loss = parse_losses(loss, None)?;
+        with_net!(&mut *self.lock()?, m, _T, {
+            with_data(m, x, y, sample_weight, |m, data| {
+                let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
+                Ok(raw_totals(&t))
+            })
+        })
+    }
+
     /// One training epoch; `callback(step, steps, samples, loss, acc)` is
     /// called about every 0.1 s from the calling thread (after every step
     /// with `every_step`, the epoch waiting for it each time). `lrs` and
     /// `momenta` give the learning rate and momentum of each step.
+    /// Data-parallel: `parallel` is `("split", rank, ranks, 0)` or
+    /// `("shard", rank, ranks, steps)`, and `reduce(view)` is called once per
+    /// step on a memoryview of the flat gradient buffer to sum it in place
+    /// across processes. Returns `(loss, accuracy or None, raw totals)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, y, loss, optimizer, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, loss_weights=None))]
+    #[pyo3(signature = (x, y, loss, optimizer, *, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, loss_weights=None, parallel=None, reduce=None))]
     fn train_epoch(
         slf: &Bound<'_, Self>,
         x: &Bound<'_, PyAny>,
@@ -597,9 +582,27 @@ impl PyModel {
         clip: Option<(f64, f64)>,
         diagnostics: bool,
         loss_weights: Option<Vec<f64>>,
-    ) -> PyResult<(f64, Option<f64>)> {
+        parallel: Option<(String, usize, usize, usize)>,
+        reduce: Option<Py<PyAny>>,
+    ) -> PyResult<(f64, Option<f64>, RawTotals)> {
         let py = slf.py();
         let clip = clip.map(|(max_norm, p)| ClipNorm::new(max_norm, p)).transpose().map_err(to_py)?;
+        let parallel = match parallel {
+            None => None,
+            Some((mode, rank, ranks, steps)) => {
+                let p = match mode.as_str() {
+                    "split" => Parallel::Split { rank, ranks },
+                    "shard" => Parallel::Shard { ranks, steps },
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "unknown parallel mode {other:?}; expected \"split\" or \"shard\""
+                        )))
+                    }
+                };
+                p.check().map_err(to_py)?;
+                Some(p)
+            }
+        };
         let opts = EpochOptions {
             loss: parse_losses(loss, loss_weights)?,
             batch_size,
@@ -611,6 +614,7 @@ impl PyModel {
             every_step,
             clip,
             diagnostics,
+            parallel,
         };
         let o = optimizer.get();
         if !o.model.bind(py).is(slf) {
@@ -619,8 +623,12 @@ impl PyModel {
         let mut me = slf.get().lock()?;
         let mut opt = o.lock()?;
         match (&mut *me, &mut *opt) {
-            (Net::F32(m), Opt::F32(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
-            (Net::F64(m), Opt::F64(opt)) => train_impl(py, m, opt, x, y, sample_weight, &opts, callback),
+            (Net::F32(m), Opt::F32(opt)) => {
+                train_impl(py, m, opt, x, y, sample_weight, &opts, callback, reduce)
+            }
+            (Net::F64(m), Opt::F64(opt)) => {
+                train_impl(py, m, opt, x, y, sample_weight, &opts, callback, reduce)
+            }
             _ => Err(PyValueError::new_err("optimizer and model dtypes differ")),
         }
     }

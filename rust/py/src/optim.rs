@@ -2,8 +2,8 @@
 //! one model.
 
 use crate::arrays::new_array;
-use crate::errors::{compute, guarded, to_py, ShapeError};
-use crate::model::{try_lock, with_net, Net, PyModel};
+use crate::errors::{compute, guarded, to_py, try_lock, ShapeError};
+use crate::net::{with_net, Net, PyModel};
 use ferrograd::optim::{OptimConfig, Optimizer};
 use ferrograd::Float;
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};

@@ -25,7 +25,7 @@
 use crate::float::Float;
 use crate::kernels::activation::Act;
 use crate::kernels::transpose::transpose;
-use crate::layers::Layout;
+use crate::layout::Layout;
 use std::marker::PhantomData;
 
 /// One reduction segment: `len` steps starting `a` and `b` elements into
@@ -176,7 +176,10 @@ mod avx512 {
 
     // SAFETY (all methods): only called from functions compiled with
     // `avx512f` enabled, on a CPU that `Tiles::detect` found to support it;
-    // pointers are valid for a full vector, which the callers guarantee.
+    // the callers guarantee that pointers are valid for a full vector of
+    // `L` elements (`load`, `store`) or for `n <= L` (the partial ones,
+    // whose masks touch no more). `T` is f32 or f64 (`Float` is sealed), so
+    // `L` is 16 or 8 and a mask of `n` bits fits its `u16` or `u8`.
     impl<T: Float> Simd<T> for Avx512<T> {
         type V = __m512;
         const L: usize = 64 / std::mem::size_of::<T>();
@@ -264,12 +267,17 @@ unsafe fn tile_body<T: Float, S: Simd<T>, const R: usize, const V: usize>(t: &Ti
             for (v, cv) in row.iter_mut().enumerate() {
                 *cv = match t.init {
                     0 => S::zero(),
-                    1 => S::load_partial(t.out.add(r * t.out_rs + v * S::L), lanes(v)),
+                    // Wrapping: with no live lanes in vector `v` the address
+                    // may lie past the end, and nothing is read.
+                    1 => S::load_partial(t.out.wrapping_add(r * t.out_rs + v * S::L), lanes(v)),
                     _ => S::load(t.row.add(v * S::L)),
                 };
             }
         }
         for s in std::slice::from_raw_parts(t.segs, t.nseg) {
+            if s.len == 0 {
+                continue;
+            }
             let mut pa = t.a.add(s.a);
             let mut pb = t.b.add(s.b);
             for _ in 0..s.len {
@@ -283,8 +291,10 @@ unsafe fn tile_body<T: Float, S: Simd<T>, const R: usize, const V: usize>(t: &Ti
                         *cv = S::fma(x, b, *cv);
                     }
                 }
-                pa = pa.add(t.a_ts);
-                pb = pb.add(t.b_ts);
+                // Wrapping: after the last step the pointers may point past
+                // the end; they are not read again.
+                pa = pa.wrapping_add(t.a_ts);
+                pb = pb.wrapping_add(t.b_ts);
             }
         }
         for (r, row) in c.iter().enumerate() {
@@ -334,11 +344,14 @@ macro_rules! tile_table {
 }
 
 /// The micro-kernels for the CPU at hand.
+///
+/// Its fields are private: [`Tiles::run`] checks its bounds with `lanes`,
+/// which must be the width the chosen kernels really load and store.
 pub struct Tiles<T> {
     /// Lanes per vector.
-    pub lanes: usize,
+    lanes: usize,
     /// Most rows per tile (what fits the registers with two vectors a row).
-    pub rows: usize,
+    rows: usize,
     fns: [[Option<TileFn<T>>; 2]; MAX_ROWS + 1],
 }
 
@@ -376,11 +389,23 @@ impl<T: Float> Tiles<T> {
         Tiles { lanes: PORTABLE_LANES, rows: 3, fns: tile_table!(tile_base, T, 1 2 3) }
     }
 
+    /// Lanes per vector (channel blocks and panels are padded to it).
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// Most rows per tile (what fits the registers with two vectors a row).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Runs one tile of `rows` rows by `vecs` vectors of lanes:
     /// `out[r * out.rs + j] = init + sum_s sum_t a[s.a + t*a_ts + r*a_rs] *
     /// b[s.b + t*b_ts + j]` (then `max(0, .)` with `relu`) for `j <
     /// out.live`. Panics if any element it would touch lies outside the
-    /// slices, or the tile shape is not supported.
+    /// slices (the extents are computed with checked arithmetic, so sizes
+    /// whose products overflow are refused too), or the tile shape is not
+    /// supported.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -401,9 +426,16 @@ impl<T: Float> Tiles<T> {
             .then(|| self.fns.get(rows).and_then(|r| r[vecs - 1]))
             .flatten()
             .unwrap_or_else(|| panic!("conv tile: no kernel for {rows} rows x {vecs} vectors"));
+        // `rows >= 1` and `vecs <= 2` here (a kernel exists for them).
         let width = vecs * self.lanes;
         assert!(out.live <= width, "conv tile: {} live lanes in {width}", out.live);
-        assert!(out.data.len() >= (rows - 1) * out.rs + out.live, "conv tile: output rows out of bounds");
+        // The last element an access reaches, `base + steps * stride + ...`,
+        // or `None` when that overflows (then it cannot lie in any slice).
+        let end = |base: usize, terms: &[(usize, usize)]| {
+            terms.iter().try_fold(base, |acc, &(n, stride)| n.checked_mul(stride)?.checked_add(acc))
+        };
+        let out_end = end(out.live, &[(rows - 1, out.rs)]);
+        assert!(out_end.is_some_and(|e| e <= out.data.len()), "conv tile: output rows out of bounds");
         let (init, row) = match init {
             Init::Zero => (0, std::ptr::null()),
             Init::Keep => (1, std::ptr::null()),
@@ -413,9 +445,12 @@ impl<T: Float> Tiles<T> {
             }
         };
         for s in segs.iter().filter(|s| s.len > 0) {
-            let a_end = s.a + (s.len - 1) * a_ts + (rows - 1) * a_rs;
-            let b_end = s.b + (s.len - 1) * b_ts + width - 1;
-            assert!(a_end < a.len() && b_end < b.len(), "conv tile: segment {s:?} out of bounds");
+            let a_end = end(s.a, &[(s.len - 1, a_ts), (rows - 1, a_rs)]);
+            let b_end = end(s.b, &[(s.len - 1, b_ts), (1, width - 1)]);
+            assert!(
+                a_end.is_some_and(|e| e < a.len()) && b_end.is_some_and(|e| e < b.len()),
+                "conv tile: segment {s:?} out of bounds"
+            );
         }
         let args = TileArgs {
             out: out.data.as_mut_ptr(),
@@ -432,12 +467,14 @@ impl<T: Float> Tiles<T> {
             segs: segs.as_ptr(),
             nseg: segs.len(),
         };
-        // SAFETY: `detect` chose `f` for an instruction set this CPU has;
-        // every element a segment reaches was checked to lie inside `a` and
-        // `b` above (a segment of length 0 reaches none), every output lane
-        // (`r < rows`, `j < live`) inside `out.data`, the initial row inside
-        // its slice; `out.data` (a unique borrow) cannot alias `a`, `b` or
-        // the row.
+        // SAFETY: `detect` (or `baseline`) chose `f` for an instruction set
+        // this CPU has, and set `self.lanes` (private, never changed) to the
+        // lanes its vectors hold, `S::L`; every element a segment reaches was
+        // checked above, without overflow, to lie inside `a` and `b` (a
+        // segment of length 0 reaches none and `tile_body` skips it), every
+        // output lane (`r < rows`, `j < live`) inside `out.data`, the
+        // initial row (`width` elements) inside its slice; `out.data` (a
+        // unique borrow) cannot alias `a`, `b` or the row.
         unsafe { f(&args) }
     }
 }
@@ -833,8 +870,28 @@ pub fn pad_grad<T: Float>(
     dz: &mut [T],
 ) {
     let plane = g.oh * g.ow;
+    assert!(y.len() >= g.cout * plane && dy.len() >= g.cout * plane);
+    let dy = &mut dy[..g.cout * plane];
+    grad_flush(act, &y[..g.cout * plane], dy);
+    pad_output(g, layout, order, dy, dz, false);
+}
+
+/// One sample's values in the shape of the output, `(cout, oh, ow)`
+/// (ordered by `order`), into the channels-last layout of the output
+/// gradient (`layout`), zeros around; denormals flushed when `flush_values`.
+/// A transposed convolution lays out its input this way: its forward pass
+/// is this convolution's input gradient.
+pub fn pad_output<T: Float>(
+    g: &ConvGeom,
+    layout: &GradLayout,
+    order: Layout,
+    dy: &[T],
+    dz: &mut [T],
+    flush_values: bool,
+) {
+    let plane = g.oh * g.ow;
     let GradLayout { offh, offw, hz, wz, cpad } = *layout;
-    assert!(y.len() >= g.cout * plane && dy.len() >= g.cout * plane && dz.len() >= layout.len());
+    assert!(dy.len() >= g.cout * plane && dz.len() >= layout.len(), "pad_output: bad sizes");
     let dz = &mut dz[..layout.len()];
     // Zeros where no output position lies: whole rows above and below,
     // columns left and right, channels past `cout`.
@@ -851,8 +908,7 @@ pub fn pad_grad<T: Float>(
             }
         }
     }
-    let dy = &mut dy[..g.cout * plane];
-    grad_flush(act, &y[..g.cout * plane], dy);
+    let dy = &dy[..g.cout * plane];
     for oh in 0..g.oh {
         let to = ((oh + offh) * wz + offw) * cpad;
         match order {
@@ -868,6 +924,9 @@ pub fn pad_grad<T: Float>(
                     }
                 }
             }
+        }
+        if flush_values {
+            dz[to..to + g.ow * cpad].iter_mut().for_each(|v| *v = flush(*v));
         }
     }
 }

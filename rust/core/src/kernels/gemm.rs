@@ -45,11 +45,12 @@ pub fn gemm_ldb<T: Float>(
     c: &mut [T],
 ) {
     let p = Product::new(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta);
-    assert!(c.len() >= m * n, "gemm: C has {} elements, needs {}", c.len(), m * n);
+    let mn = elements("gemm: C", m, n);
+    assert!(c.len() >= mn, "gemm: C has {} elements, needs {mn}", c.len());
     if m == 0 || n == 0 {
         return;
     }
-    let c = &mut c[..m * n];
+    let c = &mut c[..mn];
     match plan(m, n, k) {
         Split::Crate(threads) => p.rows(0, c, threads),
         Split::Rows(rows_per) => for_row_chunks(c, n, rows_per, |row0, cc| p.rows(row0, cc, 1)),
@@ -76,7 +77,9 @@ struct Product<'a, T> {
 impl<'a, T: Float> Product<'a, T> {
     /// Panics unless `a` holds op(A) (`m x k`) and `b` holds op(B) (`k x n`)
     /// with row stride `ldb`: `n` rows of `k` when `trans_b`, else `k` rows
-    /// of `n`.
+    /// of `n`. The sizes are computed with checked arithmetic (a product
+    /// that overflows is refused, never wrapped into a small one), and the
+    /// strides handed to the gemm crate as `isize` are checked to fit.
     #[allow(clippy::too_many_arguments)]
     fn new(
         trans_a: bool,
@@ -90,11 +93,25 @@ impl<'a, T: Float> Product<'a, T> {
         ldb: usize,
         beta: T,
     ) -> Self {
-        assert!(a.len() >= m * k, "gemm: A has {} elements, needs {}", a.len(), m * k);
+        let mk = elements("gemm: A", m, k);
+        assert!(a.len() >= mk, "gemm: A has {} elements, needs {mk}", a.len());
         let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
         assert!(ldb >= cols, "gemm: ldb = {ldb} is less than B's {cols} columns");
-        let need = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ldb + cols };
+        let need = if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1)
+                .checked_mul(ldb)
+                .and_then(|v| v.checked_add(cols))
+                .unwrap_or_else(|| panic!("gemm: B's size ({rows} rows {ldb} apart) overflows usize"))
+        };
         assert!(b.len() >= need, "gemm: B has {} elements, needs {need}", b.len());
+        // Strides reach the gemm crate as `isize`: `m` and `k` (A's), `ldb`
+        // (B's) and `n` (C's) must fit. A non-empty A or B bounds them by
+        // its length (at most `isize::MAX`); check them all the same.
+        for (what, v) in [("m", m), ("k", k), ("n", n), ("ldb", ldb)] {
+            assert!(isize::try_from(v).is_ok(), "gemm: {what} = {v} exceeds isize::MAX");
+        }
         Product { trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta }
     }
 
@@ -103,7 +120,11 @@ impl<'a, T: Float> Product<'a, T> {
     fn rows(&self, row0: usize, cc: &mut [T], threads: usize) {
         let n = self.n;
         let rows = cc.len() / n.max(1);
-        assert!(row0 + rows <= self.m, "gemm_rows: rows {row0}..{} beyond m = {}", row0 + rows, self.m);
+        assert!(
+            row0.checked_add(rows).is_some_and(|end| end <= self.m),
+            "gemm_rows: rows {row0}.. (+{rows}) beyond m = {}",
+            self.m
+        );
         if rows == 0 || n == 0 {
             return;
         }
@@ -125,7 +146,7 @@ impl<'a, T: Float> Product<'a, T> {
     /// when worth it.
     fn cols(&self, c: &mut [T], cols_per: usize) {
         let (m, n, k) = (self.m, self.n, self.k);
-        assert!(c.len() >= m * n, "gemm_cols: C too short");
+        assert!(c.len() >= elements("gemm: C", m, n), "gemm_cols: C too short");
         if k == 0 {
             return self.rows(0, &mut c[..m * n], 1);
         }
@@ -194,6 +215,12 @@ impl<'a, T: Float> Product<'a, T> {
     }
 }
 
+/// `rows * cols`, the elements of the matrix `what`; panics (naming it)
+/// when the product overflows `usize`.
+fn elements(what: &str, rows: usize, cols: usize) -> usize {
+    rows.checked_mul(cols).unwrap_or_else(|| panic!("{what}: {rows} x {cols} elements overflow usize"))
+}
+
 /// A row stride to copy a row-major matrix with `k` columns into, when `k`
 /// itself is a bad one: rows a multiple of 1 KiB apart map to the same
 /// cache sets, and the gemm crate's packing of a transposed `B` (`n x k`,
@@ -204,16 +231,19 @@ impl<'a, T: Float> Product<'a, T> {
 /// `None` when `k` is fine as it is.
 #[inline]
 pub fn padded_ld<T>(k: usize) -> Option<usize> {
-    let size = std::mem::size_of::<T>();
-    (k > 0 && (k * size).is_multiple_of(1024)).then(|| k + 64 / size)
+    let size = std::mem::size_of::<T>().max(1);
+    let bytes = k.checked_mul(size)?;
+    (k > 0 && bytes.is_multiple_of(1024)).then(|| k.checked_add(64 / size)).flatten()
 }
 
 /// Copies the `rows x k` row-major matrix `src` into `dst` with row stride
 /// `ld >= k`, in parallel when large (what lies between rows is left as it
 /// is: [`gemm_ldb`] never reads it).
 pub fn pad_rows<T: Float>(src: &[T], rows: usize, k: usize, ld: usize, dst: &mut [T]) {
-    assert!(ld >= k && src.len() >= rows * k && dst.len() >= rows * ld, "pad_rows: bad sizes");
-    super::par_rows(&mut dst[..rows * ld], ld, k, 1, |r0, d| {
+    let (src_len, dst_len) =
+        (elements("pad_rows: source", rows, k), elements("pad_rows: destination", rows, ld));
+    assert!(ld >= k && src.len() >= src_len && dst.len() >= dst_len, "pad_rows: bad sizes");
+    super::par_rows(&mut dst[..dst_len], ld, k, 1, |r0, d| {
         for (i, row) in d.chunks_exact_mut(ld).enumerate() {
             let s = (r0 + i) * k;
             row[..k].copy_from_slice(&src[s..s + k]);

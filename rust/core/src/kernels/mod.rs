@@ -122,7 +122,10 @@ pub fn par_chunks2<A: Send, B: Send>(
 ) {
     let (ca, cb) = (ca.max(1), cb.max(1));
     let count = a.len().div_ceil(ca);
-    assert!(b.len() >= count.saturating_sub(1) * cb, "par_chunks2: b has fewer chunks than a");
+    // Checked: a wrapped product could pass with a short `b` and then hand
+    // out overlapping chunks of it below.
+    let need = count.saturating_sub(1).checked_mul(cb);
+    assert!(need.is_some_and(|n| b.len() >= n), "par_chunks2: b has fewer chunks than a");
     let (workers, _) = workers_for(0);
     if workers <= 1 || count <= 1 {
         return a.chunks_mut(ca).zip(b.chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
@@ -131,10 +134,20 @@ pub fn par_chunks2<A: Send, B: Send>(
         Some(t) => {
             let (pa, pb) = (team::SlicePtr::new(a), team::SlicePtr::new(b));
             t.for_each_index(count, |i| {
-                // SAFETY: each index runs once, so the chunks of `a` and of
-                // `b` handed out are disjoint; both slices stay mutably
-                // borrowed by this call until `for_each_index` returns.
-                let (x, y) = unsafe { (pa.chunk(i * ca, (i + 1) * ca), pb.chunk(i * cb, (i + 1) * cb)) };
+                // SAFETY: each index `i < count` runs once, and chunk `i` is
+                // `i * ca .. (i + 1) * ca` of `a` and `i * cb .. (i + 1) * cb`
+                // of `b` (clamped to the ends), so the chunks handed out are
+                // disjoint: the starts cannot overflow (`i * ca < a.len()`,
+                // `i * cb <= (count - 1) * cb <= b.len()`, checked above) and
+                // the ends saturate at `usize::MAX`, past any slice. Both
+                // slices stay mutably borrowed by this call until
+                // `for_each_index` returns.
+                let (x, y) = unsafe {
+                    (
+                        pa.chunk(i * ca, (i + 1).saturating_mul(ca)),
+                        pb.chunk(i * cb, (i + 1).saturating_mul(cb)),
+                    )
+                };
                 f(i, x, y)
             })
         }

@@ -24,8 +24,10 @@ pub fn forward<T: Float>(max: bool, r0: &[T], r1: &[T], out: &mut [T]) {
     let n = out.len();
     assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "pool2x2: rows too short");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present and `T` is f32 (checked above); every
-    // pointer covers `2 n` (inputs) or `n` (output) elements.
+    // SAFETY: AVX-512F is present and `T` is f32 (checked above; `Float`
+    // is sealed, so a 4-byte `Float` is f32); every pointer covers `2 n`
+    // (inputs) or `n` (output) elements (`2 n` cannot overflow: `n` f32s fit
+    // in `isize::MAX` bytes).
     unsafe {
         avx512::forward(
             max,

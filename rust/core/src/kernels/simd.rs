@@ -9,26 +9,28 @@
 /// Defines a function whose body is compiled three times (AVX-512, AVX2+FMA,
 /// baseline) and dispatched at run time, for elementwise loops that should
 /// vectorize for the CPU at hand. Arguments are listed with their types; the
-/// function may be generic over one `Float` type parameter.
+/// function is generic over one `Float` type parameter, optionally followed
+/// by more type parameters with one bound each (`<T: Float, O: Watch<T>>`).
 #[macro_export]
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident: Float>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident: Float $(, $G:ident: $B:path)* $(,)?>
+        ($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name<$T: $crate::float::Float>($($arg: $ty),*) {
+        $vis fn $name<$T: $crate::float::Float $(, $G: $B)*>($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn body<$T: $crate::float::Float>($($arg: $ty),*) $body
+            fn body<$T: $crate::float::Float $(, $G: $B)*>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn v4<$T: $crate::float::Float>($($arg: $ty),*) {
+                unsafe fn v4<$T: $crate::float::Float $(, $G: $B)*>($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn v3<$T: $crate::float::Float>($($arg: $ty),*) {
+                unsafe fn v3<$T: $crate::float::Float $(, $G: $B)*>($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 match $crate::kernels::simd::level() {

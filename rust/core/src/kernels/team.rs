@@ -392,9 +392,11 @@ pub fn team_chunks<T: Send>(team: &Team, out: &mut [T], chunk: usize, f: impl Fn
     let count = out.len().div_ceil(chunk);
     let p = SlicePtr::new(out);
     team.for_each_index(count, |i| {
-        // SAFETY: each index runs once, so the chunks are disjoint; `out`
-        // stays mutably borrowed until `for_each_index` returns.
-        let c = unsafe { p.chunk(i * chunk, (i + 1) * chunk) };
+        // SAFETY: each index `i < count` runs once, so the chunks are
+        // disjoint (`i * chunk < out.len()` cannot overflow, and the end
+        // saturates past the slice, where `chunk` clamps it); `out` stays
+        // mutably borrowed until `for_each_index` returns.
+        let c = unsafe { p.chunk(i * chunk, (i + 1).saturating_mul(chunk)) };
         f(i, c)
     });
 }

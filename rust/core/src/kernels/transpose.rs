@@ -1,26 +1,30 @@
 //! Matrix transposes between channel planes and channels-last rows: the
 //! copies the convolution kernels read and write. 4-byte elements go
 //! through 16x16 in-register transposes on AVX-512 CPUs (a transpose only
-//! moves bits, so any 4-byte element type can); others element by element.
+//! moves bits); others element by element.
 
 use crate::float::Float;
 
 /// `dst[c * dst_rs + r] = src[r * src_rs + c]` for `r < rows`, `c < cols`.
-/// Panics if either slice is too short.
+/// Panics if either slice is too short (sizes whose products overflow
+/// included: they are computed with checked arithmetic).
 pub fn transpose<T: Float>(rows: usize, cols: usize, src: &[T], src_rs: usize, dst: &mut [T], dst_rs: usize) {
     if rows == 0 || cols == 0 {
         return;
     }
     assert!(cols <= src_rs || rows == 1, "transpose: source rows overlap");
     assert!(rows <= dst_rs || cols == 1, "transpose: destination rows overlap");
-    assert!(src.len() >= (rows - 1) * src_rs + cols, "transpose: source too short");
-    assert!(dst.len() >= (cols - 1) * dst_rs + rows, "transpose: destination too short");
+    // Elements a `lines x len` view with lines `stride` apart spans.
+    let span = |lines: usize, stride: usize, len: usize| (lines - 1).checked_mul(stride)?.checked_add(len);
+    assert!(span(rows, src_rs, cols).is_some_and(|n| n <= src.len()), "transpose: source too short");
+    assert!(span(cols, dst_rs, rows).is_some_and(|n| n <= dst.len()), "transpose: destination too short");
     #[cfg(target_arch = "x86_64")]
     if std::mem::size_of::<T>() == 4 && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F; the asserts above keep every
-        // element `avx512::transpose32` reads inside `src` and writes inside
-        // `dst` (which, as a unique borrow, does not overlap `src`); `T` is
-        // 4 bytes, and a transpose only copies bits.
+        // SAFETY: the CPU has AVX-512F; the asserts above (overflow
+        // checked) keep every element `avx512::transpose32` reads inside
+        // `src` and writes inside `dst` (which, as a unique borrow, does not
+        // overlap `src`); `T` is 4 bytes (f32: `Float` is sealed), and a
+        // transpose only copies bits.
         unsafe {
             avx512::transpose32(
                 rows,

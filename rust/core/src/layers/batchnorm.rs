@@ -9,11 +9,53 @@
 //! Sums run in float64 over each channel in sample order, so they do not
 //! depend on how channels are split across threads.
 
-use super::{Backward, BufferDecl, BufferKind, Buffers, Forward, Layer, ParamDecl};
+use super::{
+    de_float, de_opt_float, Backward, BufferDecl, BufferKind, Buffers, Forward, Layer, LayerConfig, ParamDecl,
+};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_chunks;
 use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Declares a batch normalization's configuration, for `$dims` spatial
+/// dimensions.
+macro_rules! batchnorm_config {
+    ($(#[$doc:meta])* $config:ident, $name:literal, $dims:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub struct $config {
+            pub num_features: usize,
+            #[serde(deserialize_with = "de_float")]
+            pub eps: f64,
+            /// `None`: a cumulative average.
+            #[serde(deserialize_with = "de_opt_float")]
+            pub momentum: Option<f64>,
+        }
+
+        impl LayerConfig for $config {
+            const NAME: &'static str = $name;
+
+            fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+                Ok(Box::new(BatchNorm::new(Self::NAME, $dims, self.num_features, self.eps, self.momentum)?))
+            }
+        }
+    };
+}
+
+batchnorm_config!(
+    /// `BatchNorm1D`'s configuration: `torch.nn.BatchNorm1d` on `(C)` or
+    /// `(C, L)`; `momentum: None` is a cumulative average.
+    BatchNorm1DSpec,
+    "BatchNorm1D",
+    1
+);
+batchnorm_config!(
+    /// `BatchNorm2D`'s configuration: `torch.nn.BatchNorm2d` on `(C, H, W)`.
+    BatchNorm2DSpec,
+    "BatchNorm2D",
+    2
+);
 
 /// Channels per parallel chunk of the per-channel sums.
 const CHANNEL_CHUNK: usize = 8;

@@ -8,13 +8,84 @@
 //! gradient. A following ReLU, LeakyReLU, Sigmoid or Tanh is fused into the
 //! forward pass's output and differentiated while the gradient is copied.
 
-use super::{numel, Backward, Forward, Init, Layer, Layouts, Padding, ParamDecl};
+use super::{numel, Backward, Forward, Init, Layer, LayerConfig, Layouts, Padding, ParamDecl};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::Act;
 use crate::kernels::conv::{self as k, ConvGeom, Tiles};
 use crate::kernels::{par_chunks, par_chunks2, par_elems};
 use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// `Conv2D`'s configuration: `torch.nn.Conv2d` on `(C, H, W)`'s arguments
+/// (plus `init`); weight `(out, in, kh, kw)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conv2DSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel_size: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: Padding<[usize; 2]>,
+    pub dilation: [usize; 2],
+    pub bias: bool,
+    pub init: Init,
+}
+
+impl LayerConfig for Conv2DSpec {
+    const NAME: &'static str = "Conv2D";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(Conv::new(
+            Self::NAME,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding.clone(),
+            self.dilation,
+            self.bias,
+            self.init,
+        )?))
+    }
+}
+
+/// `Conv1D`'s configuration: `torch.nn.Conv1d` on `(C, L)`'s arguments
+/// (plus `init`); weight `(out, in, k)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conv1DSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel_size: usize,
+    pub stride: usize,
+    pub padding: Padding<usize>,
+    pub dilation: usize,
+    pub bias: bool,
+    pub init: Init,
+}
+
+impl LayerConfig for Conv1DSpec {
+    const NAME: &'static str = "Conv1D";
+
+    /// A 2-D convolution of height 1.
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        let padding = match self.padding {
+            Padding::Same => Padding::Same,
+            Padding::Valid => Padding::Valid,
+            Padding::Explicit(p) => Padding::Explicit([0, p]),
+        };
+        Ok(Box::new(Conv::new(
+            Self::NAME,
+            self.in_channels,
+            self.out_channels,
+            [1, self.kernel_size],
+            [1, self.stride],
+            padding,
+            [1, self.dilation],
+            self.bias,
+            self.init,
+        )?))
+    }
+}
 
 /// A 2-D convolution (1-D when `dims == 1`).
 #[derive(Clone, Debug)]
@@ -250,7 +321,7 @@ impl<T: Float> Layer<T> for Conv {
     fn scratch_len(&self, n: usize, in_shape: &[usize], training: bool) -> usize {
         match self.geom(in_shape) {
             Ok(g) => {
-                let l = lens(&g, Tiles::<T>::detect().lanes, n);
+                let l = lens(&g, Tiles::<T>::detect().lanes(), n);
                 if training {
                     l.iter().sum()
                 } else {
@@ -271,7 +342,7 @@ impl<T: Float> Layer<T> for Conv {
     fn forward(&self, f: Forward<'_, T>) {
         let Ok(g) = self.geom(f.in_shape) else { return };
         let tiles = Tiles::<T>::detect();
-        let lanes = tiles.lanes;
+        let lanes = tiles.lanes();
         let n = f.n;
         let parts = split(f.scratch, &g, lanes, n);
         let (w, b) = f.params.split_at(self.weight_len());
@@ -289,7 +360,7 @@ impl<T: Float> Layer<T> for Conv {
     fn backward(&self, b: Backward<'_, T>) {
         let Ok(g) = self.geom(b.in_shape) else { return };
         let tiles = Tiles::<T>::detect();
-        let lanes = tiles.lanes;
+        let lanes = tiles.lanes();
         let n = b.n;
         let parts = split(b.scratch, &g, lanes, n);
         let layout = g.grad_layout(lanes, b.dx.is_some());

@@ -4,7 +4,7 @@
 //! fused: applied in the matrix product's output pass, and differentiated in
 //! the same pass that reduces the bias gradient.
 
-use super::{numel, Backward, Forward, Layer, ParamDecl};
+use super::{numel, Backward, Forward, Layer, LayerConfig, ParamDecl};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::activation::{forward_inplace, Act};
@@ -93,6 +93,23 @@ pub struct Dense {
     pub init: Init,
     /// Activation fused into the output pass (`Identity` when none).
     pub act: Act,
+}
+
+/// `Dense`'s configuration: `torch.nn.Linear`'s arguments, plus `init`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DenseSpec {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub init: Init,
+}
+
+impl LayerConfig for DenseSpec {
+    const NAME: &'static str = "Dense";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(Dense::new(self.in_features, self.out_features, self.bias, self.init)?))
+    }
 }
 
 /// Least rows (samples) for which the forward product copies the weight
@@ -257,6 +274,7 @@ impl<T: Float> Layer<T> for Dense {
 
 #[cfg(test)]
 mod tests {
+    use crate::layers::{DenseSpec, ReLUSpec};
     use crate::{Features, Init, LayerSpec, Sequential};
 
     /// Forward and backward of a fused Dense+ReLU give the same bits on 1, 2
@@ -273,8 +291,8 @@ mod tests {
         let dout: Vec<f32> = (0..n * fo).map(|i| ((i * 104_729) % 997) as f32 / 498.0 - 1.0).collect();
         let run = |threads: usize| {
             let specs = vec![
-                LayerSpec::Dense { in_features: fi, out_features: fo, bias: true, init: Init::He },
-                LayerSpec::ReLU,
+                LayerSpec::Dense(DenseSpec { in_features: fi, out_features: fo, bias: true, init: Init::He }),
+                LayerSpec::ReLU(ReLUSpec {}),
             ];
             let mut m = Sequential::<f32>::new(specs, 3).unwrap();
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

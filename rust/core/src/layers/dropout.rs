@@ -4,11 +4,27 @@
 //! element index, so any thread computes any element and backward recomputes
 //! it instead of storing it.
 
-use super::{Backward, Forward, Layer, Layouts};
+use super::{de_float, Backward, Forward, Layer, LayerConfig, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
 use crate::rng::counter_unit;
+use serde::{Deserialize, Serialize};
+
+/// `Dropout`'s configuration: the drop probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DropoutSpec {
+    #[serde(deserialize_with = "de_float")]
+    pub p: f64,
+}
+
+impl LayerConfig for DropoutSpec {
+    const NAME: &'static str = "Dropout";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(Dropout::new(self.p)?))
+    }
+}
 
 /// Dropout with drop probability `p` in `[0, 1)`.
 #[derive(Clone, Debug)]

@@ -1,10 +1,23 @@
 //! Flattens each sample to one dimension, like `torch.nn.Flatten()`.
 
-use super::{numel, Backward, Forward, Layer, Layout, Layouts};
+use super::{numel, Backward, Forward, Layer, LayerConfig, Layout, Layouts};
 use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::par_chunks;
 use crate::kernels::transpose::transpose;
+use serde::{Deserialize, Serialize};
+
+/// `Flatten`'s configuration (it has no arguments).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlattenSpec {}
+
+impl LayerConfig for FlattenSpec {
+    const NAME: &'static str = "Flatten";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(Flatten))
+    }
+}
 
 /// `(N, d1, d2, ...) -> (N, d1 * d2 * ...)`, for inputs of any rank.
 #[derive(Clone, Debug)]

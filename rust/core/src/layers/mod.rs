@@ -1,5 +1,33 @@
-//! Layers. Each layer is one file; [`LayerSpec`] (in `spec.rs`) and its
-//! `build` are the one list a new layer is registered in.
+//! Layers. Each layer is one file, registered by one line in the
+//! `layer_registry!` list below, which defines [`LayerSpec`]: the enum a
+//! model is built from, its JSON (`{"type": "Dense", ...}`, what the Python
+//! classes send and saved models record), its `build`, display names and
+//! argument lists. Python asks the core for parameter counts and shapes
+//! ([`LayerSpec::info`]), so no layer's knowledge is repeated there.
+//!
+//! # Adding a layer
+//!
+//! 1. Write `layers/my_layer.rs` (copy `dropout.rs` for a layer without
+//!    parameters, `dense.rs` for one with them): the layer (a struct
+//!    implementing [`Layer`]: its parameters and shapes in
+//!    [`Layer::params`], forward, backward) and its configuration, a plain
+//!    serde struct `MyLayerSpec` whose fields are the Python constructor's
+//!    arguments in the same order, implementing [`LayerConfig`] (`NAME`,
+//!    the JSON `"type"` and Python class name; `build`, which checks the
+//!    values and returns the layer).
+//! 2. Declare the module (`mod my_layer;`) and add one line,
+//!    `MyLayer: my_layer::MyLayerSpec,`, to the `layer_registry!` list
+//!    below (the name must equal `NAME`: checked at compile time).
+//! 3. Give it a Python class in `python/ferrograd/layers.py` (`kind =
+//!    "MyLayer"`, a docstring, an `__init__` with the same arguments that
+//!    checks their types and ends with `self._check()`; its JSON, parameter
+//!    count and `from_spec` come from the base class and the core).
+//!    `tests/test_layer_registry.py` checks that both sides agree.
+//! 4. Test it: a float64 finite-difference gradient check (a case in
+//!    `tests/test_gradients.py`, or `tests/test_conv_gradients.py` for
+//!    image layers), and an example with its parameter count and output
+//!    shape in `tests/test_layer_registry.py` (which asks for one of each
+//!    registered layer).
 //!
 //! Layers own no buffers. The model hands each call a context: the layer's
 //! parameters, gradients and buffers (non-trainable state such as running
@@ -12,39 +40,65 @@
 mod activation;
 mod batchnorm;
 mod conv;
+mod conv_transpose;
 mod dense;
 mod dropout;
 mod flatten;
+mod identity;
 mod merge;
 mod pool;
 mod rescaling;
 mod softmax;
+mod upsample;
+#[macro_use]
 mod spec;
 
 pub use activation::Activation;
 pub use batchnorm::BatchNorm;
 pub use conv::Conv;
+pub use conv_transpose::ConvTranspose;
 pub use dense::{Dense, Init};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use identity::Identity;
 pub use merge::{
     Add, Average, Concatenate, Merge, MergeBackward, MergeForward, MergeSpec, Multiply, Subtract,
 };
 pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;
-pub(crate) use spec::{float as de_float, opt_floats as de_opt_floats};
-pub use spec::{LayerSpec, Padding};
+pub(crate) use spec::{float as de_float, opt_float as de_opt_float, opt_floats as de_opt_floats};
+pub use spec::{LayerConfig, LayerInfo, Padding};
+pub use upsample::{Upsample, UpsampleMode};
 
-/// Where element `(c, s)` of one sample lies (`c < channels`, `s` the
-/// flat spatial index, `< spatial`) in `layout`.
-#[inline(always)]
-pub fn at(layout: Layout, channels: usize, spatial: usize, c: usize, s: usize) -> usize {
-    match layout {
-        Layout::Planar => c * spatial + s,
-        Layout::ChannelsLast => s * channels + c,
-    }
+layer_registry! {
+    Dense: dense::DenseSpec,
+    ReLU: activation::ReLUSpec,
+    LeakyReLU: activation::LeakyReLUSpec,
+    Sigmoid: activation::SigmoidSpec,
+    Tanh: activation::TanhSpec,
+    GELU: activation::GELUSpec,
+    Softmax: softmax::SoftmaxSpec,
+    Dropout: dropout::DropoutSpec,
+    Flatten: flatten::FlattenSpec,
+    Rescaling: rescaling::RescalingSpec,
+    Conv2D: conv::Conv2DSpec,
+    Conv1D: conv::Conv1DSpec,
+    ConvTranspose2D: conv_transpose::ConvTranspose2DSpec,
+    Upsample2D: upsample::Upsample2DSpec,
+    Identity: identity::IdentitySpec,
+    MaxPool2D: pool::MaxPool2DSpec,
+    AvgPool2D: pool::AvgPool2DSpec,
+    MaxPool1D: pool::MaxPool1DSpec,
+    AvgPool1D: pool::AvgPool1DSpec,
+    GlobalAvgPool2D: pool::GlobalAvgPool2DSpec,
+    BatchNorm1D: batchnorm::BatchNorm1DSpec,
+    BatchNorm2D: batchnorm::BatchNorm2DSpec,
 }
+
+// The buffer orders live below both the kernels and the layers (the
+// convolution kernels read and write them); layers re-export them.
+pub use crate::layout::{at, Layout};
 
 use crate::error::Result;
 use crate::float::Float;
@@ -86,19 +140,6 @@ impl BufferDecl {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-}
-
-/// How one sample's values are ordered in an activation or gradient buffer.
-/// Shapes are always given in torch's order (`(C, H, W)`); with
-/// [`Layout::ChannelsLast`] the buffer holds `(H, W, C)` instead. Per-sample
-/// shapes of rank 1 have one order only and are always `Planar`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// Torch's order: channel planes (what the model takes and returns).
-    Planar,
-    /// Channels innermost: what the convolution kernels read and write,
-    /// kept between layers that can work on it.
-    ChannelsLast,
 }
 
 /// Which buffer layouts a layer reads and writes.

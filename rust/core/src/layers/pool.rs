@@ -3,10 +3,89 @@
 //! `AvgPool1d`, and a global average over `(H, W)`. Every plane is pooled
 //! on its own, so work splits by plane.
 
-use super::{numel, Backward, Forward, Layer, Layout, Layouts};
+use super::{numel, Backward, Forward, Layer, LayerConfig, Layout, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_chunks;
+use serde::{Deserialize, Serialize};
+
+/// Declares the configuration of a pooling layer: `$size` is `[usize; 2]`
+/// for 2-D pooling, `usize` for 1-D (run as height 1).
+macro_rules! pool_config {
+    ($(#[$doc:meta])* $config:ident, $name:literal, $kind:expr, 2) => {
+        pool_config!(@struct $(#[$doc])* $config, [usize; 2]);
+        impl LayerConfig for $config {
+            const NAME: &'static str = $name;
+
+            fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+                Ok(Box::new(Pool::new(Self::NAME, $kind, 2, self.kernel_size, self.stride, self.padding)?))
+            }
+        }
+    };
+    ($(#[$doc:meta])* $config:ident, $name:literal, $kind:expr, 1) => {
+        pool_config!(@struct $(#[$doc])* $config, usize);
+        impl LayerConfig for $config {
+            const NAME: &'static str = $name;
+
+            fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+                let (k, s, p) = (self.kernel_size, self.stride, self.padding);
+                Ok(Box::new(Pool::new(Self::NAME, $kind, 1, [1, k], [1, s], [0, p])?))
+            }
+        }
+    };
+    (@struct $(#[$doc:meta])* $config:ident, $size:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub struct $config {
+            pub kernel_size: $size,
+            pub stride: $size,
+            pub padding: $size,
+        }
+    };
+}
+
+pool_config!(
+    /// `MaxPool2D`'s configuration (`torch.nn.MaxPool2d`).
+    MaxPool2DSpec,
+    "MaxPool2D",
+    PoolKind::Max,
+    2
+);
+pool_config!(
+    /// `AvgPool2D`'s configuration: average pooling counting the padding
+    /// (torch's `count_include_pad=True`).
+    AvgPool2DSpec,
+    "AvgPool2D",
+    PoolKind::Avg,
+    2
+);
+pool_config!(
+    /// `MaxPool1D`'s configuration (`torch.nn.MaxPool1d`).
+    MaxPool1DSpec,
+    "MaxPool1D",
+    PoolKind::Max,
+    1
+);
+pool_config!(
+    /// `AvgPool1D`'s configuration (`torch.nn.AvgPool1d`, `count_include_pad=True`).
+    AvgPool1DSpec,
+    "AvgPool1D",
+    PoolKind::Avg,
+    1
+);
+
+/// `GlobalAvgPool2D`'s configuration (it has no arguments): the mean over
+/// `(H, W)`, `(C, H, W) -> (C)`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalAvgPool2DSpec {}
+
+impl LayerConfig for GlobalAvgPool2DSpec {
+    const NAME: &'static str = "GlobalAvgPool2D";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(GlobalAvgPool))
+    }
+}
 
 /// Which reduction a pooling window takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

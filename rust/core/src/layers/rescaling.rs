@@ -1,10 +1,28 @@
 //! `y = x * scale + offset`, like Keras' `Rescaling`: lets uint8 images go
 //! into the model as they are (`Rescaling(1/255)`), converted per batch.
 
-use super::{Backward, Forward, Layer, Layouts};
+use super::{de_float, Backward, Forward, Layer, LayerConfig, Layouts};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_elems;
+use serde::{Deserialize, Serialize};
+
+/// `Rescaling`'s configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RescalingSpec {
+    #[serde(deserialize_with = "de_float")]
+    pub scale: f64,
+    #[serde(deserialize_with = "de_float")]
+    pub offset: f64,
+}
+
+impl LayerConfig for RescalingSpec {
+    const NAME: &'static str = "Rescaling";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(Rescaling::new(self.scale, self.offset)?))
+    }
+}
 
 /// Affine rescaling with fixed (not trained) scale and offset.
 #[derive(Clone, Debug)]

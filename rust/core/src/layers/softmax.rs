@@ -1,9 +1,22 @@
 //! Softmax over the last dimension, like `torch.nn.Softmax(dim=-1)`.
 
-use super::{numel, Backward, Forward, Layer};
+use super::{numel, Backward, Forward, Layer, LayerConfig};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::par_rows;
+use serde::{Deserialize, Serialize};
+
+/// `Softmax`'s configuration (it has no arguments).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoftmaxSpec {}
+
+impl LayerConfig for SoftmaxSpec {
+    const NAME: &'static str = "Softmax";
+
+    fn build<T: Float>(&self) -> Result<Box<dyn Layer<T>>> {
+        Ok(Box::new(Softmax))
+    }
+}
 
 /// `y_i = exp(x_i) / sum_j exp(x_j)` along the last dimension.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@
 //! is under 4% of its largest value for sigmoid, 2% for tanh). Every value
 //! is per step; an epoch reports the means over its steps.
 
-use super::workspace::Pass;
+use super::workspace::{Grad, Pass};
 use super::Sequential;
 use crate::clip::ClipNorm;
 use crate::error::{Error, Result};
@@ -313,7 +313,7 @@ impl<T: Float> Sequential<T> {
         let pass = Pass::frozen(0xd1a6_0f10_77e5_7a11_u64);
         self.diag_begin()?;
         let mut t = Totals::default();
-        let result = self.forward_loss(data.n, pass, loss, &data, data.weights.is_some(), true, &mut t);
+        let result = self.forward_loss(data.n, pass, loss, &data, data.weights.is_some(), Grad::Mean, &mut t);
         if let Err(e) = result {
             self.diag.stop();
             return Err(e);
@@ -393,9 +393,9 @@ fn monitors(graph: &GraphSpec, plan: &Plan) -> Vec<Monitor> {
     let mut out = Vec::new();
     for (node, nd) in graph.nodes.iter().enumerate() {
         let watch = match &graph.layers[nd.layer].spec {
-            NodeSpec::Layer(LayerSpec::ReLU) => Watch::Relu,
-            NodeSpec::Layer(LayerSpec::Sigmoid) => Watch::Sigmoid,
-            NodeSpec::Layer(LayerSpec::Tanh) => Watch::Tanh,
+            NodeSpec::Layer(LayerSpec::ReLU(_)) => Watch::Relu,
+            NodeSpec::Layer(LayerSpec::Sigmoid(_)) => Watch::Sigmoid,
+            NodeSpec::Layer(LayerSpec::Tanh(_)) => Watch::Tanh,
             _ => continue,
         };
         out.push(Monitor { boundary: plan.value[k + node], layer: node, watch });

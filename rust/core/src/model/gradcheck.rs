@@ -2,7 +2,7 @@
 
 use super::train::Data;
 use super::train::{Losses, Totals};
-use super::workspace::Pass;
+use super::workspace::{Grad, Pass};
 use super::Sequential;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -44,12 +44,13 @@ impl<T: Float> Sequential<T> {
         // frozen buffers, so every pass sees the same model.
         let pass = Pass::frozen(0x5eed_0f9c_4ec4_ed00_u64);
         let saved_grads = self.grads.clone();
-        self.forward_loss(n, pass, loss, &data, weighted, true, &mut t)?;
+        self.forward_loss(n, pass, loss, &data, weighted, Grad::Mean, &mut t)?;
         self.grads.fill(T::ZERO);
         self.backward_loaded(n, pass.key, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
-        let mut loss_at =
-            |m: &mut Self| m.forward_loss(n, pass, loss, &data, weighted, false, &mut t).map(|()| t.mean());
+        let mut loss_at = |m: &mut Self| {
+            m.forward_loss(n, pass, loss, &data, weighted, Grad::No, &mut t).map(|()| t.mean())
+        };
         let mut report = Vec::new();
         for e in self.entries.clone() {
             let mut numeric = Vec::with_capacity(e.range.len());

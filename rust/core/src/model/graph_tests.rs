@@ -3,9 +3,13 @@
 //! multiplication, several inputs, several outputs with loss weights), a
 //! chain graph against `Sequential`, and thread-count independence.
 
+use super::workspace::Grad;
 use super::*;
 use crate::data::Features;
-use crate::layers::{Layout, MergeSpec};
+use crate::layers::{
+    BatchNorm2DSpec, Conv2DSpec, FlattenSpec, GlobalAvgPool2DSpec, Layout, MaxPool2DSpec, MergeSpec,
+    ReLUSpec, SigmoidSpec, TanhSpec,
+};
 use crate::loss::{Loss, Target};
 use crate::optim::OptimConfig;
 use crate::{Init, Padding};
@@ -47,7 +51,10 @@ impl G {
         self.call(NodeSpec::Merge(spec), xs)
     }
     fn dense(&mut self, x: usize, i: usize, o: usize) -> usize {
-        self.layer(LayerSpec::Dense { in_features: i, out_features: o, bias: true, init: Init::Xavier }, x)
+        self.layer(
+            LayerSpec::Dense(DenseSpec { in_features: i, out_features: o, bias: true, init: Init::Xavier }),
+            x,
+        )
     }
     fn build(mut self, outputs: &[usize]) -> GraphSpec {
         let mut g = self.spec.take().expect("graph");
@@ -57,7 +64,7 @@ impl G {
 }
 
 fn conv(i: usize, o: usize, k: usize, stride: usize) -> LayerSpec {
-    LayerSpec::Conv2D {
+    LayerSpec::Conv2D(Conv2DSpec {
         in_channels: i,
         out_channels: o,
         kernel_size: [k, k],
@@ -66,11 +73,11 @@ fn conv(i: usize, o: usize, k: usize, stride: usize) -> LayerSpec {
         dilation: [1, 1],
         bias: false,
         init: Init::He,
-    }
+    })
 }
 
 fn bn(c: usize) -> LayerSpec {
-    LayerSpec::BatchNorm2D { num_features: c, eps: 1e-5, momentum: Some(0.1) }
+    LayerSpec::BatchNorm2D(BatchNorm2DSpec { num_features: c, eps: 1e-5, momentum: Some(0.1) })
 }
 
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -122,7 +129,7 @@ fn check(name: &str, graph: GraphSpec, losses: Losses) {
     // The analytic gradients are not all zero (the check is not vacuous).
     let mut t = Totals::default();
     m.load_whole(&data, &losses).expect("load");
-    m.forward_loss(n, Pass::frozen(1), &losses, &data, false, true, &mut t).expect("loss");
+    m.forward_loss(n, Pass::frozen(1), &losses, &data, false, Grad::Mean, &mut t).expect("loss");
     m.grads.fill(0.0);
     m.backward_loaded(n, 1, true, |_, _, _| {});
     for e in m.entries() {
@@ -140,10 +147,10 @@ fn residual_fan_out_gradients() {
     let mut g = G::default();
     let x = g.input("x", &[5]);
     let d1 = g.dense(x, 5, 4);
-    let t = g.layer(LayerSpec::Tanh, d1);
+    let t = g.layer(LayerSpec::Tanh(TanhSpec {}), d1);
     let d2 = g.dense(t, 4, 4);
     let a = g.merge(MergeSpec::Add, &[d1, d2]);
-    let r = g.layer(LayerSpec::Tanh, a);
+    let r = g.layer(LayerSpec::Tanh(TanhSpec {}), a);
     let out = g.dense(r, 4, 3);
     check("residual", g.build(&[out]), mse());
 }
@@ -154,17 +161,17 @@ fn conv_residual_block_with_projection_gradients() {
     let mut g = G::default();
     let x = g.input("x", &[2, 6, 6]);
     let c0 = g.layer(conv(2, 3, 3, 1), x);
-    let s = g.layer(LayerSpec::ReLU, c0);
+    let s = g.layer(LayerSpec::ReLU(ReLUSpec {}), c0);
     let c1 = g.layer(conv(3, 4, 3, 2), s);
     let b1 = g.layer(bn(4), c1);
-    let r1 = g.layer(LayerSpec::ReLU, b1);
+    let r1 = g.layer(LayerSpec::ReLU(ReLUSpec {}), b1);
     let c2 = g.layer(conv(4, 4, 3, 1), r1);
     let b2 = g.layer(bn(4), c2);
     let p = g.layer(conv(3, 4, 1, 2), s);
     let pb = g.layer(bn(4), p);
     let a = g.merge(MergeSpec::Add, &[b2, pb]);
-    let r = g.layer(LayerSpec::Tanh, a);
-    let gp = g.layer(LayerSpec::GlobalAvgPool2D, r);
+    let r = g.layer(LayerSpec::Tanh(TanhSpec {}), a);
+    let gp = g.layer(LayerSpec::GlobalAvgPool2D(GlobalAvgPool2DSpec {}), r);
     let out = g.dense(gp, 4, 3);
     let graph = g.build(&[out]);
     // The layouts: the stem's output, read by two convolutions, is
@@ -184,9 +191,9 @@ fn shared_layer_gradients() {
     let mut g = G::default();
     let x = g.input("x", &[4]);
     let h = g.dense(x, 4, 4);
-    let t = g.layer(LayerSpec::Tanh, h);
+    let t = g.layer(LayerSpec::Tanh(TanhSpec {}), h);
     let h2 = g.again(0, &[t]);
-    let t2 = g.layer(LayerSpec::Sigmoid, h2);
+    let t2 = g.layer(LayerSpec::Sigmoid(SigmoidSpec {}), h2);
     let out = g.dense(t2, 4, 2);
     let graph = g.build(&[out]);
     let m = Sequential::<f64>::from_graph(graph.clone(), 1, true).expect("model");
@@ -204,12 +211,12 @@ fn concatenate_and_multiply_gradients() {
     let c = g.merge(MergeSpec::Concatenate { axis: -1 }, &[a, b]); // (2, 5)
     let d = g.dense(x, 3, 5);
     let e = g.merge(MergeSpec::Concatenate { axis: 1 }, &[c, d, c]); // (6, 5), c read twice
-    let gate = g.layer(LayerSpec::Sigmoid, e);
-    let h = g.layer(LayerSpec::Tanh, e);
+    let gate = g.layer(LayerSpec::Sigmoid(SigmoidSpec {}), e);
+    let h = g.layer(LayerSpec::Tanh(TanhSpec {}), e);
     let m = g.merge(MergeSpec::Multiply, &[gate, h, e]);
     let s = g.merge(MergeSpec::Subtract, &[m, e]);
     let av = g.merge(MergeSpec::Average, &[s, m]);
-    let f = g.layer(LayerSpec::Flatten, av);
+    let f = g.layer(LayerSpec::Flatten(FlattenSpec {}), av);
     let out = g.dense(f, 30, 3);
     check("concat", g.build(&[out]), mse());
 }
@@ -222,12 +229,12 @@ fn two_inputs_two_outputs_gradients() {
     let a = g.dense(x1, 4, 3);
     let b = g.dense(x2, 3, 3);
     let s = g.merge(MergeSpec::Add, &[a, b]);
-    let r = g.layer(LayerSpec::Tanh, s);
+    let r = g.layer(LayerSpec::Tanh(TanhSpec {}), s);
     let c = g.merge(MergeSpec::Concatenate { axis: 1 }, &[r, b]);
     let out1 = g.dense(c, 6, 4);
     let out2 = g.dense(r, 3, 2);
     // out1 is also read by another layer.
-    let t = g.layer(LayerSpec::Tanh, out1);
+    let t = g.layer(LayerSpec::Tanh(TanhSpec {}), out1);
     let out3 = g.dense(t, 4, 2);
     let losses = Losses {
         specs: vec![Loss::CrossEntropy.into(), Loss::Mse.into(), Loss::Mse.into()],
@@ -240,15 +247,15 @@ fn two_inputs_two_outputs_gradients() {
 #[test]
 fn chain_graph_trains_like_sequential() {
     let specs = vec![
-        LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 },
+        LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 }),
         conv(1, 4, 3, 1),
-        LayerSpec::ReLU,
-        LayerSpec::MaxPool2D { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] },
+        LayerSpec::ReLU(ReLUSpec {}),
+        LayerSpec::MaxPool2D(MaxPool2DSpec { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] }),
         conv(4, 4, 3, 1),
-        LayerSpec::BatchNorm2D { num_features: 4, eps: 1e-5, momentum: Some(0.1) },
-        LayerSpec::ReLU,
-        LayerSpec::Flatten,
-        LayerSpec::Dense { in_features: 64, out_features: 10, bias: true, init: Init::Xavier },
+        LayerSpec::BatchNorm2D(BatchNorm2DSpec { num_features: 4, eps: 1e-5, momentum: Some(0.1) }),
+        LayerSpec::ReLU(ReLUSpec {}),
+        LayerSpec::Flatten(FlattenSpec {}),
+        LayerSpec::Dense(DenseSpec { in_features: 64, out_features: 10, bias: true, init: Init::Xavier }),
     ];
     let mut g = G::default();
     let mut v = g.input("pixels", &[1, 8, 8]);
@@ -288,12 +295,12 @@ fn graph_training_independent_of_thread_count() {
     let mut g = G::default();
     let x = g.input("x", &[1, 12, 12]);
     let c0 = g.layer(conv(1, 8, 3, 1), x);
-    let r0 = g.layer(LayerSpec::ReLU, c0);
+    let r0 = g.layer(LayerSpec::ReLU(ReLUSpec {}), c0);
     let c1 = g.layer(conv(8, 8, 3, 1), r0);
     let b1 = g.layer(bn(8), c1);
     let a = g.merge(MergeSpec::Add, &[b1, r0]);
-    let r = g.layer(LayerSpec::ReLU, a);
-    let p = g.layer(LayerSpec::GlobalAvgPool2D, r);
+    let r = g.layer(LayerSpec::ReLU(ReLUSpec {}), a);
+    let p = g.layer(LayerSpec::GlobalAvgPool2D(GlobalAvgPool2DSpec {}), r);
     let out = g.dense(p, 8, 10);
     let graph = g.build(&[out]);
     let n = 200;
@@ -373,4 +380,81 @@ fn graph_json() {
     assert!(text.contains(r#""spec":{"type":"Concatenate","axis":-1}"#), "{text}");
     let back: GraphSpec = serde_json::from_str(&text).expect("parse");
     assert_eq!(back, graph);
+}
+
+/// Data-parallel split training of a graph with two inputs and two outputs
+/// (class weights on one loss, loss weights) equals one process to
+/// rounding: each output's loss divides by the whole batch's denominator.
+#[test]
+fn graph_split_training_matches_one_process() {
+    use crate::model::{GradHook, Parallel};
+    use std::sync::{Barrier, Mutex};
+    let mut g = G::default();
+    let x1 = g.input("a", &[4]);
+    let x2 = g.input("b", &[3]);
+    let a = g.dense(x1, 4, 3);
+    let b = g.dense(x2, 3, 3);
+    let s = g.merge(MergeSpec::Add, &[a, b]);
+    let r = g.layer(LayerSpec::Tanh(TanhSpec {}), s);
+    let out1 = g.dense(r, 3, 3);
+    let out2 = g.dense(r, 3, 2);
+    let graph = g.build(&[out1, out2]);
+    let n = 21;
+    let (xa, xb) = (values(n * 4, 11), values(n * 3, 12));
+    let y1: Vec<i64> = (0..n).map(|i| (i % 3) as i64).collect();
+    let y2 = values(n * 2, 13);
+    let weighted = crate::loss::LossSpec { weight: Some(vec![0.5, 2.0, 1.0]), ..Loss::CrossEntropy.into() };
+    let losses = Losses { specs: vec![weighted, Loss::Mse.into()], weights: vec![0.5, 2.0] };
+    let run = |par: Option<Parallel>, hook: Option<GradHook<'_, f64>>| {
+        let mut m = Sequential::<f64>::from_graph(graph.clone(), 7, true).expect("graph");
+        let ranges = m.entries().iter().map(|e| e.range.clone()).collect();
+        let cfg =
+            OptimConfig::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+        let mut opt = crate::optim::Optimizer::new(cfg, ranges).expect("optimizer");
+        let more_x = [(Features::F64(&xb), &[3usize][..])];
+        let more_y = [Target::Values(&y2[..])];
+        let mut data = Data::new(Features::F64(&xa), n, &[4], Target::Labels(&y1));
+        data.more_x = &more_x;
+        data.more_y = &more_y;
+        let mut opts = EpochOptions::new(losses.clone(), 8);
+        opts.parallel = par;
+        let mut hook = hook;
+        for _ in 0..2 {
+            let h = hook.as_mut().map(|h| &mut **h as GradHook<'_, f64>);
+            m.train_epoch_reduced(data, &mut opt, &opts, &mut |_| Ok(Flow::Continue), h).expect("epoch");
+        }
+        m.params().to_vec()
+    };
+    let one = run(None, None);
+    let ranks = 2;
+    let parts: Mutex<Vec<Vec<f64>>> = Mutex::new(vec![Vec::new(); ranks]);
+    let barrier = Barrier::new(ranks);
+    let all: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..ranks)
+            .map(|rank| {
+                let (parts, barrier, run) = (&parts, &barrier, &run);
+                s.spawn(move || {
+                    let mut hook = |g: &mut [f64]| {
+                        parts.lock().expect("lock")[rank] = g.to_vec();
+                        barrier.wait();
+                        let p = parts.lock().expect("lock");
+                        for (i, v) in g.iter_mut().enumerate() {
+                            *v = p.iter().map(|part| part[i]).sum();
+                        }
+                        drop(p);
+                        barrier.wait();
+                        Ok(())
+                    };
+                    run(Some(Parallel::Split { rank, ranks }), Some(&mut hook))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank")).collect()
+    });
+    assert_eq!(all[0], all[1], "ranks differ");
+    let scale = one.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let err = one.iter().zip(&all[0]).fold(0.0f64, |a, (u, v)| a.max((u - v).abs()));
+    assert!(err <= 1e-12 * scale, "max error {err}");
+    let fresh = Sequential::<f64>::from_graph(graph.clone(), 7, true).expect("graph");
+    assert!(one != fresh.params(), "the weights moved");
 }

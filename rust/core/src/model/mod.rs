@@ -12,18 +12,20 @@
 mod diagnostics;
 mod gradcheck;
 mod graph;
+mod parallel;
 mod train;
 mod workspace;
 
 pub use diagnostics::{ActivationStat, ActivationStats, Diagnostics, ParamStats, SATURATION};
 pub use gradcheck::GradCheck;
 pub use graph::{GraphInput, GraphLayer, GraphNode, GraphSpec, NodeSpec};
+pub use parallel::{GradHook, Parallel};
 pub use train::{Data, EpochOptions, Flow, Losses, Progress, Totals};
 
 use crate::data::Features;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::layers::{numel, BufferKind, Layer, LayerSpec, Merge};
+use crate::layers::{numel, BufferKind, DenseSpec, Layer, LayerSpec, Merge, RescalingSpec};
 use crate::memory;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
@@ -165,8 +167,8 @@ fn input_prefix<T: Float>(
             break;
         }
         match &graph.layers[op.spec].spec {
-            NodeSpec::Layer(LayerSpec::Flatten) => {}
-            NodeSpec::Layer(LayerSpec::Rescaling { scale, offset }) if affine.is_none() => {
+            NodeSpec::Layer(LayerSpec::Flatten(_)) => {}
+            NodeSpec::Layer(LayerSpec::Rescaling(RescalingSpec { scale, offset })) if affine.is_none() => {
                 affine = Some((*scale, *offset))
             }
             _ => break,
@@ -182,7 +184,7 @@ fn input_prefix<T: Float>(
 fn check_chain(specs: &[LayerSpec]) -> Result<()> {
     let layers = specs.iter().map(|s| s.build::<f32>()).collect::<Result<Vec<_>>>()?;
     for (i, s) in specs.iter().enumerate() {
-        let LayerSpec::Dense { in_features, .. } = *s else { continue };
+        let LayerSpec::Dense(DenseSpec { in_features, .. }) = *s else { continue };
         let mut shape = vec![in_features];
         for (j, layer) in layers.iter().enumerate().skip(i) {
             if !layer.acts_on_last_dim() {
@@ -445,6 +447,12 @@ impl<T: Float> Sequential<T> {
     /// The flat gradient buffer.
     pub fn grads(&self) -> &[T] {
         &self.grads
+    }
+
+    /// The flat gradient buffer, writable (e.g. to all-reduce it in place
+    /// for data-parallel training with a custom loop).
+    pub fn grads_mut(&mut self) -> &mut [T] {
+        &mut self.grads
     }
 
     /// The layers' float buffers (running statistics), flat.

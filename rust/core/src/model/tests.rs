@@ -3,6 +3,9 @@
 use super::*;
 use crate::data::Features;
 use crate::float::Float;
+use crate::layers::{
+    Conv2DSpec, DenseSpec, DropoutSpec, FlattenSpec, ReLUSpec, RescalingSpec, SigmoidSpec, TanhSpec,
+};
 use crate::loss::{loss_grad, Loss, Target};
 use crate::optim::OptimConfig;
 use crate::Init;
@@ -18,12 +21,12 @@ fn fused_input_prefix_matches_the_layers() {
         let mut r = Rng::new(11);
         let x: Vec<u8> = (0..n * 196).map(|_| (r.next_u64() >> 56) as u8).collect();
         let y: Vec<i64> = (0..n).map(|i| (x[i * 196 + 50] as i64) % 10).collect();
-        let mut specs = if fused { vec![] } else { vec![LayerSpec::Dropout { p: 0.0 }] };
+        let mut specs = if fused { vec![] } else { vec![LayerSpec::Dropout(DropoutSpec { p: 0.0 })] };
         specs.extend_from_slice(prefix);
         specs.extend([
-            LayerSpec::Dense { in_features: 196, out_features: 32, bias: true, init: Init::He },
-            LayerSpec::ReLU,
-            LayerSpec::Dense { in_features: 32, out_features: 10, bias: true, init: Init::Xavier },
+            LayerSpec::Dense(DenseSpec { in_features: 196, out_features: 32, bias: true, init: Init::He }),
+            LayerSpec::ReLU(ReLUSpec {}),
+            LayerSpec::Dense(DenseSpec { in_features: 32, out_features: 10, bias: true, init: Init::Xavier }),
         ]);
         let mut model = Sequential::<T>::new(specs, 2).expect("model");
         assert_eq!(model.prefix, if fused { prefix.len().min(2) } else { 0 });
@@ -39,11 +42,14 @@ fn fused_input_prefix_matches_the_layers() {
         model.predict_into(&x, n, &[14, 14], 64, &mut out).expect("predict");
         (model.params().to_vec(), out)
     }
-    let one = [LayerSpec::Flatten, LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: -0.25 }];
+    let one = [
+        LayerSpec::Flatten(FlattenSpec {}),
+        LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: -0.25 }),
+    ];
     let two = [
-        LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 },
-        LayerSpec::Flatten,
-        LayerSpec::Rescaling { scale: 3.0, offset: -1.0 },
+        LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 }),
+        LayerSpec::Flatten(FlattenSpec {}),
+        LayerSpec::Rescaling(RescalingSpec { scale: 3.0, offset: -1.0 }),
     ];
     for prefix in [&one[..], &one[..1], &two[..]] {
         let (p, out) = run::<f32>(prefix, true);
@@ -69,12 +75,27 @@ fn training_independent_of_thread_count() {
     for batch in [32, 128, 256] {
         let train = |threads: usize| {
             let specs = vec![
-                LayerSpec::Rescaling { scale: 1.0 / 255.0, offset: 0.0 },
-                LayerSpec::Dense { in_features: 784, out_features: 600, bias: true, init: Init::He },
-                LayerSpec::ReLU,
-                LayerSpec::Dense { in_features: 600, out_features: 160, bias: true, init: Init::He },
-                LayerSpec::ReLU,
-                LayerSpec::Dense { in_features: 160, out_features: 10, bias: true, init: Init::Xavier },
+                LayerSpec::Rescaling(RescalingSpec { scale: 1.0 / 255.0, offset: 0.0 }),
+                LayerSpec::Dense(DenseSpec {
+                    in_features: 784,
+                    out_features: 600,
+                    bias: true,
+                    init: Init::He,
+                }),
+                LayerSpec::ReLU(ReLUSpec {}),
+                LayerSpec::Dense(DenseSpec {
+                    in_features: 600,
+                    out_features: 160,
+                    bias: true,
+                    init: Init::He,
+                }),
+                LayerSpec::ReLU(ReLUSpec {}),
+                LayerSpec::Dense(DenseSpec {
+                    in_features: 160,
+                    out_features: 10,
+                    bias: true,
+                    init: Init::Xavier,
+                }),
             ];
             let mut model = Sequential::<f32>::new(specs, 5).expect("model");
             let ranges = model.entries().iter().map(|e| e.range.clone()).collect();
@@ -96,9 +117,9 @@ fn training_independent_of_thread_count() {
 
 fn small_mlp(act: LayerSpec, seed: u64) -> Sequential<f64> {
     let specs = vec![
-        LayerSpec::Dense { in_features: 12, out_features: 16, bias: true, init: Init::He },
+        LayerSpec::Dense(DenseSpec { in_features: 12, out_features: 16, bias: true, init: Init::He }),
         act,
-        LayerSpec::Dense { in_features: 16, out_features: 3, bias: true, init: Init::Xavier },
+        LayerSpec::Dense(DenseSpec { in_features: 16, out_features: 3, bias: true, init: Init::Xavier }),
     ];
     Sequential::<f64>::new(specs, seed).expect("model")
 }
@@ -121,8 +142,8 @@ fn clipped_epoch_matches_manual_clipping() {
     let cfg = OptimConfig::Sgd { lr: 0.5, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
     for norm_type in [2.0, 1.0, f64::INFINITY] {
         let clip = crate::ClipNorm::new(0.05, norm_type).expect("clip");
-        let mut fused = small_mlp(LayerSpec::Tanh, 4);
-        let mut manual = small_mlp(LayerSpec::Tanh, 4);
+        let mut fused = small_mlp(LayerSpec::Tanh(TanhSpec {}), 4);
+        let mut manual = small_mlp(LayerSpec::Tanh(TanhSpec {}), 4);
         let ranges: Vec<_> = fused.entries().iter().map(|e| e.range.clone()).collect();
         let mut o1 = Optimizer::new(cfg.clone(), ranges.clone()).expect("optimizer");
         let mut o2 = Optimizer::new(cfg.clone(), ranges).expect("optimizer");
@@ -170,8 +191,8 @@ fn diagnostics_of_one_step() {
     let n = 40;
     let (x, y) = toy_data(n);
     let cfg = OptimConfig::Adam { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut model = small_mlp(LayerSpec::ReLU, 1);
-    let mut probe = small_mlp(LayerSpec::ReLU, 1);
+    let mut model = small_mlp(LayerSpec::ReLU(ReLUSpec {}), 1);
+    let mut probe = small_mlp(LayerSpec::ReLU(ReLUSpec {}), 1);
     // Kill units 0..4 of the hidden layer: weights and bias negative, inputs
     // in [-2, 2], so the pre-activation is below 0 for every sample.
     let w = model.entries()[0].range.clone();
@@ -228,7 +249,7 @@ fn diagnostics_of_one_step() {
     assert_eq!(d.activations[0].fraction, dead as f64 / 16.0);
 
     // A one-batch report changes nothing and matches the epoch's norms.
-    let mut fresh = small_mlp(LayerSpec::Sigmoid, 1);
+    let mut fresh = small_mlp(LayerSpec::Sigmoid(SigmoidSpec {}), 1);
     let (p0, g0, rng0) = (fresh.params().to_vec(), fresh.grads().to_vec(), fresh.rng_state());
     let rep = fresh.diagnose(data, &Loss::CrossEntropy.into()).expect("diagnose");
     assert_eq!((fresh.params(), fresh.grads(), fresh.rng_state()), (&p0[..], &g0[..], rng0));
@@ -251,23 +272,30 @@ fn cnn_diagnostics_and_bits() {
     let x: Vec<f32> = (0..n * 64).map(|_| (r.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
     let y: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
     let build = || {
-        let conv = |i, o| LayerSpec::Conv2D {
-            in_channels: i,
-            out_channels: o,
-            kernel_size: [3, 3],
-            stride: [1, 1],
-            padding: crate::Padding::Explicit([1, 1]),
-            dilation: [1, 1],
-            bias: true,
-            init: Init::He,
+        let conv = |i, o| {
+            LayerSpec::Conv2D(Conv2DSpec {
+                in_channels: i,
+                out_channels: o,
+                kernel_size: [3, 3],
+                stride: [1, 1],
+                padding: crate::Padding::Explicit([1, 1]),
+                dilation: [1, 1],
+                bias: true,
+                init: Init::He,
+            })
         };
         let specs = vec![
             conv(1, 4),
-            LayerSpec::ReLU,
+            LayerSpec::ReLU(ReLUSpec {}),
             conv(4, 6),
-            LayerSpec::ReLU,
-            LayerSpec::Flatten,
-            LayerSpec::Dense { in_features: 6 * 64, out_features: 3, bias: true, init: Init::Xavier },
+            LayerSpec::ReLU(ReLUSpec {}),
+            LayerSpec::Flatten(FlattenSpec {}),
+            LayerSpec::Dense(DenseSpec {
+                in_features: 6 * 64,
+                out_features: 3,
+                bias: true,
+                init: Init::Xavier,
+            }),
         ];
         Sequential::<f32>::new(specs, 2).expect("model")
     };

@@ -1,6 +1,7 @@
 //! The fused training epoch, evaluation and inference.
 
-use super::workspace::Pass;
+use super::parallel::{GradHook, Parallel};
+use super::workspace::{Grad, Pass};
 use super::Sequential;
 use crate::clip::ClipNorm;
 use crate::data::{Features, Rows};
@@ -8,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::team;
 use crate::layers::numel;
-use crate::loss::{check_sample_weights, validate_target, Loss, LossSpec, LossTotals, Target};
+use crate::loss::{check_sample_weights, mean_denom, validate_target, Loss, LossSpec, LossTotals, Target};
 use crate::optim::Optimizer;
 use std::time::Instant;
 
@@ -225,6 +226,9 @@ pub struct EpochOptions {
     /// Collect [`Diagnostics`](super::Diagnostics) (means over the epoch's steps), read with
     /// [`Sequential::last_diagnostics`].
     pub diagnostics: bool,
+    /// Data-parallel training: this process's part of each step (see
+    /// [`Sequential::train_epoch_reduced`]).
+    pub parallel: Option<Parallel>,
 }
 
 impl EpochOptions {
@@ -241,12 +245,19 @@ impl EpochOptions {
             every_step: false,
             clip: None,
             diagnostics: false,
+            parallel: None,
         }
     }
 
-    /// Steps an epoch of `n` samples takes.
+    /// Batches of `batch_size` in `n` samples.
     pub fn steps(&self, n: usize) -> usize {
         n.div_ceil(self.batch_size.max(1))
+    }
+
+    /// Steps an epoch over `n` samples takes (a shard epoch may take fewer).
+    pub fn steps_for(&self, n: usize) -> usize {
+        let steps = self.steps(n);
+        self.parallel.map_or(steps, |p| p.steps(steps))
     }
 }
 
@@ -270,6 +281,29 @@ pub struct Progress {
     pub samples: usize,
     /// Running totals (loss, accuracy) over this epoch so far.
     pub totals: Totals,
+}
+
+/// An epoch's fixed inputs, shared by its steps.
+struct Run<'a, 'h, T> {
+    data: &'a Data<'a, T>,
+    opts: &'a EpochOptions,
+    /// The epoch's sample order (the same on every process).
+    order: &'a [usize],
+    /// A team runs the steps (see [`team::Tuner`]).
+    tune: bool,
+    reduce: Option<GradHook<'h, T>>,
+    /// Each output's loss denominator in data-parallel steps (see
+    /// [`Grad::Over`]), reused.
+    denoms: Vec<f64>,
+}
+
+/// One step's samples: the batch, this process's part of it, and the next
+/// step's part (to prefetch).
+#[derive(Clone, Copy)]
+struct StepRows<'a> {
+    batch: &'a [usize],
+    idx: &'a [usize],
+    next: Option<&'a [usize]>,
 }
 
 impl<T: Float> Sequential<T> {
@@ -355,7 +389,30 @@ impl<T: Float> Sequential<T> {
         opts: &EpochOptions,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
     ) -> Result<Totals> {
-        self.check_epoch(&data, opt, opts)?;
+        self.train_epoch_reduced(data, opt, opts, progress, None)
+    }
+
+    /// [`Sequential::train_epoch`] with a gradient hook: `reduce` is called
+    /// once per step with the flat gradient buffer (every parameter's
+    /// gradient, after the whole backward pass, before clipping and the
+    /// update), e.g. to sum it in place across processes for data-parallel
+    /// training with `opts.parallel`; an error from it ends the epoch with
+    /// that error (the model stays usable, updated up to the step before).
+    ///
+    /// With a hook the step's updates wait for the whole backward pass (as
+    /// with clipping) and a non-finite loss on any process ends the epoch
+    /// on every process at the same step: the process that sees it makes
+    /// the first gradient element NaN before the hook, and every process
+    /// checks that element after it.
+    pub fn train_epoch_reduced(
+        &mut self,
+        data: Data<'_, T>,
+        opt: &mut Optimizer<T>,
+        opts: &EpochOptions,
+        progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
+        reduce: Option<GradHook<'_, T>>,
+    ) -> Result<Totals> {
+        let local = self.check_epoch(&data, opt, opts, reduce.is_some())?;
         opt.prepare()?;
         if opts.diagnostics {
             self.diag_begin()?;
@@ -369,8 +426,9 @@ impl<T: Float> Sequential<T> {
             self.rng.shuffle(&mut order);
         }
         let saved = opt.config.clone();
-        let team = self.team_size(opts.batch_size.min(data.n));
-        let result = team::with_team(team, || self.run_steps(&data, opt, opts, &order, team > 1, progress));
+        let team = self.team_size(local);
+        let mut run = Run { data: &data, opts, order: &order, tune: team > 1, reduce, denoms: Vec::new() };
+        let result = team::with_team(team, || self.run_steps(&mut run, opt, progress));
         self.ws.order = order;
         self.cache = None;
         if opts.lrs.is_some() || opts.momenta.is_some() {
@@ -385,8 +443,16 @@ impl<T: Float> Sequential<T> {
 
     /// Everything that could refuse an epoch, checked before its first step:
     /// the options, the data, the workspace for its batches and each batch
-    /// size the layers must accept, the per-step schedules.
-    fn check_epoch(&mut self, data: &Data<'_, T>, opt: &Optimizer<T>, opts: &EpochOptions) -> Result<()> {
+    /// size the layers must accept (every rank's part of them in
+    /// data-parallel training, which needs a gradient hook: `hooked`), the
+    /// per-step schedules. Returns the largest batch this process computes.
+    fn check_epoch(
+        &mut self,
+        data: &Data<'_, T>,
+        opt: &Optimizer<T>,
+        opts: &EpochOptions,
+        hooked: bool,
+    ) -> Result<usize> {
         let (n, weights) = (data.n, data.weights);
         if opts.batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
@@ -408,22 +474,40 @@ impl<T: Float> Sequential<T> {
         } else {
             opts.loss.check(self.outs.len())?;
         }
+        let par = opts.parallel;
+        if let Some(p) = par {
+            p.check()?;
+            if !hooked {
+                return Err(Error::value(
+                    "parallel training needs a gradient hook to sum the ranks' gradients",
+                ));
+            }
+        }
         let shapes = data.shapes();
         self.plan(&shapes, 1, false)?;
         let bs = opts.batch_size.min(n);
-        self.plan(&shapes, bs, true)?;
-        self.check_batch(bs, true)?;
-        if n % bs != 0 {
-            self.check_batch(n % bs, true).map_err(|e| Error {
-                message: format!(
-                    "{} (the epoch's last batch: {n} samples in batches of {bs}; pick a batch size \
-                     that does not leave it so small)",
-                    e.message
-                ),
-                ..e
-            })?;
+        // This process's largest part of a batch, and every part's size.
+        let parts = |m: usize| par.map_or_else(|| vec![m], |p| p.part_sizes(m));
+        let local = parts(bs).into_iter().max().unwrap_or(bs).max(1);
+        self.plan(&shapes, local, true)?;
+        for m in parts(bs).into_iter().filter(|&m| m > 0) {
+            self.check_batch(m, true)?;
         }
-        let steps = n.div_ceil(bs);
+        if n % bs != 0 {
+            parts(n % bs)
+                .into_iter()
+                .filter(|&m| m > 0)
+                .try_for_each(|m| self.check_batch(m, true))
+                .map_err(|e| Error {
+                    message: format!(
+                        "{} (the epoch's last batch: {n} samples in batches of {bs}; pick a batch size \
+                         that does not leave it so small)",
+                        e.message
+                    ),
+                    ..e
+                })?;
+        }
+        let steps = opts.steps_for(n);
         for (what, values) in [("learning rates", &opts.lrs), ("momenta", &opts.momenta)] {
             if let Some(v) = values {
                 if v.len() != steps {
@@ -441,43 +525,42 @@ impl<T: Float> Sequential<T> {
         for &m in opts.momenta.iter().flatten() {
             probe.set_momentum(m)?;
         }
-        Ok(())
+        Ok(local)
     }
 
-    /// The epoch's steps over the samples in `order`, with progress reports;
-    /// stops at the first error. `tune`: a team runs the steps (see
-    /// [`team::Tuner`]).
+    /// The epoch's steps, with progress reports; stops at the first error.
     fn run_steps(
         &mut self,
-        data: &Data<'_, T>,
+        run: &mut Run<'_, '_, T>,
         opt: &mut Optimizer<T>,
-        opts: &EpochOptions,
-        order: &[usize],
-        tune: bool,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
     ) -> Result<Totals> {
-        let n = data.n;
+        let (n, opts, par) = (run.data.n, run.opts, run.opts.parallel);
         let bs = opts.batch_size.min(n);
-        let steps = n.div_ceil(bs);
+        let steps = opts.steps_for(n);
         let mut totals = Totals::default();
         totals.reset(&opts.loss);
         let mut step_totals = totals.clone();
         let mut last_report = Instant::now();
-        let mut tuner = team::Tuner::new(tune);
+        let mut tuner = team::Tuner::new(run.tune);
+        // This process's part of a batch (all of it in one process).
+        let part = |batch: &'_ [usize]| -> std::ops::Range<usize> {
+            par.map_or(0..batch.len(), |p| p.part(batch.len()))
+        };
         for step in 0..steps {
             tuner.before_step();
             let began = Instant::now();
-            let idx = &order[step * bs..((step + 1) * bs).min(n)];
-            let next = order.get((step + 1) * bs..((step + 2) * bs).min(n));
-            self.train_step(data, opt, opts, idx, next, step, &mut step_totals)?;
+            let batch = &run.order[step * bs..((step + 1) * bs).min(n)];
+            let next = run.order.get((step + 1) * bs..((step + 2) * bs).min(n)).filter(|_| step + 1 < steps);
+            let rows = StepRows { batch, idx: &batch[part(batch)], next: next.map(|b| &b[part(b)]) };
+            self.train_step(run, opt, rows, step, &mut step_totals)?;
             tuner.after_step(began.elapsed());
             totals.add(&step_totals);
             if opts.every_step || last_report.elapsed() >= self.report_every || step + 1 == steps {
                 last_report = Instant::now();
-                let samples = (step * bs + idx.len()).min(n);
-                if progress(&Progress { step: step + 1, steps, samples, totals: totals.clone() })?
-                    == Flow::Stop
-                {
+                let done = step * bs + if par.is_some() { batch.len() } else { rows.idx.len() };
+                let report = Progress { step: step + 1, steps, samples: done.min(n), totals: totals.clone() };
+                if progress(&report)? == Flow::Stop {
                     break;
                 }
             }
@@ -485,43 +568,62 @@ impl<T: Float> Sequential<T> {
         Ok(totals)
     }
 
-    /// One training step on the samples `idx` (`next`: the following step's,
-    /// to prefetch): gather, forward, loss, backward and update; the step's
-    /// loss totals into `t`.
-    #[allow(clippy::too_many_arguments)]
+    /// One training step on this process's samples `rows.idx` of the batch
+    /// `rows.batch`: gather, forward, loss, backward, the gradient hook and
+    /// the update; the step's loss totals (this process's) into `t`.
     fn train_step(
         &mut self,
-        data: &Data<'_, T>,
+        run: &mut Run<'_, '_, T>,
         opt: &mut Optimizer<T>,
-        opts: &EpochOptions,
-        idx: &[usize],
-        next: Option<&[usize]>,
+        rows: StepRows<'_>,
         step: usize,
         t: &mut Totals,
     ) -> Result<()> {
-        let m = idx.len();
-        self.load_batch(data, Rows::Index(idx));
-        // Small batches: start loading the next one while this one computes
-        // (a large batch would only push the weights out of cache).
-        for i in 0..self.num_inputs() {
-            let in_len = self.in_len(i);
-            if let Some(next) = next.filter(|_| opts.batch_size * in_len <= PREFETCH_MAX_ELEMS) {
-                data.input(i).0.prefetch(Rows::Index(next), in_len);
-            }
+        let (data, opts) = (run.data, run.opts);
+        let m = rows.idx.len();
+        // Data-parallel parts divide each output's loss by the whole batch's
+        // denominator (split) or make the sum over ranks the mean of their
+        // means (shard).
+        run.denoms.clear();
+        for k in 0..self.outs.len() {
+            let (spec, y, cols) = (opts.loss.spec(k), data.target(k), self.out_len(k));
+            run.denoms.extend(match opts.parallel {
+                Some(Parallel::Split { .. }) => Some(mean_denom(spec, y, rows.batch, cols)),
+                Some(Parallel::Shard { ranks, .. }) => {
+                    Some(mean_denom(spec, y, rows.idx, cols) * ranks as f64)
+                }
+                None => None,
+            });
         }
+        let grad = if opts.parallel.is_some() { Grad::Over(&run.denoms) } else { Grad::Mean };
         let pass = Pass::train(self.rng.next_u64());
-        self.forward_loss(m, pass, &opts.loss, data, data.weights.is_some(), true, t)?;
+        if m > 0 {
+            self.load_batch(data, Rows::Index(rows.idx));
+            // Small batches: start loading the next one while this one computes
+            // (a large batch would only push the weights out of cache).
+            for i in 0..self.num_inputs() {
+                let in_len = self.in_len(i);
+                if let Some(next) = rows.next.filter(|_| opts.batch_size * in_len <= PREFETCH_MAX_ELEMS) {
+                    data.input(i).0.prefetch(Rows::Index(next), in_len);
+                }
+            }
+            self.forward_loss(m, pass, &opts.loss, data, data.weights.is_some(), grad, t)?;
+        } else {
+            t.reset(&opts.loss); // a rank without samples in a small last batch
+        }
         let at = |e: Error| Error {
             message: format!(
                 "{} at epoch {}, step {} (of {}); try a lower learning rate or check the data",
                 e.message,
                 opts.epoch,
                 step + 1,
-                opts.steps(data.n)
+                opts.steps_for(data.n)
             ),
             ..e
         };
-        if !t.mean().is_finite() {
+        // With a hook, every process learns of a non-finite loss after it.
+        let finite = t.mean().is_finite();
+        if !finite && run.reduce.is_none() {
             return Err(at(Error::non_finite(format!("training loss became {}", t.mean()))));
         }
         // Checked before the first step: these cannot fail.
@@ -531,10 +633,44 @@ impl<T: Float> Sequential<T> {
         if let Some(m) = &opts.momenta {
             let _ = opt.config.set_momentum(m[step]);
         }
-        self.backward_update(opt, opts.clip, m, pass.key).map_err(at)?;
+        match run.reduce.as_mut() {
+            Some(reduce) => {
+                self.backward_reduce(m, pass.key, finite, reduce)?;
+                if self.grads.first().is_some_and(|g| !g.to_f64().is_finite()) {
+                    let who = if finite { "another process" } else { "this process" };
+                    let e =
+                        Error::non_finite(format!("training loss or gradient became non-finite on {who}"));
+                    return Err(at(e));
+                }
+                self.update_all(opt, opts.clip).map_err(at)?;
+            }
+            None => self.backward_update(opt, opts.clip, m, pass.key).map_err(at)?,
+        }
         opt.finish_step();
         self.diag.end_step();
         Ok(())
+    }
+
+    /// Data-parallel: the whole backward pass (zero gradients for a rank
+    /// without samples), then the hook on the flat gradient buffer. A
+    /// non-finite loss (`finite` false) poisons the first gradient element,
+    /// so every process sees it after the hook and stops at this step.
+    fn backward_reduce(
+        &mut self,
+        m: usize,
+        key: u64,
+        finite: bool,
+        reduce: &mut dyn FnMut(&mut [T]) -> Result<()>,
+    ) -> Result<()> {
+        if m > 0 {
+            self.backward_loaded(m, key, false, |_, _, _| {});
+        } else {
+            self.grads.fill(T::ZERO);
+        }
+        if let (false, Some(g)) = (finite, self.grads.first_mut()) {
+            *g = T::from_f64(f64::NAN);
+        }
+        reduce(&mut self.grads)
     }
 
     /// Backpropagates the loaded batch's loss gradient and updates the
@@ -548,30 +684,38 @@ impl<T: Float> Sequential<T> {
         m: usize,
         key: u64,
     ) -> Result<()> {
+        if clip.is_some() {
+            self.backward_loaded(m, key, false, |_, _, _| {});
+            return self.update_all(opt, clip);
+        }
         let mut diag = std::mem::take(&mut self.diag);
         let mut updated = Ok(());
-        if let Some(clip) = clip {
-            self.backward_loaded(m, key, false, |_, _, _| {});
-            updated = self.clip_all(clip).map(drop);
+        self.backward_loaded(m, key, false, |p, g, r| {
             if updated.is_ok() {
-                updated = if diag.on() {
-                    // The gradient norms before clipping (L2, as clipped).
-                    let norms = Some(&self.clip_norms[..]);
-                    diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, norms)
-                } else {
-                    opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
-                };
+                updated = if diag.on() { diag.update(opt, p, g, r, None) } else { opt.step_part(p, g, r) };
             }
-        } else {
-            self.backward_loaded(m, key, false, |p, g, r| {
-                if updated.is_ok() {
-                    updated =
-                        if diag.on() { diag.update(opt, p, g, r, None) } else { opt.step_part(p, g, r) };
-                }
-            });
-        }
+        });
         self.diag = diag;
         updated
+    }
+
+    /// With every gradient computed: clips them (when asked) and updates
+    /// all parameters.
+    fn update_all(&mut self, opt: &mut Optimizer<T>, clip: Option<ClipNorm>) -> Result<()> {
+        let mut norms = None;
+        if let Some(clip) = clip {
+            self.clip_all(clip)?;
+            // The gradient norms before clipping (L2, as clipped).
+            norms = Some(&self.clip_norms[..]);
+        }
+        if self.diag.on() {
+            let mut diag = std::mem::take(&mut self.diag);
+            let updated = diag.update(opt, &mut self.params, &self.grads, 0..usize::MAX, norms);
+            self.diag = diag;
+            updated
+        } else {
+            opt.step_part(&mut self.params, &self.grads, 0..usize::MAX)
+        }
     }
 
     /// Inference in batches of `batch_size` into `out` (`n x` output
@@ -656,7 +800,7 @@ impl<T: Float> Sequential<T> {
         while start < n {
             let m = bs.min(n - start);
             self.load_batch(&data, Rows::Range(start, m));
-            self.forward_loss(m, Pass::EVAL, loss, &data, data.weights.is_some(), false, &mut batch)?;
+            self.forward_loss(m, Pass::EVAL, loss, &data, data.weights.is_some(), Grad::No, &mut batch)?;
             totals.add(&batch);
             start += m;
         }

@@ -9,7 +9,7 @@ use crate::data::{Features, Rows};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::layers::{numel, Backward, Buffers, Forward, Layout, MergeBackward, MergeForward};
-use crate::loss::{loss_grad, RowStat, Target};
+use crate::loss::{loss_grad_over, RowStat, Target};
 use crate::memory;
 use crate::rng::mix64;
 use std::ops::Range;
@@ -40,6 +40,18 @@ impl Pass {
     pub(crate) fn frozen(key: u64) -> Pass {
         Pass { training: true, update: false, key }
     }
+}
+
+/// Which loss gradient [`Sequential::forward_loss`] computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Grad<'a> {
+    /// None: the loss only.
+    No,
+    /// Of the batch's mean loss (each output's).
+    Mean,
+    /// Of each output's loss sum divided by its entry here (a data-parallel
+    /// part of a larger batch; see [`crate::loss::loss_grad_over`]).
+    Over(&'a [f64]),
 }
 
 pub(crate) struct Workspace<T> {
@@ -485,7 +497,7 @@ impl<T: Float> Sequential<T> {
     /// The forward pass over the loaded batch of `n` samples (see
     /// [`Sequential::run_layers`]), then the loss of each output against its
     /// loaded targets (`data` gives their kinds; `weighted`: with the loaded
-    /// sample weights), into `totals`; with `grad`, `dL/d output` (times the
+    /// sample weights), into `totals`; with a `grad`, `dL/d output` (times the
     /// output's loss weight) is left in its gradient slot for the backward
     /// pass. Activation diagnostics are collected when they are on.
     #[allow(clippy::too_many_arguments)]
@@ -496,7 +508,7 @@ impl<T: Float> Sequential<T> {
         loss: &Losses,
         data: &Data<'_, T>,
         weighted: bool,
-        grad: bool,
+        grad: Grad<'_>,
         totals: &mut Totals,
     ) -> Result<()> {
         self.run_layers(n, pass);
@@ -512,21 +524,37 @@ impl<T: Float> Sequential<T> {
             let target = batch_target(data.target(k), &ws.labels[k], &ws.targets[k]);
             let weights = weighted.then(|| &ws.weights[..n]);
             let slot = self.plan.slot[v];
-            let dout = if grad { ws.dslots.get_mut(slot).map(|d| &mut d[..n * cols]) } else { None };
+            let denom = match grad {
+                Grad::Over(d) => Some(d[k]),
+                Grad::No | Grad::Mean => None,
+            };
+            let dout = match grad {
+                Grad::No => None,
+                Grad::Mean | Grad::Over(_) => ws.dslots.get_mut(slot).map(|d| &mut d[..n * cols]),
+            };
             let w = loss.weight(k);
-            let scale = grad && w != 1.0;
-            let dout_ptr = dout;
-            let t = match dout_ptr {
+            let t = match dout {
                 Some(d) => {
-                    let t =
-                        loss_grad(loss.spec(k), out, n, cols, target, weights, Some(&mut *d), &mut ws.stats)?;
-                    if scale {
+                    let t = loss_grad_over(
+                        loss.spec(k),
+                        out,
+                        n,
+                        cols,
+                        target,
+                        weights,
+                        Some(&mut *d),
+                        &mut ws.stats,
+                        denom,
+                    )?;
+                    if w != 1.0 {
                         let c = T::from_f64(w);
                         d.iter_mut().for_each(|g| *g *= c);
                     }
                     t
                 }
-                None => loss_grad(loss.spec(k), out, n, cols, target, weights, None, &mut ws.stats)?,
+                None => {
+                    loss_grad_over(loss.spec(k), out, n, cols, target, weights, None, &mut ws.stats, denom)?
+                }
             };
             totals.outputs[k] = t;
         }
@@ -548,7 +576,7 @@ impl<T: Float> Sequential<T> {
             }
             Target::Values(v) => {
                 ws.targets[k].resize(ws.cap.max(rows.len()) * cols, T::ZERO);
-                T::as_features(v).gather(rows, cols, &mut ws.targets[k]);
+                crate::data::gather_rows(v, rows, cols, &mut ws.targets[k]);
             }
         }
     }
