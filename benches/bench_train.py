@@ -51,7 +51,7 @@ CONFIGS = {
 CNN_SAMPLES = 12_000
 INFER_BATCH = 1024
 # Frameworks with a CNN runner.
-CNN_FRAMEWORKS = ("ferrograd", "ferrograd-u8", "ferrograd-diag", "torch")
+CNN_FRAMEWORKS = ("ferrograd", "ferrograd-base", "ferrograd-u8", "ferrograd-diag", "torch")
 LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 
