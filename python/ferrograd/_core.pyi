@@ -38,11 +38,21 @@ class NonFiniteError(ValueError): ...
 class StateError(ValueError): ...
 class InternalError(RuntimeError): ...
 
+# One array, or a list of them (one per input or output of a graph).
+_Arrays = np.ndarray | list[np.ndarray]
+
 @final
 class Model:
     def __new__(
-        cls, specs: list[str], dtype: str = "float32", seed: int = 0, init: bool = True
+        cls,
+        specs: list[str],
+        dtype: str = "float32",
+        seed: int = 0,
+        init: bool = True,
+        graph: str | None = None,
     ) -> Self: ...
+    def graph_json(self) -> str: ...
+    def node_shapes(self, inputs: list[list[int]]) -> list[list[int]]: ...
     @property
     def dtype(self) -> str: ...
     @property
@@ -57,14 +67,15 @@ class Model:
     def layer_shapes(self, input: list[int]) -> list[list[int]]: ...
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray: ...
     def backward(self, grad: np.ndarray) -> None: ...
-    def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray: ...
+    def predict(self, x: _Arrays, batch_size: int) -> np.ndarray | list[np.ndarray]: ...
     def evaluate(
         self,
-        x: np.ndarray,
-        y: np.ndarray,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         batch_size: int,
         sample_weight: np.ndarray | None = None,
+        loss_weights: list[float] | None = None,
     ) -> tuple[float, float | None]: ...
     def evaluate_totals(
         self,
@@ -75,12 +86,17 @@ class Model:
         sample_weight: np.ndarray | None = None,
     ) -> tuple[float, float, int, int]: ...
     def validate(
-        self, x: np.ndarray, y: np.ndarray, loss: str, sample_weight: np.ndarray | None = None
+        self,
+        x: _Arrays,
+        y: _Arrays,
+        loss: str,
+        sample_weight: np.ndarray | None = None,
+        loss_weights: list[float] | None = None,
     ) -> None: ...
     def train_epoch(
         self,
-        x: np.ndarray,
-        y: np.ndarray,
+        x: _Arrays,
+        y: _Arrays,
         loss: str,
         optimizer: Optimizer,
         *,
@@ -95,17 +111,28 @@ class Model:
         sample_weight: np.ndarray | None = None,
         clip: tuple[float, float] | None = None,
         diagnostics: bool = False,
+        loss_weights: list[float] | None = None,
         parallel: tuple[str, int, int, int] | None = None,
         reduce: Callable[[memoryview], Any] | None = None,
     ) -> tuple[float, float | None, tuple[float, float, int, int]]: ...
     def last_diagnostics(self) -> dict[str, Any] | None: ...
     def diagnose(
-        self, x: np.ndarray, y: np.ndarray, loss: str, sample_weight: np.ndarray | None = None
+        self,
+        x: _Arrays,
+        y: _Arrays,
+        loss: str,
+        sample_weight: np.ndarray | None = None,
+        loss_weights: list[float] | None = None,
     ) -> dict[str, Any]: ...
     def grad_norms(self, params: list[int], norm_type: float) -> list[float]: ...
     def scale_grads(self, params: list[int], coef: float) -> None: ...
     def gradcheck(
-        self, x: np.ndarray, y: np.ndarray, loss: str, eps: float
+        self,
+        x: _Arrays,
+        y: _Arrays,
+        loss: str,
+        eps: float,
+        loss_weights: list[float] | None = None,
     ) -> list[tuple[str, float, float]]: ...
     def get_rng_state(self) -> list[int]: ...
     def set_rng_state(self, s: list[int]) -> None: ...

@@ -9,7 +9,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, cast
 
 import numpy as np
 
@@ -954,7 +954,8 @@ class Sequential:
 
             out = _predict(self, xa, batch_size)
         else:
-            out = self._core.predict(xa, batch_size)
+            # A Sequential has one output: one array, never a list.
+            out = cast(np.ndarray, self._core.predict(xa, batch_size))
         self._input_shape = tuple(xa.shape[1:])
         return out
 

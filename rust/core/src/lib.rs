@@ -57,11 +57,13 @@ pub use clip::ClipNorm;
 pub use data::{Features, Rows};
 pub use error::{Error, ErrorKind, Result};
 pub use float::Float;
+pub use layers::MergeSpec;
 pub use layers::{Init, LayerSpec, Padding};
 pub use loss::{Loss, LossSpec, LossTotals, Target};
 pub use memory::MemoryLimit;
 pub use model::{
-    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, GradHook, Parallel,
-    ParamEntry, ParamStats, Progress, Sequential, StateEntry, StateKind, StateValues,
+    ActivationStat, ActivationStats, Data, Diagnostics, EpochOptions, Flow, GradCheck, GradHook, GraphInput,
+    GraphLayer, GraphNode, GraphSpec, Losses, NodeSpec, Parallel, ParamEntry, ParamStats, Progress,
+    Sequential, StateEntry, StateKind, StateValues, Totals,
 };
 pub use optim::{OptimConfig, Optimizer};

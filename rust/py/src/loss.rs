@@ -3,8 +3,9 @@
 
 use crate::arrays::{new_array, slice_err, target_array};
 use crate::errors::{compute, guarded, ShapeError};
+
 use ferrograd::loss::{check_sample_weights, loss_grad, validate_target, RowStat};
-use ferrograd::{Error, Float, Loss, LossSpec, LossTotals};
+use ferrograd::{Error, Float, Loss, LossSpec, Totals};
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -14,8 +15,9 @@ pub fn parse_loss(text: &str) -> PyResult<LossSpec> {
     guarded(|| LossSpec::from_json(text))
 }
 
-/// `(mean loss, accuracy or None)`.
-pub fn totals_tuple(t: &LossTotals, loss: Loss) -> (f64, Option<f64>) {
+/// `(mean loss, accuracy or None)`: the weighted total of a model with
+/// several outputs, and its first output's accuracy.
+pub fn totals_tuple(t: &Totals, loss: Loss) -> (f64, Option<f64>) {
     (t.mean(), if loss.has_accuracy() { Some(t.accuracy()) } else { None })
 }
 
@@ -86,7 +88,8 @@ fn loss_impl<'py, T: Element + Float>(
         loss_grad(loss, xs, n, cols, target, w, g, &mut stats)
     })?;
     let g = if with_grad { Some(new_array(py, &grad, &shape)?) } else { None };
-    let (m, acc) = totals_tuple(&t, loss.kind);
+    let acc = if loss.kind.has_accuracy() { Some(t.accuracy()) } else { None };
+    let m = t.mean();
     Ok((m, acc, g))
 }
 

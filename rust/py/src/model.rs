@@ -2,21 +2,21 @@
 //! in `net.rs`, below the optimizer that holds one): build, state, forward
 //! and backward, the fused training epoch, evaluation and prediction.
 
-use crate::arrays::{in_array, new_array, slice_err, target_array};
+use crate::arrays::{in_array, new_array, slice_err, target_array, InArray, TargetArray};
 use crate::errors::{compute, guarded, panic_err, to_py};
 use crate::layers::parse_specs;
-use crate::loss::{parse_loss, sample_weights, totals_tuple};
+use crate::loss::{sample_weights, totals_tuple};
 use crate::net::{with_net, Net, PyModel};
 use crate::optim::{Opt, PyOptimizer};
 use ferrograd::optim::Optimizer;
 use ferrograd::{
-    threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Float, Flow, LossSpec,
-    LossTotals, Parallel, Sequential, StateKind, StateValues,
+    threads, ActivationStat, ClipNorm, Data, Diagnostics, EpochOptions, Error, Features, Float, Flow,
+    GraphSpec, Losses, Parallel, Sequential, StateKind, StateValues, Target, Totals,
 };
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList, PyTuple};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -26,12 +26,65 @@ use std::time::Duration;
 /// that add up across processes.
 pub type RawTotals = (f64, f64, u64, u64);
 
-fn raw_totals(t: &LossTotals) -> RawTotals {
-    (t.loss_sum, t.denom, t.correct, t.acc_units)
+/// The raw totals of a one-output model's loss (data-parallel training and
+/// evaluation take models with one output).
+fn raw_totals(t: &Totals) -> RawTotals {
+    t.outputs.first().map_or((0.0, 0.0, 0, 0), |t| (t.loss_sum, t.denom, t.correct, t.acc_units))
+}
+
+/// The losses of a call: a loss name or JSON configuration, or a JSON list
+/// of them (one per output), with optional weights.
+pub fn parse_losses(text: &str, weights: Option<Vec<f64>>) -> PyResult<Losses> {
+    guarded(|| Losses::from_json(text, weights.unwrap_or_default()))
+}
+
+/// A list or tuple's items, or the object itself.
+fn items<'py>(v: &Bound<'py, PyAny>) -> Vec<Bound<'py, PyAny>> {
+    if let Ok(l) = v.cast::<PyList>() {
+        l.iter().collect()
+    } else if let Ok(t) = v.cast::<PyTuple>() {
+        t.iter().collect()
+    } else {
+        vec![v.clone()]
+    }
+}
+
+/// Every input array of a call (`x` or a list of them), borrowed.
+fn input_arrays<'py>(x: &Bound<'py, PyAny>) -> PyResult<Vec<InArray<'py>>> {
+    let xs = items(x);
+    let one = xs.len() == 1;
+    xs.iter()
+        .enumerate()
+        .map(|(i, o)| in_array(o, &if one { "X".into() } else { format!("X[{i}]") }))
+        .collect()
+}
+
+/// Features, sample count and per-sample shape of every input array, the
+/// sample counts checked to agree.
+fn batches<'a>(xa: &'a [InArray<'_>]) -> PyResult<(Vec<Features<'a>>, usize, Vec<Vec<usize>>)> {
+    let one = xa.len() == 1;
+    let mut feats = Vec::with_capacity(xa.len());
+    let mut shapes = Vec::with_capacity(xa.len());
+    let mut count = None;
+    for (i, a) in xa.iter().enumerate() {
+        let what = if one { "X".to_string() } else { format!("X[{i}]") };
+        let (f, n, shape) = a.batch(&what)?;
+        if let Some(n0) = count.filter(|&n0| n0 != n) {
+            return Err(crate::errors::ShapeError::new_err(format!(
+                "the inputs have different sample counts: X[0] has {n0}, {what} has {n}"
+            )));
+        }
+        count = Some(n);
+        feats.push(f);
+        shapes.push(shape);
+    }
+    Ok((feats, count.unwrap_or(0), shapes))
 }
 
 /// Borrows `x`, `y` (and sample weights `w`) as a batch-first dataset
-/// checked against the model's output shape, and runs `f` with it.
+/// checked against the model's output shapes, and runs `f` with it; `x`
+/// and `y` are arrays, or lists of them for a model with several inputs
+/// or outputs.
 fn with_data<'py, T: Element + Float, R>(
     m: &mut Sequential<T>,
     x: &Bound<'py, PyAny>,
@@ -39,39 +92,73 @@ fn with_data<'py, T: Element + Float, R>(
     w: Option<&Bound<'py, PyAny>>,
     f: impl FnOnce(&mut Sequential<T>, Data<'_, T>) -> PyResult<R>,
 ) -> PyResult<R> {
-    let xa = in_array(x, "X")?;
-    let (feats, n, shape) = xa.batch("X")?;
-    let out_shape = m.output_shape(&shape).map_err(to_py)?;
-    let ya = target_array::<T>(y)?;
-    let target = ya.target(n, &out_shape)?;
+    let xa = input_arrays(x)?;
+    let (feats, n, shapes) = batches(&xa)?;
+    let out_shapes = m.output_shapes(&shapes).map_err(to_py)?;
+    let ya = items(y).iter().map(target_array::<T>).collect::<PyResult<Vec<TargetArray<'_, T>>>>()?;
+    if ya.len() != out_shapes.len() {
+        return Err(PyValueError::new_err(format!(
+            "the model has {} outputs, got {} target arrays",
+            out_shapes.len(),
+            ya.len()
+        )));
+    }
+    let targets =
+        ya.iter().zip(&out_shapes).map(|(a, s)| a.target(n, s)).collect::<PyResult<Vec<Target<'_, T>>>>()?;
     let wa = sample_weights::<T>(w)?;
     let weights = match &wa {
         Some(a) => Some(a.as_slice().map_err(|_| slice_err("sample_weight"))?),
         None => None,
     };
-    f(m, Data { x: feats, n, shape: &shape, y: target, weights })
+    let more_x: Vec<(Features<'_>, &[usize])> =
+        feats.iter().zip(&shapes).skip(1).map(|(f, s)| (*f, s.as_slice())).collect();
+    f(
+        m,
+        Data {
+            x: feats[0],
+            n,
+            shape: &shapes[0],
+            y: targets[0],
+            weights,
+            more_x: &more_x,
+            more_y: &targets[1..],
+        },
+    )
 }
 
+/// Inference: one array for a one-output model, a list of arrays otherwise.
 fn predict_impl<'py, T: Element + Float>(
     py: Python<'py>,
     m: &mut Sequential<T>,
     x: &Bound<'py, PyAny>,
     batch_size: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let xa = in_array(x, "X")?;
-    let (f, n, shape) = xa.batch("X")?;
-    let out_shape = m.output_shape(&shape).map_err(to_py)?;
-    let mut dims = vec![n];
-    dims.extend_from_slice(&out_shape);
-    let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
-    ferrograd::memory::reserve("the predictions", ferrograd::memory::bytes_of::<T>(elems)).map_err(to_py)?;
-    let out = PyArrayDyn::<T>::zeros(py, dims.as_slice(), false);
-    {
-        let mut w = out.readwrite();
-        let buf = w.as_slice_mut().map_err(|_| PyRuntimeError::new_err("fresh array not contiguous"))?;
-        compute(py, || m.predict_into(&f, n, &shape, batch_size, buf))?;
+    let xa = input_arrays(x)?;
+    let (feats, n, shapes) = batches(&xa)?;
+    let out_shapes = m.output_shapes(&shapes).map_err(to_py)?;
+    let mut outs = Vec::with_capacity(out_shapes.len());
+    for s in &out_shapes {
+        let mut dims = vec![n];
+        dims.extend_from_slice(s);
+        let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+        ferrograd::memory::reserve("the predictions", ferrograd::memory::bytes_of::<T>(elems))
+            .map_err(to_py)?;
+        outs.push(PyArrayDyn::<T>::zeros(py, dims.as_slice(), false));
     }
-    Ok(out.into_any())
+    {
+        let mut ws = outs.iter().map(|o| o.readwrite()).collect::<Vec<_>>();
+        let mut bufs = ws
+            .iter_mut()
+            .map(|w| w.as_slice_mut().map_err(|_| PyRuntimeError::new_err("fresh array not contiguous")))
+            .collect::<PyResult<Vec<&mut [T]>>>()?;
+        let inputs: Vec<(Features<'_>, &[usize])> =
+            feats.iter().zip(&shapes).map(|(f, s)| (*f, s.as_slice())).collect();
+        compute(py, || m.predict_outputs(&inputs, n, batch_size, &mut bufs))?;
+    }
+    if outs.len() == 1 {
+        return Ok(outs.swap_remove(0).into_any());
+    }
+    Ok(PyList::new(py, outs)?.into_any())
 }
 
 /// One epoch: the core's epoch runs on a worker thread while this (calling)
@@ -90,18 +177,42 @@ fn train_impl<T: Element + Float>(
     callback: Option<Py<PyAny>>,
     reduce: Option<Py<PyAny>>,
 ) -> PyResult<(f64, Option<f64>, RawTotals)> {
-    let loss = opts.loss.kind;
-    let xa = in_array(x, "X")?;
-    let (f, n, shape) = xa.batch("X")?;
-    let out_shape = m.output_shape(&shape).map_err(to_py)?;
-    let ya = target_array::<T>(y)?;
-    let target = ya.target(n, &out_shape)?;
+    let loss = opts.loss.spec(0).kind;
+    let xa = input_arrays(x)?;
+    let (feats, n, shapes) = batches(&xa)?;
+    let out_shapes = m.output_shapes(&shapes).map_err(to_py)?;
+    if opts.parallel.is_some() && out_shapes.len() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "data-parallel training takes a model with one output, this one has {}",
+            out_shapes.len()
+        )));
+    }
+    let ya = items(y).iter().map(target_array::<T>).collect::<PyResult<Vec<TargetArray<'_, T>>>>()?;
+    if ya.len() != out_shapes.len() {
+        return Err(PyValueError::new_err(format!(
+            "the model has {} outputs, got {} target arrays",
+            out_shapes.len(),
+            ya.len()
+        )));
+    }
+    let targets =
+        ya.iter().zip(&out_shapes).map(|(a, s)| a.target(n, s)).collect::<PyResult<Vec<Target<'_, T>>>>()?;
     let wa = sample_weights::<T>(w)?;
     let weights = match &wa {
         Some(a) => Some(a.as_slice().map_err(|_| slice_err("sample_weight"))?),
         None => None,
     };
-    let data = Data { x: f, n, shape: &shape, y: target, weights };
+    let more_x: Vec<(Features<'_>, &[usize])> =
+        feats.iter().zip(&shapes).skip(1).map(|(f, s)| (*f, s.as_slice())).collect();
+    let data = Data {
+        x: feats[0],
+        n,
+        shape: &shapes[0],
+        y: targets[0],
+        weights,
+        more_x: &more_x,
+        more_y: &targets[1..],
+    };
     let every_step = opts.every_step;
     let (tx, rx) = mpsc::channel::<ferrograd::Progress>();
     // With `every_step`, the worker waits after each report until this
@@ -125,7 +236,7 @@ fn train_impl<T: Element + Float>(
                         let mut reduce = hook.map(|h| move |g: &mut [T]| h.call(g));
                         let reduce = reduce.as_mut().map(|r| r as ferrograd::GradHook<'_, T>);
                         let progress = &mut |p: &ferrograd::Progress| {
-                            let sent = tx.send(*p).is_ok();
+                            let sent = tx.send(p.clone()).is_ok();
                             if every_step && sent {
                                 let _ = ack_rx.recv();
                             }
@@ -188,11 +299,14 @@ fn train_impl<T: Element + Float>(
 
 /// A model with initialised weights, or zero ones (`init` false) to load into.
 fn build<T: Float>(
+    graph: Option<GraphSpec>,
     specs: Vec<ferrograd::LayerSpec>,
     seed: u64,
     init: bool,
 ) -> ferrograd::Result<Sequential<T>> {
-    if init {
+    if let Some(g) = graph {
+        Sequential::from_graph(g, seed, init)
+    } else if init {
         Sequential::new(specs, seed)
     } else {
         Sequential::new_uninit(specs, seed)
@@ -213,13 +327,18 @@ impl PyModel {
     /// (`{"type": "Dense", "in_features": 784, ...}`).
     #[new]
     /// `init=False` leaves the parameters zero (for loading weights).
-    #[pyo3(signature = (specs, dtype="float32", seed=0, init=true))]
-    fn new(specs: Vec<String>, dtype: &str, seed: u64, init: bool) -> PyResult<Self> {
+    /// `graph`: a graph's JSON (`specs` then unused, give `[]`).
+    #[pyo3(signature = (specs, dtype="float32", seed=0, init=true, graph=None))]
+    fn new(specs: Vec<String>, dtype: &str, seed: u64, init: bool, graph: Option<&str>) -> PyResult<Self> {
         let net = guarded(|| {
-            let specs = parse_specs(&specs)?;
+            let graph = match graph {
+                Some(text) => Some(GraphSpec::from_json(text)?),
+                None => None,
+            };
+            let specs = if graph.is_some() { Vec::new() } else { parse_specs(&specs)? };
             Ok(match dtype {
-                "float32" => Net::F32(build(specs, seed, init)?),
-                "float64" => Net::F64(build(specs, seed, init)?),
+                "float32" => Net::F32(build(graph, specs, seed, init)?),
+                "float64" => Net::F64(build(graph, specs, seed, init)?),
                 other => {
                     return Err(Error::value(format!(
                         "unknown dtype {other:?}; expected \"float32\" or \"float64\""
@@ -228,6 +347,16 @@ impl PyModel {
             })
         })?;
         Ok(PyModel::wrap(net))
+    }
+
+    /// The model's graph as JSON (a `Sequential` is a chain).
+    fn graph_json(&self) -> PyResult<String> {
+        Ok(with_net!(&*self.lock()?, m, _T, m.graph().to_json()))
+    }
+
+    /// Per-sample shape of every graph node's output for the inputs' shapes.
+    fn node_shapes(&self, inputs: Vec<Vec<usize>>) -> PyResult<Vec<Vec<usize>>> {
+        with_net!(&*self.lock()?, m, _T, guarded(|| m.node_shapes(&inputs)))
     }
 
     /// The element type, "float32" or "float64".
@@ -382,7 +511,8 @@ impl PyModel {
 
     /// `(mean loss, accuracy or None)` over a dataset; `loss` is a name or a
     /// JSON configuration.
-    #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None, loss_weights=None))]
     fn evaluate(
         &self,
         py: Python<'_>,
@@ -391,12 +521,13 @@ impl PyModel {
         loss: &str,
         batch_size: usize,
         sample_weight: Option<&Bound<'_, PyAny>>,
+        loss_weights: Option<Vec<f64>>,
     ) -> PyResult<(f64, Option<f64>)> {
-        let loss: LossSpec = parse_loss(loss)?;
+        let loss = parse_losses(loss, loss_weights)?;
         with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| {
                 let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
-                Ok(totals_tuple(&t, loss.kind))
+                Ok(totals_tuple(&t, loss.spec(0).kind))
             })
         })
     }
@@ -414,7 +545,7 @@ impl PyModel {
         batch_size: usize,
         sample_weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<RawTotals> {
-        let loss: LossSpec = parse_loss(loss)?;
+        let loss = parse_losses(loss, None)?;
         with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| {
                 let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
@@ -432,7 +563,7 @@ impl PyModel {
     /// step on a memoryview of the flat gradient buffer to sum it in place
     /// across processes. Returns `(loss, accuracy or None, raw totals)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, y, loss, optimizer, *, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, parallel=None, reduce=None))]
+    #[pyo3(signature = (x, y, loss, optimizer, *, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, loss_weights=None, parallel=None, reduce=None))]
     fn train_epoch(
         slf: &Bound<'_, Self>,
         x: &Bound<'_, PyAny>,
@@ -450,6 +581,7 @@ impl PyModel {
         sample_weight: Option<&Bound<'_, PyAny>>,
         clip: Option<(f64, f64)>,
         diagnostics: bool,
+        loss_weights: Option<Vec<f64>>,
         parallel: Option<(String, usize, usize, usize)>,
         reduce: Option<Py<PyAny>>,
     ) -> PyResult<(f64, Option<f64>, RawTotals)> {
@@ -472,7 +604,7 @@ impl PyModel {
             }
         };
         let opts = EpochOptions {
-            loss: parse_loss(loss)?,
+            loss: parse_losses(loss, loss_weights)?,
             batch_size,
             shuffle,
             epoch,
@@ -503,7 +635,7 @@ impl PyModel {
 
     /// Checks data (and sample weights) against the model and loss without
     /// computing anything.
-    #[pyo3(signature = (x, y, loss, sample_weight=None))]
+    #[pyo3(signature = (x, y, loss, sample_weight=None, loss_weights=None))]
     fn validate(
         &self,
         py: Python<'_>,
@@ -511,8 +643,9 @@ impl PyModel {
         y: &Bound<'_, PyAny>,
         loss: &str,
         sample_weight: Option<&Bound<'_, PyAny>>,
+        loss_weights: Option<Vec<f64>>,
     ) -> PyResult<()> {
-        let loss = parse_loss(loss)?;
+        let loss = parse_losses(loss, loss_weights)?;
         with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| compute(py, || m.validate_data(data, &loss)))
         })
@@ -520,6 +653,7 @@ impl PyModel {
 
     /// `[(name, max relative error, max absolute error), ...]` of backprop
     /// against central finite differences (float64 models only).
+    #[pyo3(signature = (x, y, loss, eps, loss_weights=None))]
     fn gradcheck(
         &self,
         py: Python<'_>,
@@ -527,8 +661,9 @@ impl PyModel {
         y: &Bound<'_, PyAny>,
         loss: &str,
         eps: f64,
+        loss_weights: Option<Vec<f64>>,
     ) -> PyResult<Vec<(String, f64, f64)>> {
-        let loss = parse_loss(loss)?;
+        let loss = parse_losses(loss, loss_weights)?;
         with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, None, |m, data| {
                 let r = compute(py, || m.gradcheck(data, &loss, eps))?;
@@ -545,7 +680,7 @@ impl PyModel {
 
     /// Diagnostics of one training-mode pass over the data as one batch,
     /// without an update; changes no state.
-    #[pyo3(signature = (x, y, loss, sample_weight=None))]
+    #[pyo3(signature = (x, y, loss, sample_weight=None, loss_weights=None))]
     fn diagnose<'py>(
         &self,
         py: Python<'py>,
@@ -553,8 +688,9 @@ impl PyModel {
         y: &Bound<'py, PyAny>,
         loss: &str,
         sample_weight: Option<&Bound<'py, PyAny>>,
+        loss_weights: Option<Vec<f64>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let loss = parse_loss(loss)?;
+        let loss = parse_losses(loss, loss_weights)?;
         let d = with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| compute(py, || m.diagnose(data, &loss)))
         })?;

@@ -45,6 +45,7 @@ mod dense;
 mod dropout;
 mod flatten;
 mod identity;
+mod merge;
 mod pool;
 mod rescaling;
 mod softmax;
@@ -60,6 +61,9 @@ pub use dense::{Dense, Init};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use identity::Identity;
+pub use merge::{
+    Add, Average, Concatenate, Merge, MergeBackward, MergeForward, MergeSpec, Multiply, Subtract,
+};
 pub use pool::{GlobalAvgPool, Pool, PoolKind};
 pub use rescaling::Rescaling;
 pub use softmax::Softmax;

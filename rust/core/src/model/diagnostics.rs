@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::norms::{self, count_outside, diff_sumsq, sumsq_pair_copy, unit_max, vector_norm};
 use crate::layers::{numel, LayerSpec, Layout};
-use crate::loss::LossSpec;
-use crate::model::train::Data;
+use crate::model::graph::{GraphSpec, NodeSpec, Plan};
+use crate::model::train::{Data, Losses, Totals};
 use crate::optim::Optimizer;
 use std::cmp::Ordering;
 use std::ops::Range;
@@ -50,7 +50,7 @@ pub enum ActivationStat {
 /// One activation layer's diagnostics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActivationStats {
-    /// The layer's index in the model.
+    /// The node's index in the model (the layer's, for a `Sequential`).
     pub layer: usize,
     pub stat: ActivationStat,
     pub fraction: f64,
@@ -235,7 +235,7 @@ impl<T: Float> Sequential<T> {
         let d = &mut self.diag;
         d.on = true;
         d.entries = self.entries.iter().map(|e| (e.name.clone(), e.range.clone())).collect();
-        d.monitors = monitors(&self.specs, &self.ops);
+        d.monitors = monitors(&self.graph, &self.plan);
         let k = d.entries.len();
         for v in [&mut d.grad, &mut d.weight, &mut d.ratio] {
             v.clear();
@@ -308,11 +308,12 @@ impl<T: Float> Sequential<T> {
     /// fixed mask, BatchNorm with batch statistics), without an update.
     /// Parameters, gradients, buffers and the random state are left as they
     /// were; `update_ratio` is NaN.
-    pub fn diagnose(&mut self, data: Data<'_, T>, loss: &LossSpec) -> Result<Diagnostics> {
+    pub fn diagnose(&mut self, data: Data<'_, T>, loss: &Losses) -> Result<Diagnostics> {
         self.load_whole(&data, loss)?;
         let pass = Pass::frozen(0xd1a6_0f10_77e5_7a11_u64);
         self.diag_begin()?;
-        let result = self.forward_loss(data.n, pass, loss, data.y, data.weights.is_some(), Grad::Mean);
+        let mut t = Totals::default();
+        let result = self.forward_loss(data.n, pass, loss, &data, data.weights.is_some(), Grad::Mean, &mut t);
         if let Err(e) = result {
             self.diag.stop();
             return Err(e);
@@ -385,21 +386,19 @@ impl<T: Float> Sequential<T> {
     }
 }
 
-/// The activation layers to watch and the op boundary holding each one's
-/// output (a fused activation's is its layer's output).
-fn monitors<T: Float>(specs: &[LayerSpec], ops: &[super::Op<T>]) -> Vec<Monitor> {
+/// The activation nodes to watch and the value holding each one's output
+/// (a fused activation's is its layer's output).
+fn monitors(graph: &GraphSpec, plan: &Plan) -> Vec<Monitor> {
+    let k = graph.inputs.len();
     let mut out = Vec::new();
-    for (layer, s) in specs.iter().enumerate() {
-        let watch = match s {
-            LayerSpec::ReLU(_) => Watch::Relu,
-            LayerSpec::Sigmoid(_) => Watch::Sigmoid,
-            LayerSpec::Tanh(_) => Watch::Tanh,
+    for (node, nd) in graph.nodes.iter().enumerate() {
+        let watch = match &graph.layers[nd.layer].spec {
+            NodeSpec::Layer(LayerSpec::ReLU(_)) => Watch::Relu,
+            NodeSpec::Layer(LayerSpec::Sigmoid(_)) => Watch::Sigmoid,
+            NodeSpec::Layer(LayerSpec::Tanh(_)) => Watch::Tanh,
             _ => continue,
         };
-        // The last op starting at or before this layer produced its output.
-        if let Some(k) = ops.iter().rposition(|op| op.spec <= layer) {
-            out.push(Monitor { boundary: k + 1, layer, watch });
-        }
+        out.push(Monitor { boundary: plan.value[k + node], layer: node, watch });
     }
     out
 }

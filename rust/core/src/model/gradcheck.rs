@@ -1,11 +1,11 @@
 //! Backpropagation checked against central finite differences.
 
 use super::train::Data;
+use super::train::{Losses, Totals};
 use super::workspace::{Grad, Pass};
 use super::Sequential;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::loss::LossSpec;
 
 /// One parameter's result of [`Sequential::gradcheck`].
 #[derive(Clone, Debug)]
@@ -26,7 +26,7 @@ impl<T: Float> Sequential<T> {
     /// held fixed, batch statistics for BatchNorm). Needs a float64 model.
     /// Parameters, gradients, buffers and the random state are left as they
     /// were.
-    pub fn gradcheck(&mut self, data: Data<'_, T>, loss: &LossSpec, eps: f64) -> Result<Vec<GradCheck>> {
+    pub fn gradcheck(&mut self, data: Data<'_, T>, loss: &Losses, eps: f64) -> Result<Vec<GradCheck>> {
         if T::NAME != "float64" {
             return Err(Error::value(format!(
                 "gradcheck needs a float64 model, this one is {}: float32 finite differences carry \
@@ -38,16 +38,19 @@ impl<T: Float> Sequential<T> {
             return Err(Error::value(format!("eps must be a finite value > 0, got {eps}")));
         }
         self.load_whole(&data, loss)?;
-        let (n, y, weighted) = (data.n, data.y, data.weights.is_some());
+        let (n, weighted) = (data.n, data.weights.is_some());
+        let mut t = Totals::default();
         // One fixed key, so every pass draws the same dropout masks, and
         // frozen buffers, so every pass sees the same model.
         let pass = Pass::frozen(0x5eed_0f9c_4ec4_ed00_u64);
         let saved_grads = self.grads.clone();
-        self.forward_loss(n, pass, loss, y, weighted, Grad::Mean)?;
+        self.forward_loss(n, pass, loss, &data, weighted, Grad::Mean, &mut t)?;
         self.grads.fill(T::ZERO);
         self.backward_loaded(n, pass, true, |_, _, _| {});
         let analytic = std::mem::replace(&mut self.grads, saved_grads);
-        let loss_at = |m: &mut Self| m.forward_loss(n, pass, loss, y, weighted, Grad::No).map(|t| t.mean());
+        let mut loss_at = |m: &mut Self| {
+            m.forward_loss(n, pass, loss, &data, weighted, Grad::No, &mut t).map(|()| t.mean())
+        };
         let mut report = Vec::new();
         for e in self.entries.clone() {
             let mut numeric = Vec::with_capacity(e.range.len());

@@ -11,22 +11,25 @@
 
 mod diagnostics;
 mod gradcheck;
+mod graph;
 mod parallel;
 mod train;
 mod workspace;
 
 pub use diagnostics::{ActivationStat, ActivationStats, Diagnostics, ParamStats, SATURATION};
 pub use gradcheck::GradCheck;
+pub use graph::{GraphInput, GraphLayer, GraphNode, GraphSpec, NodeSpec};
 pub use parallel::{GradHook, Parallel};
-pub use train::{Data, EpochOptions, Flow, Progress};
+pub use train::{Data, EpochOptions, Flow, Losses, Progress, Totals};
 
 use crate::data::Features;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::layers::{BufferKind, DenseSpec, Layer, LayerSpec, RescalingSpec};
+use crate::layers::{numel, BufferKind, DenseSpec, Layer, LayerSpec, Merge, RescalingSpec};
 use crate::memory;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use graph::{OpView, Plan};
 use std::ops::Range;
 use std::time::Duration;
 use workspace::{Pass, Workspace};
@@ -69,14 +72,32 @@ pub enum StateValues<T> {
     Count(Vec<i64>),
 }
 
+/// What an op runs: a single-input layer (unchanged by graphs), or a merge.
+pub(crate) enum Kind<T: Float> {
+    Layer(Box<dyn Layer<T>>),
+    Merge(Box<dyn Merge<T>>),
+}
+
 pub(crate) struct Op<T: Float> {
-    pub(crate) layer: Box<dyn Layer<T>>,
-    /// Index of the spec this op came from (names and messages).
+    pub(crate) kind: Kind<T>,
+    /// Index of the graph layer this op calls (names and messages).
     pub(crate) spec: usize,
+    /// Storage values it reads.
+    pub(crate) inputs: Vec<usize>,
     pub(crate) prange: Range<usize>,
     /// Its float and integer buffers.
     pub(crate) brange: Range<usize>,
     pub(crate) crange: Range<usize>,
+}
+
+impl<T: Float> Op<T> {
+    /// The single-input layer, if it is one.
+    pub(crate) fn layer(&self) -> Option<&dyn Layer<T>> {
+        match &self.kind {
+            Kind::Layer(l) => Some(l.as_ref()),
+            Kind::Merge(_) => None,
+        }
+    }
 }
 
 /// What the last training-mode forward pass (of the step API) left for
@@ -87,10 +108,18 @@ struct Cache {
     pass: Pass,
 }
 
-/// A feed-forward stack of layers, like `torch.nn.Sequential`.
+/// A model: a graph of layers (a chain for `torch.nn.Sequential`'s stack,
+/// or any directed acyclic graph of layers and merges, with several inputs
+/// and outputs) with one flat parameter buffer, one flat gradient buffer,
+/// the layers' buffers and a workspace reused from batch to batch.
 pub struct Sequential<T: Float> {
-    specs: Vec<LayerSpec>,
+    graph: GraphSpec,
+    /// Per graph layer: how messages name it.
+    labels: Vec<String>,
     ops: Vec<Op<T>>,
+    plan: Plan,
+    /// Storage values of the outputs.
+    outs: Vec<usize>,
     params: Vec<T>,
     grads: Vec<T>,
     buffers: Vec<T>,
@@ -118,15 +147,29 @@ pub struct Sequential<T: Float> {
 /// round twice, which one fused pass would not), with that `Rescaling`'s
 /// scale and offset. Their forward pass is fused into the gather of each
 /// batch, which saves one or two passes over it; nothing is lost, since no
-/// gradient is computed below the first layer with parameters.
-fn input_prefix<T: Float>(specs: &[LayerSpec], ops: &[Op<T>]) -> (usize, Option<(f64, f64)>) {
+/// gradient is computed below the first layer with parameters. Only for a
+/// graph with one input whose leading ops form a chain (each op reads the
+/// one before and is its only reader, and none is an output).
+fn input_prefix<T: Float>(
+    graph: &GraphSpec,
+    ops: &[Op<T>],
+    plan: &Plan,
+    outs: &[usize],
+) -> (usize, Option<(f64, f64)>) {
     let mut affine = None;
     let mut count = 0;
-    for op in ops {
-        match specs[op.spec] {
-            LayerSpec::Flatten(_) => {}
-            LayerSpec::Rescaling(RescalingSpec { scale, offset }) if affine.is_none() => {
-                affine = Some((scale, offset))
+    if graph.inputs.len() != 1 {
+        return (0, None);
+    }
+    for (j, op) in ops.iter().enumerate() {
+        // Op j reads storage value j (the input, or op j-1's output) alone.
+        if op.inputs != [j] || plan.consumers[j].len() != 1 || outs.contains(&(j + 1)) {
+            break;
+        }
+        match &graph.layers[op.spec].spec {
+            NodeSpec::Layer(LayerSpec::Flatten(_)) => {}
+            NodeSpec::Layer(LayerSpec::Rescaling(RescalingSpec { scale, offset })) if affine.is_none() => {
+                affine = Some((*scale, *offset))
             }
             _ => break,
         }
@@ -167,17 +210,30 @@ fn count(shape: &[usize]) -> Result<usize> {
 impl<T: Float> Sequential<T> {
     /// Builds and initialises the model; `seed` fixes weights, shuffling and dropout.
     pub fn new(specs: Vec<LayerSpec>, seed: u64) -> Result<Self> {
-        Self::build(specs, seed, true)
+        Self::new_chain(specs, seed, true)
     }
 
     /// Builds the model with zero parameters and fresh buffers, skipping the
     /// weight initialisation (and its draws from the generator): for loading
     /// weights that replace them all.
     pub fn new_uninit(specs: Vec<LayerSpec>, seed: u64) -> Result<Self> {
-        Self::build(specs, seed, false)
+        Self::new_chain(specs, seed, false)
     }
 
-    fn build(specs: Vec<LayerSpec>, seed: u64, init: bool) -> Result<Self> {
+    /// Builds and initialises a graph model (parameters named
+    /// `"{layer name}.{parameter}"`); `init` false: as
+    /// [`Sequential::new_uninit`].
+    pub fn from_graph(graph: GraphSpec, seed: u64, init: bool) -> Result<Self> {
+        if let Some(specs) = graph.chain_specs() {
+            return Self::new_chain(specs, seed, init).map(|mut m| {
+                m.graph.inputs = graph.inputs;
+                m
+            });
+        }
+        Self::build(graph, seed, init)
+    }
+
+    fn new_chain(specs: Vec<LayerSpec>, seed: u64, init: bool) -> Result<Self> {
         if specs.is_empty() {
             return Err(Error::value("Sequential needs at least one layer"));
         }
@@ -185,17 +241,49 @@ impl<T: Float> Sequential<T> {
             s.validate().map_err(|e| Error { message: format!("layer {i}: {}", e.message), ..e })?;
         }
         check_chain(&specs)?;
-        let mut ops: Vec<Op<T>> = Vec::new();
+        Self::build(GraphSpec::chain(specs), seed, init)
+    }
+
+    fn build(graph: GraphSpec, seed: u64, init: bool) -> Result<Self> {
+        graph.check()?;
+        let chain = graph.is_chain();
+        let labels: Vec<String> = graph
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let ty = l.spec.display_name();
+                if chain {
+                    format!("layer {i} ({ty})")
+                } else {
+                    format!("layer {:?} ({ty})", l.name)
+                }
+            })
+            .collect();
+        if !chain {
+            for (l, label) in graph.layers.iter().zip(&labels) {
+                if let NodeSpec::Layer(s) = &l.spec {
+                    s.validate().map_err(|e| Error { message: format!("{label}: {}", e.message), ..e })?;
+                }
+            }
+        }
+        // Parameters and buffers, per layer in the graph's order.
         let mut entries = Vec::new();
         let mut state = Vec::new();
         let (mut np, mut nb, mut nc) = (0usize, 0usize, 0usize);
-        let mut i = 0;
-        while i < specs.len() {
-            let mut layer = specs[i].build::<T>()?;
+        let mut ranges = Vec::with_capacity(graph.layers.len());
+        let mut inits: Vec<Option<Box<dyn Layer<T>>>> = Vec::with_capacity(graph.layers.len());
+        for l in &graph.layers {
             let (p0, b0, c0) = (np, nb, nc);
+            let NodeSpec::Layer(spec) = &l.spec else {
+                ranges.push((p0..np, b0..nb, c0..nc));
+                inits.push(None);
+                continue;
+            };
+            let layer = spec.build::<T>()?;
             for d in layer.params() {
                 let end = np.checked_add(count(&d.shape)?).ok_or_else(workspace::too_big)?;
-                let name = format!("{i}.{}", d.name);
+                let name = format!("{}.{}", l.name, d.name);
                 entries.push(ParamEntry { name: name.clone(), shape: d.shape.clone(), range: np..end });
                 state.push(StateEntry { name, shape: d.shape, kind: StateKind::Param, range: np..end });
                 np = end;
@@ -207,23 +295,62 @@ impl<T: Float> Sequential<T> {
                 };
                 let end = at.checked_add(count(&d.shape)?).ok_or_else(workspace::too_big)?;
                 state.push(StateEntry {
-                    name: format!("{i}.{}", d.name),
+                    name: format!("{}.{}", l.name, d.name),
                     shape: d.shape,
                     kind,
                     range: *at..end,
                 });
                 *at = end;
             }
-            let spec = i;
-            i += 1;
-            // Fold a following activation into the layer when it supports it.
-            if let Some(act) = specs.get(i).and_then(LayerSpec::activation) {
-                if layer.fuse_activation(act) {
-                    i += 1;
-                }
-            }
-            ops.push(Op { layer, spec, prange: p0..np, brange: b0..nb, crange: c0..nc });
+            ranges.push((p0..np, b0..nb, c0..nc));
+            inits.push(Some(layer));
         }
+        // Ops: one per node, an activation folded into the layer before it
+        // when that layer's output has no other reader and is no output.
+        let k = graph.inputs.len();
+        let mut readers = vec![0usize; graph.num_values()];
+        for node in &graph.nodes {
+            for &v in &node.inputs {
+                readers[v] += 1;
+            }
+        }
+        let mut value: Vec<usize> = (0..k).collect();
+        let mut ops: Vec<Op<T>> = Vec::new();
+        let mut j = 0;
+        while j < graph.nodes.len() {
+            let node = &graph.nodes[j];
+            let l = node.layer;
+            let inputs: Vec<usize> = node.inputs.iter().map(|&v| value[v]).collect();
+            let (prange, brange, crange) = ranges[l].clone();
+            let kind = match &graph.layers[l].spec {
+                NodeSpec::Merge(m) => Kind::Merge(m.build::<T>()),
+                NodeSpec::Layer(spec) => {
+                    let mut layer = spec.build::<T>()?;
+                    let out = k + j;
+                    let next = graph.nodes.get(j + 1);
+                    let fusable = next.is_some_and(|n| n.inputs == [out])
+                        && readers[out] == 1
+                        && !graph.outputs.contains(&out);
+                    let act = next.and_then(|n| match &graph.layers[n.layer].spec {
+                        NodeSpec::Layer(s) => s.activation(),
+                        NodeSpec::Merge(_) => None,
+                    });
+                    if let (true, Some(act)) = (fusable, act) {
+                        if layer.fuse_activation(act) {
+                            value.push(k + ops.len());
+                            j += 1;
+                        }
+                    }
+                    Kind::Layer(layer)
+                }
+            };
+            value.push(k + ops.len());
+            ops.push(Op { kind, spec: l, inputs, prange, brange, crange });
+            j += 1;
+        }
+        let outs: Vec<usize> = graph.outputs.iter().map(|&o| value[o]).collect();
+        let views: Vec<OpView<'_>> = ops.iter().map(op_view).collect();
+        let plan = Plan::new(k, &views, &outs, value);
         // Checked before anything is allocated (and its pages touched).
         let bytes = memory::bytes_of::<T>(np)
             .saturating_mul(2)
@@ -238,17 +365,22 @@ impl<T: Float> Sequential<T> {
         let grads = workspace::zeros::<T>(np)?;
         let mut buffers = workspace::zeros::<T>(nb)?;
         let mut counts = vec![0i64; nc];
-        for op in &ops {
-            if init {
-                op.layer.init_params(&mut params[op.prange.clone()], &mut rng);
+        for (layer, (pr, br, cr)) in inits.iter().zip(&ranges) {
+            if let Some(layer) = layer {
+                if init {
+                    layer.init_params(&mut params[pr.clone()], &mut rng);
+                }
+                layer.init_buffers(&mut buffers[br.clone()], &mut counts[cr.clone()]);
             }
-            op.layer.init_buffers(&mut buffers[op.brange.clone()], &mut counts[op.crange.clone()]);
         }
-        let (prefix, affine) = input_prefix(&specs, &ops);
+        let (prefix, affine) = input_prefix(&graph, &ops, &plan, &outs);
         let affine = affine.map(|(s, o)| (T::from_f64(s), T::from_f64(o)));
-        Ok(Sequential {
-            specs,
+        let model = Sequential {
+            graph,
+            labels,
             ops,
+            plan,
+            outs,
             params,
             grads,
             buffers,
@@ -264,12 +396,32 @@ impl<T: Float> Sequential<T> {
             diag: Default::default(),
             last_diagnostics: None,
             clip_norms: Vec::new(),
-        })
+        };
+        // Shapes declared with the inputs: refuse what does not fit now.
+        if let Some(shapes) = model.graph.inputs.iter().map(|i| i.shape.clone()).collect::<Option<Vec<_>>>() {
+            model.node_shapes(&shapes)?;
+        }
+        Ok(model)
     }
 
-    /// The layer specifications, as given.
-    pub fn specs(&self) -> &[LayerSpec] {
-        &self.specs
+    /// The graph, as given (a `Sequential` is a chain).
+    pub fn graph(&self) -> &GraphSpec {
+        &self.graph
+    }
+
+    /// The layer specifications of a chain, as given (empty for other graphs).
+    pub fn specs(&self) -> Vec<LayerSpec> {
+        self.graph.chain_specs().unwrap_or_default()
+    }
+
+    /// The number of inputs.
+    pub fn num_inputs(&self) -> usize {
+        self.graph.inputs.len()
+    }
+
+    /// The number of outputs.
+    pub fn num_outputs(&self) -> usize {
+        self.outs.len()
     }
 
     /// Named parameters in `state_dict` order.
@@ -402,58 +554,134 @@ impl<T: Float> Sequential<T> {
         Ok(())
     }
 
-    /// Per-sample output shape of every spec (layer) for a per-sample input shape.
-    pub fn layer_shapes(&self, input: &[usize]) -> Result<Vec<Vec<usize>>> {
-        let mut shape = input.to_vec();
-        let mut out = Vec::with_capacity(self.specs.len());
-        for (i, s) in self.specs.iter().enumerate() {
-            shape = s.build::<T>()?.output_shape(&shape).map_err(|e| layer_error(i, s, e))?;
-            out.push(shape.clone());
+    /// Per-sample output shape of every graph node for the inputs'
+    /// per-sample shapes (of every layer, for a chain).
+    pub fn node_shapes(&self, inputs: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(Error::value(format!(
+                "the model has {} inputs, got {} shapes",
+                g.inputs.len(),
+                inputs.len()
+            )));
         }
-        Ok(out)
+        let mut values: Vec<Vec<usize>> = inputs.to_vec();
+        for node in &g.nodes {
+            let layer = &g.layers[node.layer];
+            let label = &self.labels[node.layer];
+            let shape = match &layer.spec {
+                NodeSpec::Layer(s) => s
+                    .build::<T>()?
+                    .output_shape(&values[node.inputs[0]])
+                    .map_err(|e| Error { message: format!("{label}: {}", e.message), ..e })?,
+                NodeSpec::Merge(m) => {
+                    let shapes: Vec<&[usize]> = node.inputs.iter().map(|&v| values[v].as_slice()).collect();
+                    m.build::<T>()
+                        .output_shape(&shapes)
+                        .map_err(|e| merge_error(g, label, node, &values, e))?
+                }
+            };
+            values.push(shape);
+        }
+        Ok(values.split_off(g.inputs.len()))
     }
 
-    /// Per-sample output shape for a per-sample input shape.
+    /// Per-sample output shape of every spec (layer) for a per-sample input
+    /// shape (a one-input model).
+    pub fn layer_shapes(&self, input: &[usize]) -> Result<Vec<Vec<usize>>> {
+        self.node_shapes(&[input.to_vec()])
+    }
+
+    /// Per-sample shape of every output for the inputs' per-sample shapes.
+    pub fn output_shapes(&self, inputs: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let nodes = self.node_shapes(inputs)?;
+        let k = self.graph.inputs.len();
+        Ok(self.graph.outputs.iter().map(|&o| nodes[o - k].clone()).collect())
+    }
+
+    /// Per-sample shape of the first output for a per-sample input shape.
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        Ok(self.layer_shapes(input)?.pop().unwrap_or_default())
+        Ok(self.output_shapes(&[input.to_vec()])?.swap_remove(0))
     }
 
-    /// Forward pass on `n` samples; returns the output (`n x` output shape).
-    /// In training mode it updates the layers' running statistics and keeps
-    /// what [`Sequential::backward`] needs.
+    /// Forward pass on `n` samples of one input; returns the first output
+    /// (`n x` its shape). In training mode it updates the layers' running
+    /// statistics and keeps what [`Sequential::backward`] needs.
     pub fn forward(&mut self, x: &Features<'_>, n: usize, shape: &[usize], training: bool) -> Result<&[T]> {
-        self.check_input(x, n, shape, "input")?;
-        self.plan(shape, n, training)?;
+        self.forward_inputs(&[(*x, shape)], n, training)?;
+        Ok(self.output(0))
+    }
+
+    /// Forward pass on `n` samples of every input (features and per-sample
+    /// shape, in input order); read the outputs with [`Sequential::output`].
+    pub fn forward_inputs(
+        &mut self,
+        inputs: &[(Features<'_>, &[usize])],
+        n: usize,
+        training: bool,
+    ) -> Result<()> {
+        let shapes = self.check_inputs(inputs, n, "input")?;
+        self.plan(&shapes, n, training)?;
         self.check_batch(n, training)?;
-        let in_len = self.in_len();
-        self.load(x, crate::data::Rows::Range(0, n), in_len);
+        for (i, (x, _)) in inputs.iter().enumerate() {
+            self.load(i, x, crate::data::Rows::Range(0, n));
+        }
         let key = if training { self.rng.next_u64() } else { 0 };
         let pass = if training { Pass::train(key) } else { Pass::EVAL };
         self.run_layers(n, pass);
         self.cache = if training { Some(Cache { n, pass }) } else { None };
-        let len = n * self.out_len();
-        Ok(&self.ws.acts[self.ops.len()][..len])
+        Ok(())
+    }
+
+    /// Output `k` of the last forward pass (`n x` its shape).
+    pub fn output(&self, k: usize) -> &[T] {
+        let n = self.cache.map_or(self.ws.last_n, |c| c.n);
+        let v = self.outs[k];
+        &self.ws.acts[v][..n * numel(&self.ws.shapes[v])]
     }
 
     /// Adds the gradients of the last training-mode forward pass, given the
     /// gradient of the loss with respect to its output, of shape `shape`
     /// (which must be the output's, batch first).
     pub fn backward(&mut self, dout: &[T], shape: &[usize]) -> Result<()> {
+        self.backward_outputs(&[(dout, shape)])
+    }
+
+    /// [`Sequential::backward`] with one gradient per output.
+    pub fn backward_outputs(&mut self, douts: &[(&[T], &[usize])]) -> Result<()> {
         let Some(cache) = self.cache else {
             return Err(Error::state("backward() needs a preceding forward(x, training=True) on this model"));
         };
-        let mut want_shape = vec![cache.n];
-        want_shape.extend_from_slice(self.out_shape());
-        let want = cache.n * self.out_len();
-        if shape != want_shape.as_slice() || dout.len() != want {
-            return Err(Error::shape(format!(
-                "gradient has shape {shape:?}, expected the output's shape {want_shape:?}"
+        if douts.len() != self.outs.len() {
+            return Err(Error::value(format!(
+                "backward() takes one gradient per output: the model has {}, got {}",
+                self.outs.len(),
+                douts.len()
             )));
         }
-        if let Some(i) = dout.iter().position(|v| !v.is_finite()) {
-            return Err(Error::non_finite(format!("gradient contains NaN or inf (flat index {i})")));
+        for (k, (dout, shape)) in douts.iter().enumerate() {
+            let v = self.outs[k];
+            let mut want_shape = vec![cache.n];
+            want_shape.extend_from_slice(&self.ws.shapes[v]);
+            let want = cache.n * numel(&self.ws.shapes[v]);
+            let which = if douts.len() > 1 { format!(" {k}") } else { String::new() };
+            if *shape != want_shape.as_slice() || dout.len() != want {
+                return Err(Error::shape(format!(
+                    "gradient{which} has shape {shape:?}, expected the output's shape {want_shape:?}"
+                )));
+            }
+            if let Some(i) = dout.iter().position(|v| !v.is_finite()) {
+                return Err(Error::non_finite(format!(
+                    "gradient{which} contains NaN or inf (flat index {i})"
+                )));
+            }
         }
-        self.ws.d_a[..want].copy_from_slice(dout);
+        for (k, (dout, _)) in douts.iter().enumerate() {
+            let v = self.outs[k];
+            if let Some(slot) = self.ws.dslot(&self.plan, v) {
+                slot[..dout.len()].copy_from_slice(dout);
+            }
+        }
         self.backward_loaded(cache.n, cache.pass, true, |_, _, _| {});
         Ok(())
     }
@@ -462,12 +690,33 @@ impl<T: Float> Sequential<T> {
     pub fn optimizer_step(&mut self, opt: &mut Optimizer<T>) -> Result<()> {
         opt.step(&mut self.params, &self.grads)
     }
+
+    /// How messages name graph layer `l`.
+    pub(crate) fn label(&self, l: usize) -> &str {
+        &self.labels[l]
+    }
 }
 
-/// Prefixes a layer's error with its index and name.
-fn layer_error(i: usize, spec: &LayerSpec, e: Error) -> Error {
-    Error { message: format!("layer {i} ({}): {}", spec.display_name(), e.message), ..e }
+/// How the plan sees an op.
+fn op_view<T: Float>(op: &Op<T>) -> OpView<'_> {
+    OpView {
+        inputs: &op.inputs,
+        layer: op.spec,
+        has_params: !op.prange.is_empty(),
+        layouts: op.layer().map(|l| l.layouts()),
+        elementwise_merge: matches!(&op.kind, Kind::Merge(m) if m.elementwise()),
+    }
+}
+
+/// A merge's shape error, naming the layers that feed it and their shapes.
+fn merge_error(g: &GraphSpec, label: &str, node: &GraphNode, values: &[Vec<usize>], e: Error) -> Error {
+    let feeds: Vec<String> =
+        node.inputs.iter().map(|&v| format!("{} with shape {:?}", g.value_name(v), values[v])).collect();
+    Error { message: format!("{label}: {} (fed by {})", e.message, feeds.join(", ")), ..e }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod graph_tests;

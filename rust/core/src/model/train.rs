@@ -35,6 +35,8 @@ const PREFETCH_MAX_ELEMS: usize = 1 << 16;
 
 /// A dataset: `n` samples of per-sample shape `shape` (batch first), their
 /// targets and, optionally, a weight per sample (Keras's `sample_weight`).
+/// A graph with several inputs or outputs takes the first input and target
+/// in `x`, `shape` and `y`, the others in `more_x` and `more_y`.
 #[derive(Clone, Copy, Debug)]
 pub struct Data<'a, T> {
     pub x: Features<'a>,
@@ -42,19 +44,167 @@ pub struct Data<'a, T> {
     pub shape: &'a [usize],
     pub y: Target<'a, T>,
     pub weights: Option<&'a [T]>,
+    /// Inputs after the first: features and per-sample shape.
+    pub more_x: &'a [(Features<'a>, &'a [usize])],
+    /// Targets of the outputs after the first.
+    pub more_y: &'a [Target<'a, T>],
 }
 
-impl<'a, T> Data<'a, T> {
+impl<'a, T: Copy> Data<'a, T> {
     /// `n` samples without sample weights.
     pub fn new(x: Features<'a>, n: usize, shape: &'a [usize], y: Target<'a, T>) -> Self {
-        Data { x, n, shape, y, weights: None }
+        Data { x, n, shape, y, weights: None, more_x: &[], more_y: &[] }
+    }
+
+    /// Input `i`: features and per-sample shape.
+    pub fn input(&self, i: usize) -> (Features<'a>, &'a [usize]) {
+        if i == 0 {
+            (self.x, self.shape)
+        } else {
+            self.more_x[i - 1]
+        }
+    }
+
+    /// The targets of output `k`.
+    pub fn target(&self, k: usize) -> Target<'a, T> {
+        if k == 0 {
+            self.y
+        } else {
+            self.more_y[k - 1]
+        }
+    }
+
+    /// Every input's features and per-sample shape.
+    pub fn inputs(&self) -> Vec<(Features<'a>, &'a [usize])> {
+        (0..=self.more_x.len()).map(|i| self.input(i)).collect()
+    }
+
+    /// Every input's per-sample shape.
+    pub fn shapes(&self) -> Vec<&'a [usize]> {
+        (0..=self.more_x.len()).map(|i| self.input(i).1).collect()
+    }
+}
+
+/// The loss of each output and its weight in the total (Keras's
+/// `loss_weights`): `L = sum_k w_k L_k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Losses {
+    pub specs: Vec<LossSpec>,
+    /// One per loss; empty means all 1.
+    pub weights: Vec<f64>,
+}
+
+impl Losses {
+    /// A loss name or JSON configuration, or a JSON list of them (one per
+    /// output), with per-output weights (empty: all 1).
+    pub fn from_json(text: &str, weights: Vec<f64>) -> Result<Losses> {
+        let specs = if text.trim_start().starts_with('[') {
+            let items: Vec<serde_json::Value> = serde_json::from_str(text)
+                .map_err(|e| Error::value(format!("invalid list of losses: {e}")))?;
+            items
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => LossSpec::from_json(s),
+                    other => LossSpec::from_json(&other.to_string()),
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![LossSpec::from_json(text)?]
+        };
+        Ok(Losses { specs, weights })
+    }
+
+    /// Output `k`'s loss (the last one given for outputs beyond it).
+    pub fn spec(&self, k: usize) -> &LossSpec {
+        &self.specs[k.min(self.specs.len() - 1)]
+    }
+
+    /// Output `k`'s weight.
+    pub fn weight(&self, k: usize) -> f64 {
+        self.weights.get(k).copied().unwrap_or(1.0)
+    }
+
+    /// Checks the losses against a model of `outputs` outputs.
+    pub fn check(&self, outputs: usize) -> Result<()> {
+        if self.specs.len() != outputs {
+            return Err(Error::value(format!(
+                "the model has {outputs} outputs, got {} losses",
+                self.specs.len()
+            )));
+        }
+        if !self.weights.is_empty() && self.weights.len() != outputs {
+            return Err(Error::value(format!(
+                "the model has {outputs} outputs, got {} loss weights",
+                self.weights.len()
+            )));
+        }
+        if let Some(w) = self.weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            return Err(Error::value(format!("loss weights must be finite and >= 0, got {w}")));
+        }
+        Ok(())
+    }
+}
+
+impl From<LossSpec> for Losses {
+    fn from(s: LossSpec) -> Self {
+        Losses { specs: vec![s], weights: Vec::new() }
+    }
+}
+
+impl From<Loss> for Losses {
+    fn from(l: Loss) -> Self {
+        LossSpec::from(l).into()
+    }
+}
+
+/// Loss totals per output, and the weighted total.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub outputs: Vec<LossTotals>,
+    pub weights: Vec<f64>,
+}
+
+impl Totals {
+    /// Zero totals for `loss`'s outputs (keeps the allocation).
+    pub fn reset(&mut self, loss: &Losses) {
+        let k = loss.specs.len();
+        self.outputs.clear();
+        self.outputs.resize(k, LossTotals::default());
+        self.weights.clear();
+        self.weights.extend((0..k).map(|i| loss.weight(i)));
+    }
+
+    /// Adds another batch's totals.
+    pub fn add(&mut self, o: &Totals) {
+        if self.outputs.len() != o.outputs.len() {
+            self.outputs.resize(o.outputs.len(), LossTotals::default());
+            self.weights = o.weights.clone();
+        }
+        for (a, b) in self.outputs.iter_mut().zip(&o.outputs) {
+            a.add(b);
+        }
+    }
+
+    /// The weighted total of the outputs' mean losses (the mean loss of
+    /// a one-output model).
+    pub fn mean(&self) -> f64 {
+        match self.outputs.as_slice() {
+            [one] if self.weights.first().is_none_or(|&w| w == 1.0) => one.mean(),
+            outs => outs.iter().zip(&self.weights).map(|(t, w)| w * t.mean()).sum(),
+        }
+    }
+
+    /// The first output's accuracy.
+    pub fn accuracy(&self) -> f64 {
+        self.outputs.first().map_or(0.0, LossTotals::accuracy)
     }
 }
 
 /// How one training epoch runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochOptions {
-    pub loss: LossSpec,
+    /// The loss of each output, with its weight.
+    pub loss: Losses,
     pub batch_size: usize,
     pub shuffle: bool,
     /// The epoch's number (messages only).
@@ -83,7 +233,7 @@ pub struct EpochOptions {
 
 impl EpochOptions {
     /// Options for `loss` and `batch_size`: shuffled, checked, epoch 1.
-    pub fn new(loss: impl Into<LossSpec>, batch_size: usize) -> Self {
+    pub fn new(loss: impl Into<Losses>, batch_size: usize) -> Self {
         EpochOptions {
             loss: loss.into(),
             batch_size,
@@ -121,7 +271,7 @@ pub enum Flow {
 }
 
 /// Progress of a training epoch, reported between steps.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Progress {
     /// Steps done in this epoch.
     pub step: usize,
@@ -130,7 +280,7 @@ pub struct Progress {
     /// Samples seen in this epoch.
     pub samples: usize,
     /// Running totals (loss, accuracy) over this epoch so far.
-    pub totals: LossTotals,
+    pub totals: Totals,
 }
 
 /// An epoch's fixed inputs, shared by its steps.
@@ -142,6 +292,9 @@ struct Run<'a, 'h, T> {
     /// A team runs the steps (see [`team::Tuner`]).
     tune: bool,
     reduce: Option<GradHook<'h, T>>,
+    /// Each output's loss denominator in data-parallel steps (see
+    /// [`Grad::Over`]), reused.
+    denoms: Vec<f64>,
 }
 
 /// One step's samples: the batch, this process's part of it, and the next
@@ -155,28 +308,49 @@ struct StepRows<'a> {
 
 impl<T: Float> Sequential<T> {
     /// Checks that targets (and sample weights) fit `n` samples of this
-    /// model's output for `loss`.
-    fn check_target(&mut self, loss: &LossSpec, data: &Data<'_, T>) -> Result<usize> {
-        let out = self.out_shape().to_vec();
-        let cols = numel(&out);
-        if loss.kind == Loss::CrossEntropy && out.len() != 1 {
-            return Err(Error::shape(format!(
-                "cross_entropy expects a model output of shape (N, C), got per-sample shape {out:?}"
+    /// model's outputs for `loss`.
+    fn check_target(&mut self, loss: &Losses, data: &Data<'_, T>) -> Result<()> {
+        loss.check(self.outs.len())?;
+        if data.more_y.len() + 1 != self.outs.len() {
+            return Err(Error::value(format!(
+                "the model has {} outputs, got {} targets",
+                self.outs.len(),
+                data.more_y.len() + 1
             )));
         }
-        loss.check_cols(cols)?;
-        validate_target(loss.kind, data.y, data.n, cols)?;
+        for k in 0..self.outs.len() {
+            let out = self.out_shape(k).to_vec();
+            let cols = numel(&out);
+            let spec = loss.spec(k);
+            let at = |e: Error| {
+                if self.outs.len() == 1 {
+                    e
+                } else {
+                    let name = &self.graph.layers
+                        [self.graph.nodes[self.graph.outputs[k] - self.num_inputs()].layer]
+                        .name;
+                    Error { message: format!("output {name:?}: {}", e.message), ..e }
+                }
+            };
+            if spec.kind == Loss::CrossEntropy && out.len() != 1 {
+                return Err(at(Error::shape(format!(
+                    "cross_entropy expects a model output of shape (N, C), got per-sample shape {out:?}"
+                ))));
+            }
+            spec.check_cols(cols).map_err(at)?;
+            validate_target(spec.kind, data.target(k), data.n, cols).map_err(at)?;
+        }
         if let Some(w) = data.weights {
             check_sample_weights(w, data.n)?;
         }
-        Ok(cols)
+        Ok(())
     }
 
     /// Checks features, targets and sample weights against the model and
     /// `loss` without computing anything.
-    pub fn validate_data(&mut self, data: Data<'_, T>, loss: &LossSpec) -> Result<()> {
-        self.check_input(&data.x, data.n, data.shape, "X")?;
-        self.check_target(loss, &data).map(|_| ())
+    pub fn validate_data(&mut self, data: Data<'_, T>, loss: &Losses) -> Result<()> {
+        self.check_inputs(&data.inputs(), data.n, "X")?;
+        self.check_target(loss, &data)
     }
 
     /// The team size for training steps of `bs` samples: the thread count
@@ -185,9 +359,8 @@ impl<T: Float> Sequential<T> {
         let per_sample: usize = self
             .ops
             .iter()
-            .enumerate()
             .skip(self.prefix)
-            .map(|(i, op)| op.layer.flops(&self.ws.shapes[i]))
+            .map(|op| op.layer().map_or(0, |l| l.flops(&self.ws.shapes[op.inputs[0]])))
             .fold(0, usize::saturating_add);
         let step_flops = bs.saturating_mul(per_sample);
         let threads = rayon::current_num_threads();
@@ -215,7 +388,7 @@ impl<T: Float> Sequential<T> {
         opt: &mut Optimizer<T>,
         opts: &EpochOptions,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
-    ) -> Result<LossTotals> {
+    ) -> Result<Totals> {
         self.train_epoch_reduced(data, opt, opts, progress, None)
     }
 
@@ -238,7 +411,7 @@ impl<T: Float> Sequential<T> {
         opts: &EpochOptions,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
         reduce: Option<GradHook<'_, T>>,
-    ) -> Result<LossTotals> {
+    ) -> Result<Totals> {
         let local = self.check_epoch(&data, opt, opts, reduce.is_some())?;
         opt.prepare()?;
         if opts.diagnostics {
@@ -254,7 +427,7 @@ impl<T: Float> Sequential<T> {
         }
         let saved = opt.config.clone();
         let team = self.team_size(local);
-        let mut run = Run { data: &data, opts, order: &order, tune: team > 1, reduce };
+        let mut run = Run { data: &data, opts, order: &order, tune: team > 1, reduce, denoms: Vec::new() };
         let result = team::with_team(team, || self.run_steps(&mut run, opt, progress));
         self.ws.order = order;
         self.cache = None;
@@ -280,7 +453,7 @@ impl<T: Float> Sequential<T> {
         opts: &EpochOptions,
         hooked: bool,
     ) -> Result<usize> {
-        let Data { x, n, shape, weights, .. } = *data;
+        let (n, weights) = (data.n, data.weights);
         if opts.batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
@@ -291,11 +464,15 @@ impl<T: Float> Sequential<T> {
             self.validate_data(*data, &opts.loss)?;
         } else if weights.is_some_and(|w| w.len() != n) {
             return Err(Error::shape(format!("sample_weight must have {n} entries")));
-        } else if n == 0 || x.len() != n * numel(shape) {
+        } else if let Some((x, shape)) =
+            data.inputs().into_iter().find(|(x, shape)| n == 0 || x.len() != n * numel(shape))
+        {
             return Err(Error::shape(format!(
                 "X has {} elements, expected {n} samples of shape {shape:?}",
                 x.len()
             )));
+        } else {
+            opts.loss.check(self.outs.len())?;
         }
         let par = opts.parallel;
         if let Some(p) = par {
@@ -306,12 +483,13 @@ impl<T: Float> Sequential<T> {
                 ));
             }
         }
-        self.plan(shape, 1, false)?;
+        let shapes = data.shapes();
+        self.plan(&shapes, 1, false)?;
         let bs = opts.batch_size.min(n);
         // This process's largest part of a batch, and every part's size.
         let parts = |m: usize| par.map_or_else(|| vec![m], |p| p.part_sizes(m));
         let local = parts(bs).into_iter().max().unwrap_or(bs).max(1);
-        self.plan(shape, local, true)?;
+        self.plan(&shapes, local, true)?;
         for m in parts(bs).into_iter().filter(|&m| m > 0) {
             self.check_batch(m, true)?;
         }
@@ -356,11 +534,13 @@ impl<T: Float> Sequential<T> {
         run: &mut Run<'_, '_, T>,
         opt: &mut Optimizer<T>,
         progress: &mut dyn FnMut(&Progress) -> Result<Flow>,
-    ) -> Result<LossTotals> {
+    ) -> Result<Totals> {
         let (n, opts, par) = (run.data.n, run.opts, run.opts.parallel);
         let bs = opts.batch_size.min(n);
         let steps = opts.steps_for(n);
-        let mut totals = LossTotals::default();
+        let mut totals = Totals::default();
+        totals.reset(&opts.loss);
+        let mut step_totals = totals.clone();
         let mut last_report = Instant::now();
         let mut tuner = team::Tuner::new(run.tune);
         // This process's part of a batch (all of it in one process).
@@ -373,14 +553,14 @@ impl<T: Float> Sequential<T> {
             let batch = &run.order[step * bs..((step + 1) * bs).min(n)];
             let next = run.order.get((step + 1) * bs..((step + 2) * bs).min(n)).filter(|_| step + 1 < steps);
             let rows = StepRows { batch, idx: &batch[part(batch)], next: next.map(|b| &b[part(b)]) };
-            let t = self.train_step(run, opt, rows, step)?;
+            self.train_step(run, opt, rows, step, &mut step_totals)?;
             tuner.after_step(began.elapsed());
-            totals.add(&t);
+            totals.add(&step_totals);
             if opts.every_step || last_report.elapsed() >= self.report_every || step + 1 == steps {
                 last_report = Instant::now();
                 let done = step * bs + if par.is_some() { batch.len() } else { rows.idx.len() };
-                if progress(&Progress { step: step + 1, steps, samples: done.min(n), totals })? == Flow::Stop
-                {
+                let report = Progress { step: step + 1, steps, samples: done.min(n), totals: totals.clone() };
+                if progress(&report)? == Flow::Stop {
                     break;
                 }
             }
@@ -390,45 +570,52 @@ impl<T: Float> Sequential<T> {
 
     /// One training step on this process's samples `rows.idx` of the batch
     /// `rows.batch`: gather, forward, loss, backward, the gradient hook and
-    /// the update. Returns the step's loss totals (this process's).
+    /// the update; the step's loss totals (this process's) into `t`.
     fn train_step(
         &mut self,
         run: &mut Run<'_, '_, T>,
         opt: &mut Optimizer<T>,
         rows: StepRows<'_>,
         step: usize,
-    ) -> Result<LossTotals> {
+        t: &mut Totals,
+    ) -> Result<()> {
         let (data, opts) = (run.data, run.opts);
         let m = rows.idx.len();
-        // Data-parallel parts divide by the whole batch's denominator (split)
-        // or make the sum over ranks the mean of their means (shard).
-        let grad = match opts.parallel {
-            Some(Parallel::Split { .. }) => {
-                Grad::Over(mean_denom(&opts.loss, data.y, rows.batch, self.out_len()))
-            }
-            Some(Parallel::Shard { ranks, .. }) => {
-                Grad::Over(mean_denom(&opts.loss, data.y, rows.idx, self.out_len()) * ranks as f64)
-            }
-            None => Grad::Mean,
-        };
+        // Data-parallel parts divide each output's loss by the whole batch's
+        // denominator (split) or make the sum over ranks the mean of their
+        // means (shard).
+        run.denoms.clear();
+        for k in 0..self.outs.len() {
+            let (spec, y, cols) = (opts.loss.spec(k), data.target(k), self.out_len(k));
+            run.denoms.extend(match opts.parallel {
+                Some(Parallel::Split { .. }) => Some(mean_denom(spec, y, rows.batch, cols)),
+                Some(Parallel::Shard { ranks, .. }) => {
+                    Some(mean_denom(spec, y, rows.idx, cols) * ranks as f64)
+                }
+                None => None,
+            });
+        }
+        let grad = if opts.parallel.is_some() { Grad::Over(&run.denoms) } else { Grad::Mean };
         // A split part draws the masks of its place in the whole batch.
         let first = match opts.parallel {
             Some(p @ Parallel::Split { .. }) => p.part(rows.batch.len()).start,
             _ => 0,
         };
         let pass = Pass { first, ..Pass::train(self.rng.next_u64()) };
-        let t = if m > 0 {
+        if m > 0 {
             self.load_batch(data, Rows::Index(rows.idx));
             // Small batches: start loading the next one while this one computes
             // (a large batch would only push the weights out of cache).
-            let in_len = self.in_len();
-            if let Some(next) = rows.next.filter(|_| opts.batch_size * in_len <= PREFETCH_MAX_ELEMS) {
-                data.x.prefetch(Rows::Index(next), in_len);
+            for i in 0..self.num_inputs() {
+                let in_len = self.in_len(i);
+                if let Some(next) = rows.next.filter(|_| opts.batch_size * in_len <= PREFETCH_MAX_ELEMS) {
+                    data.input(i).0.prefetch(Rows::Index(next), in_len);
+                }
             }
-            self.forward_loss(m, pass, &opts.loss, data.y, data.weights.is_some(), grad)?
+            self.forward_loss(m, pass, &opts.loss, data, data.weights.is_some(), grad, t)?;
         } else {
-            LossTotals::default() // a rank without samples in a small last batch
-        };
+            t.reset(&opts.loss); // a rank without samples in a small last batch
+        }
         let at = |e: Error| Error {
             message: format!(
                 "{} at epoch {}, step {} (of {}); try a lower learning rate or check the data",
@@ -466,7 +653,7 @@ impl<T: Float> Sequential<T> {
         }
         opt.finish_step();
         self.diag.end_step();
-        Ok(t)
+        Ok(())
     }
 
     /// Data-parallel: the whole backward pass (zero gradients for a rank
@@ -537,7 +724,7 @@ impl<T: Float> Sequential<T> {
     }
 
     /// Inference in batches of `batch_size` into `out` (`n x` output
-    /// elements), in evaluation mode; changes no state.
+    /// elements), in evaluation mode; changes no state. One input, one output.
     pub fn predict_into(
         &mut self,
         x: &Features<'_>,
@@ -546,47 +733,80 @@ impl<T: Float> Sequential<T> {
         batch_size: usize,
         out: &mut [T],
     ) -> Result<()> {
+        self.predict_outputs(&[(*x, shape)], n, batch_size, &mut [out])
+    }
+
+    /// Inference on every input (features and per-sample shape) into one
+    /// buffer per output (`n x` its elements), in batches of `batch_size`,
+    /// in evaluation mode; changes no state.
+    pub fn predict_outputs(
+        &mut self,
+        inputs: &[(Features<'_>, &[usize])],
+        n: usize,
+        batch_size: usize,
+        outs: &mut [&mut [T]],
+    ) -> Result<()> {
         if batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
-        self.check_input(x, n, shape, "X")?;
+        let shapes = self.check_inputs(inputs, n, "X")?;
         let bs = batch_size.min(n);
-        self.plan(shape, bs, false)?;
-        let (in_len, out_len) = (self.in_len(), self.out_len());
-        if out.len() != n * out_len {
-            return Err(Error::shape(format!(
-                "output buffer has {} elements, expected {}",
-                out.len(),
-                n * out_len
+        self.plan(&shapes, bs, false)?;
+        if outs.len() != self.outs.len() {
+            return Err(Error::value(format!(
+                "{} output buffers for a model with {} outputs",
+                outs.len(),
+                self.outs.len()
             )));
         }
+        for (k, out) in outs.iter().enumerate() {
+            let len = self.out_len(k);
+            if out.len() != n * len {
+                return Err(Error::shape(format!(
+                    "output buffer has {} elements, expected {}",
+                    out.len(),
+                    n * len
+                )));
+            }
+        }
         self.cache = None;
-        for (b, chunk) in out.chunks_mut(bs * out_len).enumerate() {
-            let m = chunk.len() / out_len;
-            self.load(x, Rows::Range(b * bs, m), in_len);
+        let mut start = 0;
+        while start < n {
+            let m = bs.min(n - start);
+            for (i, (x, _)) in inputs.iter().enumerate() {
+                self.load(i, x, Rows::Range(start, m));
+            }
             self.run_layers(m, Pass::EVAL);
-            chunk.copy_from_slice(&self.ws.acts[self.ops.len()][..m * out_len]);
+            for (k, out) in outs.iter_mut().enumerate() {
+                let len = self.out_len(k);
+                let v = self.outs[k];
+                out[start * len..(start + m) * len].copy_from_slice(&self.ws.acts[v][..m * len]);
+            }
+            start += m;
         }
         Ok(())
     }
 
     /// Loss and accuracy totals over a dataset, in batches, in evaluation
     /// mode (sample weights, when given, weigh the loss); changes no state.
-    pub fn evaluate(&mut self, data: Data<'_, T>, loss: &LossSpec, batch_size: usize) -> Result<LossTotals> {
+    pub fn evaluate(&mut self, data: Data<'_, T>, loss: &Losses, batch_size: usize) -> Result<Totals> {
         if batch_size == 0 {
             return Err(Error::value("batch_size must be >= 1, got 0"));
         }
         self.validate_data(data, loss)?;
         let n = data.n;
         let bs = batch_size.min(n);
-        self.plan(data.shape, bs, false)?;
+        self.plan(&data.shapes(), bs, false)?;
         self.cache = None;
-        let mut totals = LossTotals::default();
+        let mut totals = Totals::default();
+        totals.reset(loss);
+        let mut batch = totals.clone();
         let mut start = 0;
         while start < n {
             let m = bs.min(n - start);
             self.load_batch(&data, Rows::Range(start, m));
-            totals.add(&self.forward_loss(m, Pass::EVAL, loss, data.y, data.weights.is_some(), Grad::No)?);
+            self.forward_loss(m, Pass::EVAL, loss, &data, data.weights.is_some(), Grad::No, &mut batch)?;
+            totals.add(&batch);
             start += m;
         }
         Ok(totals)

@@ -2,13 +2,14 @@
 //! for one input shape and a batch capacity, reused until either grows; and
 //! the forward and backward passes over the layers that use them.
 
-use super::train::Data;
-use super::{layer_error, Sequential};
+use super::graph::Plan;
+use super::train::{Data, Losses, Totals};
+use super::{Kind, Sequential};
 use crate::data::{Features, Rows};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::layers::{numel, Backward, Buffers, Forward, Layout, Layouts};
-use crate::loss::{loss_grad_over, LossSpec, LossTotals, RowStat, Target};
+use crate::layers::{numel, Backward, Buffers, Forward, Layout, MergeBackward, MergeForward};
+use crate::loss::{loss_grad_over, RowStat, Target};
 use crate::memory;
 use crate::rng::mix64;
 use std::ops::Range;
@@ -46,36 +47,43 @@ impl Pass {
 
 /// Which loss gradient [`Sequential::forward_loss`] computes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Grad {
+pub(crate) enum Grad<'a> {
     /// None: the loss only.
     No,
-    /// Of the batch's mean loss.
+    /// Of the batch's mean loss (each output's).
     Mean,
-    /// Of the batch's loss sum divided by this (a data-parallel part of a
-    /// larger batch; see [`crate::loss::loss_grad_over`]).
-    Over(f64),
+    /// Of each output's loss sum divided by its entry here (a data-parallel
+    /// part of a larger batch; see [`crate::loss::loss_grad_over`]).
+    Over(&'a [f64]),
 }
 
 pub(crate) struct Workspace<T> {
-    /// Per-sample shape at each op boundary: `shapes[0]` is the input.
+    /// Per-sample shape of every storage value: the inputs first.
     pub(crate) shapes: Vec<Vec<usize>>,
-    /// The buffer layout at each op boundary (planar at both ends).
+    /// The buffer layout of every storage value (planar at the inputs and outputs).
     pub(crate) layouts: Vec<Layout>,
     pub(crate) cap: usize,
     /// The largest batch the scratch is sized to train on (backward
     /// passes need more scratch than evaluation).
     pub(crate) train_cap: usize,
+    /// One activation buffer per storage value.
     pub(crate) acts: Vec<Vec<T>>,
     /// Each op's scratch ([`crate::layers::Layer::scratch_len`]).
     pub(crate) scratch: Vec<Vec<T>>,
-    pub(crate) d_a: Vec<T>,
-    pub(crate) d_b: Vec<T>,
+    /// The gradient slots (see [`super::graph::Plan::slot`]); a chain
+    /// ping-pongs between two.
+    pub(crate) dslots: Vec<Vec<T>>,
+    /// Where a layer writes an input gradient that is then added to its slot.
+    pub(crate) dtmp: Vec<T>,
     pub(crate) stats: Vec<RowStat>,
-    pub(crate) labels: Vec<i64>,
-    pub(crate) targets: Vec<T>,
+    /// Per output: the batch's labels or target values.
+    pub(crate) labels: Vec<Vec<i64>>,
+    pub(crate) targets: Vec<Vec<T>>,
     /// The batch's sample weights.
     pub(crate) weights: Vec<T>,
     pub(crate) order: Vec<usize>,
+    /// Samples of the last evaluation-mode forward pass.
+    pub(crate) last_n: usize,
 }
 
 impl<T> Default for Workspace<T> {
@@ -87,35 +95,70 @@ impl<T> Default for Workspace<T> {
             train_cap: 0,
             acts: Vec::new(),
             scratch: Vec::new(),
-            d_a: Vec::new(),
-            d_b: Vec::new(),
+            dslots: Vec::new(),
+            dtmp: Vec::new(),
             stats: Vec::new(),
             labels: Vec::new(),
             targets: Vec::new(),
             weights: Vec::new(),
             order: Vec::new(),
+            last_n: 0,
         }
     }
 }
 
+impl<T> Workspace<T> {
+    /// The gradient slot of storage value `v`, if it has one.
+    pub(crate) fn dslot(&mut self, plan: &Plan, v: usize) -> Option<&mut Vec<T>> {
+        let s = plan.slot[v];
+        self.dslots.get_mut(s)
+    }
+}
+
+/// Mutable references to two different elements of `v`.
+fn two<X>(v: &mut [X], a: usize, b: usize) -> (&mut X, &mut X) {
+    assert_ne!(a, b, "two slots of one value");
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&mut lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&mut hi[0], &mut lo[b])
+    }
+}
+
 impl<T: Float> Sequential<T> {
-    /// Sizes the workspace for `n` samples of per-sample shape `input`, for
-    /// evaluation or (`training`) training passes. The growth is checked
+    /// Sizes the workspace for `n` samples of per-sample shapes `inputs`,
+    /// for evaluation or (`training`) training passes. The growth is checked
     /// against the memory budget ([`memory::reserve`]) before anything
     /// changes; nothing is checked when the buffers are already big enough.
-    pub(crate) fn plan(&mut self, input: &[usize], n: usize, training: bool) -> Result<()> {
-        let same = self.ws.shapes.first().is_some_and(|s| s == input);
+    pub(crate) fn plan(&mut self, inputs: &[&[usize]], n: usize, training: bool) -> Result<()> {
+        let k = inputs.len();
+        let same = self.ws.shapes.len() > k && self.ws.shapes[..k].iter().zip(inputs).all(|(a, b)| a == b);
         if same && n <= self.ws.cap && !(training && n > self.ws.train_cap) {
             return Ok(());
         }
         let fresh = if same {
             None
         } else {
-            let mut shapes = vec![input.to_vec()];
+            let mut shapes: Vec<Vec<usize>> = inputs.iter().map(|s| s.to_vec()).collect();
             for op in &self.ops {
-                let prev = shapes.last().map(|v| v.as_slice()).unwrap_or(&[]);
-                let next =
-                    op.layer.output_shape(prev).map_err(|e| layer_error(op.spec, &self.specs[op.spec], e))?;
+                let next = match &op.kind {
+                    Kind::Layer(l) => l.output_shape(&shapes[op.inputs[0]]),
+                    Kind::Merge(m) => {
+                        let ins: Vec<&[usize]> = op.inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+                        m.output_shape(&ins)
+                    }
+                };
+                let next = match next {
+                    Ok(s) => s,
+                    Err(_) => {
+                        // The graph's own shape pass names the layers feeding a merge.
+                        let all: Vec<Vec<usize>> = inputs.iter().map(|s| s.to_vec()).collect();
+                        self.node_shapes(&all)?;
+                        return Err(Error::shape(format!("{}: shapes do not fit", self.label(op.spec))));
+                    }
+                };
                 shapes.push(next);
             }
             Some(shapes)
@@ -130,50 +173,78 @@ impl<T: Float> Sequential<T> {
         for (a, s) in acts.iter_mut().zip(shapes).skip(self.prefix) {
             *a = sized(s)?;
         }
+        let kk = self.graph.inputs.len();
         let mut scratch = vec![0; self.ops.len()];
         for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
-            let (l, s) = (&op.layer, &shapes[i]);
-            scratch[i] = l.scratch_len(cap, s, false).max(l.scratch_len(train_cap, s, true));
+            if let Some(l) = op.layer() {
+                let s = &shapes[op.inputs[0]];
+                scratch[i] = l.scratch_len(cap, s, false).max(l.scratch_len(train_cap, s, true));
+            }
         }
-        let widest = sized(&[shapes.iter().map(|s| numel(s)).max().unwrap_or(0)])?;
+        let mut slots = vec![0; self.plan.slots];
+        let mut widest = 0;
+        for (v, s) in shapes.iter().enumerate() {
+            let len = sized(s)?;
+            if let Some(d) = slots.get_mut(self.plan.slot[v]) {
+                *d = len.max(*d);
+            }
+            // Only a value read twice (or an output also read) gets a gradient added.
+            let readers = self.plan.consumers[v].len() + usize::from(self.outs.contains(&v));
+            if readers > 1 {
+                widest = widest.max(len);
+            }
+        }
         // Bytes held now, and after growing (the buffers of another input
         // shape are dropped first); the difference is what gets allocated.
         let kept = |v: &[Vec<T>], i: usize| if same { v[i].len() } else { 0 };
-        let held: usize = ws.acts.iter().chain(&ws.scratch).chain([&ws.d_a, &ws.d_b]).map(Vec::len).sum();
+        let held: usize =
+            ws.acts.iter().chain(&ws.scratch).chain(&ws.dslots).chain([&ws.dtmp]).map(Vec::len).sum();
+        let grown = |want: &[usize], have: &[Vec<T>]| -> usize {
+            want.iter()
+                .enumerate()
+                .map(|(i, &a)| a.max(have.get(i).map_or(0, Vec::len)))
+                .fold(0usize, usize::saturating_add)
+        };
         let after = acts
             .iter()
             .enumerate()
             .map(|(i, &a)| a.max(kept(&ws.acts, i)))
             .chain(scratch.iter().enumerate().map(|(i, &a)| a.max(kept(&ws.scratch, i))))
-            .chain([widest.max(ws.d_a.len()), widest.max(ws.d_b.len())])
-            .fold(0usize, usize::saturating_add);
+            .fold(0usize, usize::saturating_add)
+            .saturating_add(grown(&slots, &ws.dslots))
+            .saturating_add(widest.max(ws.dtmp.len()));
         let bytes =
             memory::bytes_of::<T>(after.saturating_sub(held))
                 .saturating_add(memory::bytes_of::<RowStat>(cap.saturating_sub(ws.stats.len())));
         let mode = if training { "training" } else { "evaluation" };
+        let what = if k == 1 { format!("{:?}", inputs[0]) } else { format!("{inputs:?}") };
         memory::reserve(
-            &format!("a batch of {n} samples of shape {input:?} ({mode} activations and scratch)"),
+            &format!("a batch of {n} samples of shape {what} ({mode} activations and scratch)"),
             bytes,
         )?;
         let ops_len = self.ops.len();
-        let ws = &mut self.ws;
         if let Some(shapes) = fresh {
-            ws.layouts = plan_layouts(&self.ops, &shapes);
-            ws.shapes = shapes;
-            ws.cap = 0;
-            ws.train_cap = 0;
-            ws.acts = vec![Vec::new(); ops_len + 1];
-            ws.scratch = vec![Vec::new(); ops_len];
+            let views: Vec<_> = self.ops.iter().map(super::op_view).collect();
+            self.ws.layouts = super::graph::plan_layouts(kk, &views, &self.plan, &shapes, &self.outs);
+            self.ws.shapes = shapes;
+            self.ws.cap = 0;
+            self.ws.train_cap = 0;
+            self.ws.acts = vec![Vec::new(); kk + ops_len];
+            self.ws.scratch = vec![Vec::new(); ops_len];
             self.cache = None;
         }
+        let ws = &mut self.ws;
         for (a, &len) in ws.acts.iter_mut().zip(&acts) {
             grow(a, len)?;
         }
         for (a, &len) in ws.scratch.iter_mut().zip(&scratch) {
             grow(a, len)?;
         }
-        grow(&mut ws.d_a, widest)?;
-        grow(&mut ws.d_b, widest)?;
+        ws.dslots.resize_with(slots.len(), Vec::new);
+        for (a, &len) in ws.dslots.iter_mut().zip(&slots) {
+            grow(a, len)?;
+        }
+        grow(&mut ws.dtmp, widest)?;
         ws.stats.try_reserve(cap.saturating_sub(ws.stats.len())).map_err(|_| oom(cap * 16))?;
         ws.stats.resize(cap, RowStat::default());
         ws.cap = cap;
@@ -182,97 +253,143 @@ impl<T: Float> Sequential<T> {
     }
 
     /// Asks every layer whether it can take a batch of `n` samples (after
-    /// [`Sequential::plan`] for the input shape).
+    /// [`Sequential::plan`] for the input shapes).
     pub(crate) fn check_batch(&self, n: usize, training: bool) -> Result<()> {
-        for (i, op) in self.ops.iter().enumerate() {
-            op.layer
-                .check_batch(n, &self.ws.shapes[i], training)
-                .map_err(|e| layer_error(op.spec, &self.specs[op.spec], e))?;
+        for op in &self.ops {
+            if let Some(l) = op.layer() {
+                l.check_batch(n, &self.ws.shapes[op.inputs[0]], training)
+                    .map_err(|e| Error { message: format!("{}: {}", self.label(op.spec), e.message), ..e })?;
+            }
         }
         Ok(())
     }
 
-    pub(crate) fn in_len(&self) -> usize {
-        numel(&self.ws.shapes[0])
+    /// Per-sample elements of input `i`.
+    pub(crate) fn in_len(&self, i: usize) -> usize {
+        numel(&self.ws.shapes[i])
     }
 
-    pub(crate) fn out_shape(&self) -> &[usize] {
-        self.ws.shapes.last().map(|v| v.as_slice()).unwrap_or(&[])
+    /// Per-sample shape of output `k`.
+    pub(crate) fn out_shape(&self, k: usize) -> &[usize] {
+        &self.ws.shapes[self.outs[k]]
     }
 
-    pub(crate) fn out_len(&self) -> usize {
-        numel(self.out_shape())
+    /// Per-sample elements of output `k`.
+    pub(crate) fn out_len(&self, k: usize) -> usize {
+        numel(self.out_shape(k))
     }
 
     /// Checks an input array against the model: its size, that it is finite,
     /// and that float64 values fit a float32 model.
     pub fn check_input(&mut self, x: &Features<'_>, n: usize, shape: &[usize], what: &str) -> Result<()> {
+        self.check_inputs(&[(*x, shape)], n, what).map(drop)
+    }
+
+    /// [`Sequential::check_input`] for every input (features and per-sample
+    /// shape, in input order); returns the shapes. `what` names the data.
+    pub fn check_inputs<'s>(
+        &mut self,
+        inputs: &[(Features<'_>, &'s [usize])],
+        n: usize,
+        what: &str,
+    ) -> Result<Vec<&'s [usize]>> {
+        let k = self.graph.inputs.len();
+        if inputs.len() != k {
+            return Err(Error::value(format!("the model has {k} inputs, got {} arrays", inputs.len())));
+        }
         if n == 0 {
             return Err(Error::value(format!("{what} is empty (0 samples)")));
         }
-        if x.len() != n * numel(shape) {
-            return Err(Error::shape(format!(
-                "{what} has {} elements, expected {} for {n} samples of shape {shape:?}",
-                x.len(),
-                n * numel(shape)
-            )));
+        let shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| *s).collect();
+        for (i, (x, shape)) in inputs.iter().enumerate() {
+            let name =
+                if k == 1 { what.to_string() } else { format!("{what} {:?}", self.graph.inputs[i].name) };
+            if x.len() != n * numel(shape) {
+                return Err(Error::shape(format!(
+                    "{name} has {} elements, expected {} for {n} samples of shape {shape:?}",
+                    x.len(),
+                    n * numel(shape)
+                )));
+            }
         }
-        self.plan(shape, 1, false)?;
-        x.check_finite(what, numel(shape))?;
-        if T::NAME == "float32" {
-            x.check_fits_f32(what, numel(shape))?;
+        self.plan(&shapes, 1, false)?;
+        for (i, (x, shape)) in inputs.iter().enumerate() {
+            let name =
+                if k == 1 { what.to_string() } else { format!("{what} {:?}", self.graph.inputs[i].name) };
+            x.check_finite(&name, numel(shape))?;
+            if T::NAME == "float32" {
+                x.check_fits_f32(&name, numel(shape))?;
+            }
         }
-        Ok(())
+        Ok(shapes)
     }
 
-    /// Gathers `rows` of `x` (`in_len` elements each) as the next batch,
-    /// through the input prefix: into `acts[prefix]`, where the forward
-    /// pass starts.
-    pub(crate) fn load(&mut self, x: &Features<'_>, rows: Rows<'_>, in_len: usize) {
-        x.gather_scaled(rows, in_len, self.affine, &mut self.ws.acts[self.prefix]);
+    /// Gathers `rows` of input `i` as the next batch, through the input
+    /// prefix (one input only): into the value where the forward pass starts.
+    pub(crate) fn load(&mut self, i: usize, x: &Features<'_>, rows: Rows<'_>) {
+        let in_len = self.in_len(i);
+        let at = if i == 0 { self.prefix } else { i };
+        x.gather_scaled(rows, in_len, self.affine, &mut self.ws.acts[at]);
     }
 
     /// The forward pass over the loaded batch of `n` samples.
     pub(crate) fn run_layers(&mut self, n: usize, pass: Pass) {
         let Pass { training, update, key, first } = pass;
+        let k = self.graph.inputs.len();
         let ws = &mut self.ws;
+        ws.last_n = n;
         for (i, op) in self.ops.iter().enumerate().skip(self.prefix) {
-            let (lo, hi) = ws.acts.split_at_mut(i + 1);
-            let (in_shape, out_shape) = (&ws.shapes[i], &ws.shapes[i + 1]);
-            let buffers = if update && training {
-                Buffers::Update {
-                    values: &mut self.buffers[op.brange.clone()],
-                    counts: &mut self.counts[op.crange.clone()],
+            let out = k + i;
+            let (lo, hi) = ws.acts.split_at_mut(out);
+            let out_shape = &ws.shapes[out];
+            let y = &mut hi[0][..n * numel(out_shape)];
+            match &op.kind {
+                Kind::Layer(layer) => {
+                    let v = op.inputs[0];
+                    let in_shape = &ws.shapes[v];
+                    let buffers = if update && training {
+                        Buffers::Update {
+                            values: &mut self.buffers[op.brange.clone()],
+                            counts: &mut self.counts[op.crange.clone()],
+                        }
+                    } else {
+                        Buffers::Frozen {
+                            values: &self.buffers[op.brange.clone()],
+                            counts: &self.counts[op.crange.clone()],
+                        }
+                    };
+                    layer.forward(Forward {
+                        params: &self.params[op.prange.clone()],
+                        buffers,
+                        x: &lo[v][..n * numel(in_shape)],
+                        y,
+                        scratch: &mut ws.scratch[i],
+                        n,
+                        in_shape,
+                        out_shape,
+                        in_layout: ws.layouts[v],
+                        out_layout: ws.layouts[out],
+                        training,
+                        key: key ^ mix64(i as u64),
+                        first,
+                    });
                 }
-            } else {
-                Buffers::Frozen {
-                    values: &self.buffers[op.brange.clone()],
-                    counts: &self.counts[op.crange.clone()],
+                Kind::Merge(merge) => {
+                    let shapes = &ws.shapes;
+                    let xs: Vec<&[T]> = op.inputs.iter().map(|&v| &lo[v][..n * numel(&shapes[v])]).collect();
+                    let in_shapes: Vec<&[usize]> = op.inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+                    merge.forward(MergeForward { xs: &xs, y, n, in_shapes: &in_shapes, out_shape });
                 }
-            };
-            op.layer.forward(Forward {
-                params: &self.params[op.prange.clone()],
-                buffers,
-                x: &lo[i][..n * numel(in_shape)],
-                y: &mut hi[0][..n * numel(out_shape)],
-                scratch: &mut ws.scratch[i],
-                n,
-                in_shape,
-                out_shape,
-                in_layout: ws.layouts[i],
-                out_layout: ws.layouts[i + 1],
-                training,
-                key: key ^ mix64(i as u64),
-                first,
-            });
+            }
         }
     }
 
-    /// Backpropagates `ws.d_a` (holding dL/d output) down to the first layer
-    /// with parameters; layers below it need no gradient (e.g. `Flatten` or
-    /// `Rescaling` at the input), so none is computed for them.
-    /// `after(params, grads, range)` runs after each layer with parameters,
-    /// once its gradients are in `grads[range]`.
+    /// Backpropagates the gradients in the output values' slots (dL/d
+    /// output) down to the first layers with parameters; ops below them
+    /// need no gradient (e.g. `Flatten` or `Rescaling` at the input), so
+    /// none is computed for them. `after(params, grads, range)` runs after
+    /// the last gradient of each layer with parameters, once its gradients
+    /// are in `grads[range]`.
     pub(crate) fn backward_loaded(
         &mut self,
         n: usize,
@@ -280,32 +397,75 @@ impl<T: Float> Sequential<T> {
         accumulate: bool,
         mut after: impl FnMut(&mut [T], &[T], Range<usize>),
     ) {
-        let first = self.ops.iter().position(|op| !op.prange.is_empty()).unwrap_or(self.ops.len());
-        for (i, op) in self.ops.iter().enumerate().skip(first).rev() {
+        let k = self.graph.inputs.len();
+        let plan = &self.plan;
+        for (i, op) in self.ops.iter().enumerate().rev() {
+            let out = k + i;
+            if !plan.needs_grad[out] {
+                continue;
+            }
             let ws = &mut self.ws;
-            let (in_shape, out_shape) = (&ws.shapes[i], &ws.shapes[i + 1]);
-            let in_len = n * numel(in_shape);
+            let out_shape = &ws.shapes[out];
             let out_len = n * numel(out_shape);
-            op.layer.backward(Backward {
-                params: &self.params[op.prange.clone()],
-                grads: &mut self.grads[op.prange.clone()],
-                accumulate,
-                buffers: &self.buffers[op.brange.clone()],
-                x: &ws.acts[i][..in_len],
-                y: &ws.acts[i + 1][..out_len],
-                dy: &mut ws.d_a[..out_len],
-                dx: if i > first { Some(&mut ws.d_b[..in_len]) } else { None },
-                scratch: &mut ws.scratch[i],
-                n,
-                in_shape,
-                out_shape,
-                in_layout: ws.layouts[i],
-                out_layout: ws.layouts[i + 1],
-                key: pass.key ^ mix64(i as u64),
-                first: pass.first,
-            });
-            std::mem::swap(&mut ws.d_a, &mut ws.d_b);
-            if !op.prange.is_empty() {
+            match &op.kind {
+                Kind::Layer(layer) => {
+                    let v = op.inputs[0];
+                    let in_shape = &ws.shapes[v];
+                    let in_len = n * numel(in_shape);
+                    let acc = plan.accumulate_dx[i][0];
+                    let (dy, dx) = if plan.needs_grad[v] {
+                        let (dy, dx) = two(&mut ws.dslots, plan.slot[out], plan.slot[v]);
+                        (dy, Some(if acc { &mut ws.dtmp[..in_len] } else { &mut dx[..in_len] }))
+                    } else {
+                        (&mut ws.dslots[plan.slot[out]], None)
+                    };
+                    layer.backward(Backward {
+                        params: &self.params[op.prange.clone()],
+                        grads: &mut self.grads[op.prange.clone()],
+                        accumulate: accumulate || plan.shared_grad[i],
+                        buffers: &self.buffers[op.brange.clone()],
+                        x: &ws.acts[v][..in_len],
+                        y: &ws.acts[out][..out_len],
+                        dy: &mut dy[..out_len],
+                        dx,
+                        scratch: &mut ws.scratch[i],
+                        n,
+                        in_shape,
+                        out_shape,
+                        in_layout: ws.layouts[v],
+                        out_layout: ws.layouts[out],
+                        key: pass.key ^ mix64(i as u64),
+                        first: pass.first,
+                    });
+                    if plan.needs_grad[v] && acc {
+                        let d = &mut ws.dslots[plan.slot[v]][..in_len];
+                        d.iter_mut().zip(&ws.dtmp[..in_len]).for_each(|(d, &t)| *d += t);
+                    }
+                }
+                Kind::Merge(merge) => {
+                    let shapes = &ws.shapes;
+                    let xs: Vec<&[T]> =
+                        op.inputs.iter().map(|&v| &ws.acts[v][..n * numel(&shapes[v])]).collect();
+                    let in_shapes: Vec<&[usize]> = op.inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+                    for (j, &v) in op.inputs.iter().enumerate() {
+                        if !plan.needs_grad[v] {
+                            continue;
+                        }
+                        let (dy, dx) = two(&mut ws.dslots, plan.slot[out], plan.slot[v]);
+                        merge.backward(MergeBackward {
+                            input: j,
+                            xs: &xs,
+                            dy: &dy[..out_len],
+                            dx: &mut dx[..n * numel(&shapes[v])],
+                            accumulate: plan.accumulate_dx[i][j],
+                            n,
+                            in_shapes: &in_shapes,
+                            out_shape,
+                        });
+                    }
+                }
+            }
+            if !op.prange.is_empty() && plan.last_grad[i] {
                 after(&mut self.params, &self.grads, op.prange.clone());
             }
         }
@@ -315,9 +475,14 @@ impl<T: Float> Sequential<T> {
     /// prefix, its targets and its sample weights into the workspace, where
     /// [`Sequential::forward_loss`] finds them.
     pub(crate) fn load_batch(&mut self, data: &Data<'_, T>, rows: Rows<'_>) {
-        let (in_len, cols) = (self.in_len(), self.out_len());
-        self.load(&data.x, rows, in_len);
-        self.gather_target(data.y, rows, cols);
+        for i in 0..self.graph.inputs.len() {
+            let (x, _) = data.input(i);
+            self.load(i, &x, rows);
+        }
+        for k in 0..self.outs.len() {
+            let cols = self.out_len(k);
+            self.gather_target(k, data.target(k), rows, cols);
+        }
         if let Some(w) = data.weights {
             self.ws.weights.clear();
             self.ws.weights.extend((0..rows.len()).map(|i| w[rows.get(i)]));
@@ -326,84 +491,100 @@ impl<T: Float> Sequential<T> {
 
     /// Checks `data` against the model and `loss` and loads all of it as one
     /// training-mode batch (gradient checks and one-batch diagnostics).
-    pub(crate) fn load_whole(&mut self, data: &Data<'_, T>, loss: &LossSpec) -> Result<()> {
+    pub(crate) fn load_whole(&mut self, data: &Data<'_, T>, loss: &Losses) -> Result<()> {
         self.validate_data(*data, loss)?;
-        self.plan(data.shape, data.n, true)?;
+        self.plan(&data.shapes(), data.n, true)?;
         self.check_batch(data.n, true)?;
         self.load_batch(data, Rows::Range(0, data.n));
         Ok(())
     }
 
     /// The forward pass over the loaded batch of `n` samples (see
-    /// [`Sequential::run_layers`]), then the loss against the loaded targets
-    /// (`y` gives their kind; `weighted`: with the loaded sample weights);
-    /// with a `grad`, `dL/d output` is left in `ws.d_a` for the backward pass.
-    /// Activation diagnostics are collected when they are on.
+    /// [`Sequential::run_layers`]), then the loss of each output against its
+    /// loaded targets (`data` gives their kinds; `weighted`: with the loaded
+    /// sample weights), into `totals`; with a `grad`, `dL/d output` (times the
+    /// output's loss weight) is left in its gradient slot for the backward
+    /// pass. Activation diagnostics are collected when they are on.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_loss(
         &mut self,
         n: usize,
         pass: Pass,
-        loss: &LossSpec,
-        y: Target<'_, T>,
+        loss: &Losses,
+        data: &Data<'_, T>,
         weighted: bool,
-        grad: Grad,
-    ) -> Result<LossTotals> {
+        grad: Grad<'_>,
+        totals: &mut Totals,
+    ) -> Result<()> {
         self.run_layers(n, pass);
         if pass.training && self.diag.on() {
             self.diag_activations(n);
         }
-        let cols = self.out_len();
-        let ws = &mut self.ws;
-        let out = &ws.acts[self.ops.len()][..n * cols];
-        let target = batch_target(y, &ws.labels, &ws.targets);
-        let weights = weighted.then(|| &ws.weights[..n]);
-        let (dout, denom) = match grad {
-            Grad::No => (None, None),
-            Grad::Mean => (Some(&mut ws.d_a[..]), None),
-            Grad::Over(d) => (Some(&mut ws.d_a[..]), Some(d)),
-        };
-        loss_grad_over(loss, out, n, cols, target, weights, dout, &mut ws.stats, denom)
+        totals.reset(loss);
+        for k in 0..self.outs.len() {
+            let v = self.outs[k];
+            let cols = numel(&self.ws.shapes[v]);
+            let ws = &mut self.ws;
+            let out = &ws.acts[v][..n * cols];
+            let target = batch_target(data.target(k), &ws.labels[k], &ws.targets[k]);
+            let weights = weighted.then(|| &ws.weights[..n]);
+            let slot = self.plan.slot[v];
+            let denom = match grad {
+                Grad::Over(d) => Some(d[k]),
+                Grad::No | Grad::Mean => None,
+            };
+            let dout = match grad {
+                Grad::No => None,
+                Grad::Mean | Grad::Over(_) => ws.dslots.get_mut(slot).map(|d| &mut d[..n * cols]),
+            };
+            let w = loss.weight(k);
+            let t = match dout {
+                Some(d) => {
+                    let t = loss_grad_over(
+                        loss.spec(k),
+                        out,
+                        n,
+                        cols,
+                        target,
+                        weights,
+                        Some(&mut *d),
+                        &mut ws.stats,
+                        denom,
+                    )?;
+                    if w != 1.0 {
+                        let c = T::from_f64(w);
+                        d.iter_mut().for_each(|g| *g *= c);
+                    }
+                    t
+                }
+                None => {
+                    loss_grad_over(loss.spec(k), out, n, cols, target, weights, None, &mut ws.stats, denom)?
+                }
+            };
+            totals.outputs[k] = t;
+        }
+        Ok(())
     }
 
-    /// Copies the targets of `rows` into the workspace.
-    pub(crate) fn gather_target(&mut self, y: Target<'_, T>, rows: Rows<'_>, cols: usize) {
+    /// Copies output `k`'s targets of `rows` into the workspace.
+    pub(crate) fn gather_target(&mut self, k: usize, y: Target<'_, T>, rows: Rows<'_>, cols: usize) {
         let ws = &mut self.ws;
+        if ws.labels.len() <= k {
+            ws.labels.resize_with(k + 1, Vec::new);
+            ws.targets.resize_with(k + 1, Vec::new);
+        }
         match y {
             Target::Labels(l) => {
-                ws.labels.clear();
-                ws.labels.extend((0..rows.len()).map(|i| l[rows.get(i)]));
+                let labels = &mut ws.labels[k];
+                labels.clear();
+                labels.extend((0..rows.len()).map(|i| l[rows.get(i)]));
             }
             Target::Values(v) => {
-                ws.targets.resize(ws.cap.max(rows.len()) * cols, T::ZERO);
-                crate::data::gather_rows(v, rows, cols, &mut ws.targets);
+                ws.targets[k].resize(ws.cap.max(rows.len()) * cols, T::ZERO);
+                crate::data::gather_rows(v, rows, cols, &mut ws.targets[k]);
             }
         }
     }
-}
-
-/// The layout of every op boundary: channels-last from a convolution's
-/// output through layers that preserve it, when the next layer that is not
-/// one of those reads channels-last too (another convolution, `Flatten`,
-/// global pooling); planar everywhere else, and for rank-1 samples.
-fn plan_layouts<T: Float>(ops: &[super::Op<T>], shapes: &[Vec<usize>]) -> Vec<Layout> {
-    let mut out = vec![Layout::Planar; ops.len() + 1];
-    for (i, op) in ops.iter().enumerate() {
-        out[i + 1] = match op.layer.layouts() {
-            Layouts::Preserve => out[i],
-            Layouts::Planar | Layouts::Flatten => Layout::Planar,
-            Layouts::Convert => {
-                let next = ops[i + 1..].iter().map(|o| o.layer.layouts()).find(|l| *l != Layouts::Preserve);
-                match next {
-                    Some(Layouts::Convert | Layouts::Flatten) => Layout::ChannelsLast,
-                    _ => Layout::Planar,
-                }
-            }
-        };
-        if shapes[i + 1].len() <= 1 {
-            out[i + 1] = Layout::Planar;
-        }
-    }
-    out
 }
 
 pub(crate) fn too_big() -> Error {
