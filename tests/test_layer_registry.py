@@ -61,7 +61,8 @@ def init_arguments(cls: type) -> list[str]:
     init = getattr(cls, "__init__")  # noqa: B009 (mypy: not through an instance)
     if init is object.__init__:
         return []
-    return [p for p in inspect.signature(init).parameters if p != "self"]
+    # `name=` is Python's (a layer's name in a graph model), not the engine's.
+    return [p for p in inspect.signature(init).parameters if p not in ("self", "name")]
 
 
 def test_every_registered_layer_has_a_python_class_with_its_arguments():
@@ -79,7 +80,10 @@ def test_every_registered_layer_has_a_python_class_with_its_arguments():
 def test_every_python_layer_is_registered():
     assert set(python_classes()) == set(REGISTRY)
     public = {n for n in L.__all__ if isinstance(getattr(L, n), type)}
-    assert public - {"Layer"} == set(REGISTRY)
+    # Merge layers are graph-only and not LayerSpecs (the engine's MergeSpec).
+    merges = {"Merge", "Add", "Subtract", "Multiply", "Average", "Concatenate"}
+    assert {n for n in public if issubclass(getattr(L, n), L.Merge)} == merges
+    assert public - {"Layer"} - merges == set(REGISTRY)
 
 
 def test_every_layer_has_an_example():

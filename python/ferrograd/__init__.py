@@ -23,6 +23,7 @@ from ._core import get_num_threads as _get_num_threads
 from ._core import memory_available as _memory_available
 from ._core import set_memory_limit as _set_memory_limit
 from ._core import set_num_threads as _set_num_threads
+from .functional import Input, Model, Node
 from .model import History, Parameter, Sequential, clip_grad_norm_, gradcheck
 from .serialization import load, load_file, save_file
 
@@ -33,6 +34,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Sequential",
+    "Model",
+    "Input",
+    "Node",
     "Parameter",
     "History",
     "gradcheck",

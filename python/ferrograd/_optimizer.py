@@ -17,7 +17,7 @@ from ._data import untorch
 from .parameter import Parameter
 
 if TYPE_CHECKING:
-    from .model import Sequential
+    from .model import BaseModel
 
 #: The names of the optimizer's tensors in a model file: ``{prefix}{i}.{k}``,
 #: slot ``k`` of the optimizer's ``i``-th parameter.
@@ -70,7 +70,7 @@ class Optimizer:
         )
 
     @property
-    def _model(self) -> Sequential:
+    def _model(self) -> BaseModel:
         model = self._ref()
         if model is None:
             raise ReferenceError("the model this optimizer belongs to was freed")
@@ -303,7 +303,7 @@ class Optimizer:
     @classmethod
     def _from_checkpoint(
         cls,
-        model: Sequential,
+        model: BaseModel,
         tensors: Mapping[str, np.ndarray],
         data: Mapping[str, Any],
         where: str,
@@ -384,7 +384,7 @@ def _whole(name: str, v: Any) -> int:
 
 def _unpickle(
     cls: type[Optimizer],
-    model: Sequential,
+    model: BaseModel,
     indices: list[int],
     config: dict[str, Any],
     steps: int,

@@ -36,7 +36,7 @@ import numpy as np
 from . import _parallel
 
 if TYPE_CHECKING:
-    from .model import Sequential
+    from .model import BaseModel
 
 __all__ = [
     "Callback",
@@ -53,10 +53,10 @@ class Callback:
     """Base class: override the hooks you need."""
 
     def __init__(self) -> None:
-        self.model: Sequential | None = None
+        self.model: BaseModel | None = None
         self.params: dict[str, Any] = {}
 
-    def set_model(self, model: Sequential) -> None:
+    def set_model(self, model: BaseModel) -> None:
         self.model = model
 
     def set_params(self, params: dict[str, Any]) -> None:
@@ -156,13 +156,13 @@ def _check_monitor(owner: str, monitor: str, keys: Sequence[str]) -> None:
         )
 
 
-def _model_of(cb: Callback) -> Sequential:
+def _model_of(cb: Callback) -> BaseModel:
     if cb.model is None:
         raise RuntimeError(f"{type(cb).__name__} is not attached to a model (use it in fit)")
     return cb.model
 
 
-def _log_learning_rate(model: Sequential, logs: dict[str, float] | None, lr: float) -> None:
+def _log_learning_rate(model: BaseModel, logs: dict[str, float] | None, lr: float) -> None:
     """Puts the epoch's learning rate into the epoch logs (which ``fit``
     records in the History after the callbacks ran), unless ``fit`` or
     another callback already did."""

@@ -22,7 +22,7 @@ import json
 import math
 from typing import Any
 
-from . import _core
+from . import _core, _graph
 
 __all__ = [
     "Layer",
@@ -48,6 +48,12 @@ __all__ = [
     "GlobalAvgPool2D",
     "BatchNorm1D",
     "BatchNorm2D",
+    "Merge",
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Average",
+    "Concatenate",
     "from_spec",
 ]
 
@@ -108,6 +114,25 @@ class Layer:
 
     #: Name of the Rust layer this describes.
     kind: str = ""
+
+    def __init__(self, name: str | None = None) -> None:
+        #: The layer's name in a graph model (its ``state_dict`` prefix
+        #: there): ``name=``, or ``dense``, ``dense_1``, ... by default
+        #: (see :func:`ferrograd.Input`). A :class:`~ferrograd.Sequential`
+        #: names its layers by position instead.
+        self.name = (
+            _graph.default_name(type(self).__name__)
+            if name is None
+            else (_graph.check_name(name, type(self).__name__))
+        )
+
+    def __call__(self, node: _graph.Node) -> _graph.Node:
+        """Calls the layer on a node of a graph model (:func:`ferrograd.Input`
+        or another layer's output): the output node, whose per-sample shape
+        is computed now (a mismatch raises ``ValueError`` naming the layer
+        and the shapes). Calling one layer object on several nodes shares
+        its weights."""
+        return _graph.call_layer(self, node)
 
     def _config(self) -> dict[str, Any]:
         """The constructor's arguments as the engine registers them (in its
@@ -184,12 +209,18 @@ class Dense(Layer):
     kind = "Dense"
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, init: str = "he"
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init: str = "he",
+        name: str | None = None,
     ) -> None:
         self.in_features = _int("in_features", in_features, "Dense")
         self.out_features = _int("out_features", out_features, "Dense")
         self.bias = bool(bias)
         self.init = init
+        super().__init__(name)
         self._check()
 
 
@@ -204,8 +235,9 @@ class LeakyReLU(Layer):
 
     kind = "LeakyReLU"
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
+    def __init__(self, negative_slope: float = 0.01, name: str | None = None) -> None:
         self.negative_slope = _number("negative_slope", negative_slope, "LeakyReLU")
+        super().__init__(name)
         self._check()
 
 
@@ -243,8 +275,9 @@ class Dropout(Layer):
 
     kind = "Dropout"
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, name: str | None = None) -> None:
         self.p = _number("p", p, "Dropout")
+        super().__init__(name)
         self._check()
 
 
@@ -263,9 +296,10 @@ class Rescaling(Layer):
 
     kind = "Rescaling"
 
-    def __init__(self, scale: float, offset: float = 0.0) -> None:
+    def __init__(self, scale: float, offset: float = 0.0, name: str | None = None) -> None:
         self.scale = _number("scale", scale, "Rescaling")
         self.offset = _number("offset", offset, "Rescaling")
+        super().__init__(name)
         self._check()
 
 
@@ -282,17 +316,19 @@ class _Conv(Layer):
         dilation: Any = 1,
         bias: bool = True,
         init: str = "he",
+        name: str | None = None,
     ) -> None:
-        name = type(self).__name__
-        self.in_channels = _int("in_channels", in_channels, name)
-        self.out_channels = _int("out_channels", out_channels, name)
+        owner = type(self).__name__
+        self.in_channels = _int("in_channels", in_channels, owner)
+        self.out_channels = _int("out_channels", out_channels, owner)
         size: Any = _int if self.dims == 1 else _pair
-        self.kernel_size: Any = size("kernel_size", kernel_size, name)
-        self.stride: Any = size("stride", stride, name)
-        self.padding: Any = _padding(padding, name, self.dims)
-        self.dilation: Any = size("dilation", dilation, name)
+        self.kernel_size: Any = size("kernel_size", kernel_size, owner)
+        self.stride: Any = size("stride", stride, owner)
+        self.padding: Any = _padding(padding, owner, self.dims)
+        self.dilation: Any = size("dilation", dilation, owner)
         self.bias = bool(bias)
         self.init = init
+        super().__init__(name)
         self._check()
 
 
@@ -380,17 +416,19 @@ class ConvTranspose2D(Layer):
         dilation: Any = 1,
         bias: bool = True,
         init: str = "he",
+        name: str | None = None,
     ) -> None:
-        name = "ConvTranspose2D"
-        self.in_channels = _int("in_channels", in_channels, name)
-        self.out_channels = _int("out_channels", out_channels, name)
-        self.kernel_size = _pair("kernel_size", kernel_size, name)
-        self.stride = _pair("stride", stride, name)
-        self.padding = _pair("padding", padding, name)
-        self.output_padding = _pair("output_padding", output_padding, name)
-        self.dilation = _pair("dilation", dilation, name)
+        owner = "ConvTranspose2D"
+        self.in_channels = _int("in_channels", in_channels, owner)
+        self.out_channels = _int("out_channels", out_channels, owner)
+        self.kernel_size = _pair("kernel_size", kernel_size, owner)
+        self.stride = _pair("stride", stride, owner)
+        self.padding = _pair("padding", padding, owner)
+        self.output_padding = _pair("output_padding", output_padding, owner)
+        self.dilation = _pair("dilation", dilation, owner)
         self.bias = bool(bias)
         self.init = init
+        super().__init__(name)
         self._check()
 
 
@@ -413,11 +451,14 @@ class Upsample2D(Layer):
 
     kind = "Upsample2D"
 
-    def __init__(self, scale_factor: Any = 2, mode: str = "nearest") -> None:
+    def __init__(
+        self, scale_factor: Any = 2, mode: str = "nearest", name: str | None = None
+    ) -> None:
         self.scale_factor = _pair("scale_factor", scale_factor, "Upsample2D")
         if not isinstance(mode, str):
             raise TypeError(f"Upsample2D: mode must be a string, got {type(mode).__name__}")
         self.mode = mode
+        super().__init__(name)
         self._check()
 
 
@@ -431,12 +472,15 @@ class Identity(Layer):
 class _Pool(Layer):
     dims = 2
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
-        name = type(self).__name__
+    def __init__(
+        self, kernel_size: Any, stride: Any = None, padding: Any = 0, name: str | None = None
+    ) -> None:
+        owner = type(self).__name__
         size: Any = _int if self.dims == 1 else _pair
-        self.kernel_size: Any = size("kernel_size", kernel_size, name)
-        self.stride: Any = self.kernel_size if stride is None else size("stride", stride, name)
-        self.padding: Any = size("padding", padding, name)
+        self.kernel_size: Any = size("kernel_size", kernel_size, owner)
+        self.stride: Any = self.kernel_size if stride is None else size("stride", stride, owner)
+        self.padding: Any = size("padding", padding, owner)
+        super().__init__(name)
         self._check()
 
 
@@ -480,11 +524,18 @@ class GlobalAvgPool2D(Layer):
 
 
 class _BatchNorm(Layer):
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
-        name = type(self).__name__
-        self.num_features = _int("num_features", num_features, name)
-        self.eps = _number("eps", eps, name)
-        self.momentum = None if momentum is None else _number("momentum", momentum, name)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        name: str | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        self.num_features = _int("num_features", num_features, owner)
+        self.eps = _number("eps", eps, owner)
+        self.momentum = None if momentum is None else _number("momentum", momentum, owner)
+        super().__init__(name)
         self._check()
 
 
@@ -509,6 +560,87 @@ class BatchNorm2D(_BatchNorm):
     see :class:`BatchNorm1D`."""
 
     kind = "BatchNorm2D"
+
+
+class Merge:
+    """Base class of the merge layers, which combine several nodes of a
+    graph model into one: ``L.Add()([a, b])``. They have no parameters and
+    are not :class:`Layer` s (a :class:`~ferrograd.Sequential` cannot hold
+    them)."""
+
+    #: Name of the Rust merge layer this describes.
+    kind: str = ""
+
+    def __init__(self, name: str | None = None) -> None:
+        #: The layer's name in a graph model (default ``add``, ``add_1``, ...).
+        self.name = (
+            _graph.default_name(type(self).__name__)
+            if name is None
+            else (_graph.check_name(name, type(self).__name__))
+        )
+
+    def _config(self) -> dict[str, Any]:
+        return {}
+
+    def _spec(self) -> str:
+        """The layer as the engine reads it: a JSON object."""
+        return json.dumps({"type": self.kind, **self._config()})
+
+    def num_params(self) -> int:
+        """Number of trainable scalars: none."""
+        return 0
+
+    def __call__(self, nodes: list[_graph.Node]) -> _graph.Node:
+        """Merges a list of nodes (a graph model's inputs or layer outputs)
+        into one; the shapes are checked now (``ValueError`` naming the
+        layer and the shapes)."""
+        return _graph.call_merge(self, nodes)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Add(Merge):
+    """Elementwise sum of two or more nodes of the same shape."""
+
+    kind = "Add"
+
+
+class Subtract(Merge):
+    """``a - b`` of exactly two nodes of the same shape."""
+
+    kind = "Subtract"
+
+
+class Multiply(Merge):
+    """Elementwise product of two or more nodes of the same shape."""
+
+    kind = "Multiply"
+
+
+class Average(Merge):
+    """Elementwise mean of two or more nodes of the same shape."""
+
+    kind = "Average"
+
+
+class Concatenate(Merge):
+    """Joins two or more nodes along ``axis`` (``torch.cat(dim=axis)``):
+    the axis counts the batch dimension, so the default ``1`` is the first
+    per-sample dimension (features, or channels of ``(N, C, H, W)``);
+    negative values count from the end. The other dimensions must match."""
+
+    kind = "Concatenate"
+
+    def __init__(self, axis: int = 1, name: str | None = None) -> None:
+        self.axis = _int("axis", axis, "Concatenate")
+        if self.axis == 0:
+            raise ValueError("Concatenate: axis 0 is the batch dimension, which cannot be joined")
+        super().__init__(name)
+
+    def _config(self) -> dict[str, Any]:
+        return {"axis": self.axis}
 
 
 def _layer_classes() -> dict[str, type[Layer]]:

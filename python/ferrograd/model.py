@@ -9,7 +9,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, cast
+from typing import IO, Any, Callable, TypeVar, cast
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from .layers import Dense, Layer
 from .lr_scheduler import LRScheduler, ReduceLROnPlateau
 from .parameter import Parameter
 
-__all__ = ["Sequential", "Parameter", "History", "gradcheck"]
+__all__ = ["BaseModel", "Sequential", "Parameter", "History", "gradcheck"]
+
+_M = TypeVar("_M", bound="BaseModel")
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype(np.float32),
@@ -45,7 +47,7 @@ class _Checkpoints:
     def __init__(
         self,
         save: Callable[..., None],
-        dumps: Callable[[Sequential], bytes],
+        dumps: Callable[[BaseModel], bytes],
         loads: Callable[[bytes], Any],
     ) -> None:
         self.save, self.dumps, self.loads = save, dumps, loads
@@ -56,7 +58,7 @@ _registered: _Checkpoints | None = None
 
 def _register_checkpoints(
     save: Callable[..., None],
-    dumps: Callable[[Sequential], bytes],
+    dumps: Callable[[BaseModel], bytes],
     loads: Callable[[bytes], Any],
 ) -> None:
     """Called by :mod:`ferrograd.serialization` when it is imported."""
@@ -90,6 +92,16 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _length(x: Any) -> int:
+    """The sample count of an array, or of a list of them (one per input or output)."""
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def _rows(x: Any, rows: slice) -> Any:
+    """Some samples of an array, or of each array of a list."""
+    return [a[rows] for a in x] if isinstance(x, list) else x[rows]
+
+
 def _check_split(validation_split: Any, with_data: bool) -> float:
     """``fit``'s ``validation_split``: a number in [0, 1), and not given with
     ``validation_data`` (``with_data``)."""
@@ -108,8 +120,9 @@ def _check_split(validation_split: Any, with_data: bool) -> float:
 class _FitSetup:
     """``fit``'s checked arguments, other than the data."""
 
-    loss: losses.Loss
+    loss: Any  # a losses.Loss, or a list of them (graph models)
     spec: str
+    loss_weights: list[float] | None
     opt: _optim.Optimizer
     epochs: int
     initial_epoch: int
@@ -131,7 +144,7 @@ class _FitSetup:
 class _FitData:
     """``fit``'s converted and checked data."""
 
-    x: np.ndarray
+    x: Any  # an array, or a list of them (graph models)
     y: Any
     weights: np.ndarray | None
     val: tuple[np.ndarray, Any] | None
@@ -186,67 +199,18 @@ class History:
         return f"History(epochs={len(self.epoch)}, last={last})"
 
 
-class Sequential:
-    """A stack of layers trained by backpropagation in Rust.
+class BaseModel:
+    """What :class:`Sequential` and the graph :class:`Model` share:
+    parameters, ``state_dict``, train/eval modes, the step API, ``fit``,
+    ``evaluate``, ``predict``, files and pickling. Not made directly."""
 
-    Parameters
-    ----------
-    layers:
-        A list of :mod:`ferrograd.layers` (or the layers as positional arguments).
-    seed:
-        Fixes the initial weights, the shuffling and the dropout masks. With
-        the same seed, data and thread count, training gives identical
-        weights. ``None`` draws a random seed (kept in :attr:`seed`).
-    dtype:
-        ``"float32"`` (default) or ``"float64"``.
+    layers: list[Any]
 
-    ``state_dict()`` keys and shapes are those of ``torch.nn.Sequential``
-    (``"0.weight"`` of shape ``(out, in)``, ``"0.bias"``), so weights move
-    between the two without conversion.
-    """
-
-    def __init__(
-        self,
-        layers: Sequence[Layer] | Layer,
-        *more: Layer,
-        seed: int | None = None,
-        dtype: Any = "float32",
-    ) -> None:
-        self._setup(layers, more, seed, dtype, init=True)
-
-    @classmethod
-    def _uninitialised(cls, layers: Sequence[Layer], seed: int, dtype: Any) -> Sequential:
-        """A model whose parameters are zero, for loading weights into (the
-        weight initialisation of a large model costs more than its load)."""
-        model = cls.__new__(cls)
-        model._setup(layers, (), seed, dtype, init=False)
-        return model
-
-    def _setup(
-        self,
-        layers: Sequence[Layer] | Layer,
-        more: Sequence[Layer],
-        seed: Any,
-        dtype: Any,
-        init: bool,
-    ) -> None:
-        layer_list = [layers, *more] if isinstance(layers, Layer) else list(layers) + list(more)
-        for i, layer in enumerate(layer_list):
-            if not isinstance(layer, Layer):
-                raise TypeError(
-                    f"layer {i} is a {type(layer).__name__}, expected a ferrograd.layers.Layer"
-                )
-        if not layer_list:
-            raise ValueError("Sequential needs at least one layer")
-        if seed is None:
-            seed = secrets.randbits(63)
-        seed = _int_arg("seed", seed, 0)
-        if seed >= 2**64:
-            raise ValueError(f"seed must be < 2**64, got {seed}")
-        self.layers: list[Layer] = layer_list
+    def _init_core(self, core: _core.Model, seed: int, dtype: np.dtype[Any]) -> None:
+        """Adopts the engine's model: parameters, state and Python attributes."""
         self.seed = seed
-        self.dtype: np.dtype[Any] = _DTYPES[_dtype_name(dtype)]
-        self._core = _core.Model([ly._spec() for ly in layer_list], self.dtype.name, seed, init)
+        self.dtype: np.dtype[Any] = dtype
+        self._core = core
         self._params = [
             Parameter(self, i, name, tuple(shape))
             for i, (name, shape) in enumerate(self._core.param_info())
@@ -268,7 +232,7 @@ class Sequential:
 
     # ------------------------------------------------------------ mode
 
-    def train(self, mode: bool = True) -> Sequential:
+    def train(self: _M, mode: bool = True) -> _M:
         """Sets the default mode of :meth:`forward` / ``model(x)`` to training
         (dropout active, BatchNorm on batch statistics, updating its running
         statistics), or to evaluation with ``mode=False``; returns the model.
@@ -278,7 +242,7 @@ class Sequential:
         self.training = bool(mode)
         return self
 
-    def eval(self) -> Sequential:
+    def eval(self: _M) -> _M:
         """Sets the default mode of :meth:`forward` to evaluation; returns the model."""
         return self.train(False)
 
@@ -426,9 +390,9 @@ class Sequential:
         """
         if training is None:
             training = self.training
-        xa = as_features(x, self.dtype, "x")
+        xa = self._features(x, "x")
         out = self._core.forward(xa, bool(training))
-        self._input_shape = tuple(xa.shape[1:])
+        self._seen(xa)
         return out
 
     __call__ = forward
@@ -441,7 +405,7 @@ class Sequential:
 
     # ------------------------------------------------------------ training
 
-    def _metrics_for(self, loss: losses.Loss, metrics: Any) -> tuple[str, ...]:
+    def _metrics_for(self, loss: Any, metrics: Any) -> tuple[str, ...]:
         if metrics is None:
             return ("accuracy",) if loss.name != "mse" else ()
         if isinstance(metrics, str):
@@ -455,12 +419,35 @@ class Sequential:
             out.append(m)
         return tuple(out)
 
-    def _prepare(self, x: Any, y: Any, loss: losses.Loss, what: str) -> tuple[np.ndarray, Any]:
+    def _loss(self, loss: Any) -> tuple[Any, str]:
+        """``loss`` as the model's loss object(s) and the engine's spec."""
+        loss_fn = losses.get(loss)
+        return loss_fn, loss_fn._spec()
+
+    def _loss_weights(self, loss_weights: Any) -> list[float] | None:
+        """``loss_weights`` as one float per output (or ``None``)."""
+        if loss_weights is None:
+            return None
+        raise ValueError("loss_weights applies to graph models (fg.Model) with several outputs")
+
+    def _features(self, x: Any, what: str) -> Any:
+        """The input data as the engine takes it."""
+        return as_features(x, self.dtype, what)
+
+    def _output_shape(self, xa: Any) -> list[int]:
+        """The (single) output's per-sample shape for the data ``xa``."""
+        return list(self._core.layer_shapes(list(xa.shape[1:]))[-1])
+
+    def _seen(self, xa: Any) -> None:
+        """Remembers the per-sample input shape last used (for ``summary``)."""
+        if isinstance(xa, np.ndarray):
+            self._input_shape = tuple(xa.shape[1:])
+
+    def _prepare(self, x: Any, y: Any, loss: Any, what: str) -> tuple[Any, Any]:
         xa = as_features(x, self.dtype, what)
         ya = as_target(y, loss.name, self.dtype, len(xa))
         if ya.ndim == 1 and loss.name != "cross_entropy":
-            out = self._core.layer_shapes(list(xa.shape[1:]))[-1]
-            if list(out) == [1]:
+            if self._output_shape(xa) == [1]:
                 ya = ya.reshape(-1, 1)
         return xa, ya
 
@@ -487,6 +474,7 @@ class Sequential:
         clip_grad_norm: float | None = None,
         diagnostics: bool = False,
         distributed: bool | str = False,
+        loss_weights: Any = None,
     ) -> History:
         """Trains the model; returns a :class:`History`.
 
@@ -561,6 +549,10 @@ class Sequential:
             broadcast first; settings that differ across ranks raise
             ``ValueError`` ("mismatch"); logs are reduced across ranks; the
             progress display, ``CSVLogger`` and saving write on rank 0 only.
+        loss_weights:
+            A graph :class:`Model` with several outputs: each output's loss
+            weight (a list in output order, or a dict by output name); the
+            loss minimised is the weighted sum (Keras's ``loss_weights``).
 
         The epochs run in Rust with the GIL released; Ctrl-C stops within a
         fraction of a second with ``KeyboardInterrupt``, leaving the model
@@ -571,15 +563,17 @@ class Sequential:
         setup = self._fit_setup(
             loss, optimizer, epochs, initial_epoch, batch_size, shuffle, verbose, stream,
             callbacks, scheduler, scheduler_interval, validation_split, validation_data, metrics,
-            clip_grad_norm, diagnostics,
+            clip_grad_norm, diagnostics, loss_weights,
         )  # fmt: skip
         data = self._fit_data(
             setup, X, y, validation_data, validation_split, class_weight, sample_weight
         )
         if distributed is not False:
+            if not isinstance(self, Sequential):
+                raise ValueError("distributed training supports Sequential models only")
             from .distributed import _FitPlan
 
-            setup.plan = _FitPlan(self, distributed, len(data.x), setup.batch_size,
+            setup.plan = _FitPlan(self, distributed, _length(data.x), setup.batch_size,
                                   epochs=setup.epochs, initial_epoch=setup.initial_epoch,
                                   shuffle=setup.shuffle, loss=setup.spec,
                                   optimizer=type(setup.opt).__name__, clip_grad_norm=setup.clip,
@@ -607,9 +601,10 @@ class Sequential:
         metrics: Any,
         clip_grad_norm: Any,
         diagnostics: Any,
+        loss_weights: Any = None,
     ) -> _FitSetup:
         """Checks ``fit``'s arguments other than the data, in their order."""
-        loss_fn = losses.get(loss)
+        loss_fn, spec = self._loss(loss)
         opt = _optim.get(optimizer, self.parameters())
         if opt._mcore is not self._core:
             raise ValueError("the optimizer was built from another model's parameters")
@@ -657,9 +652,11 @@ class Sequential:
             _core.check_clip(*clip)
         if not isinstance(diagnostics, (bool, np.bool_)):
             raise TypeError(f"diagnostics must be a bool, got {type(diagnostics).__name__}")
+        weights = self._loss_weights(loss_weights)
         return _FitSetup(
             loss=loss_fn,
-            spec=loss_fn._spec(),
+            spec=spec,
+            loss_weights=weights,
             opt=opt,
             epochs=epochs,
             initial_epoch=initial_epoch,
@@ -690,21 +687,22 @@ class Sequential:
         sample weights) against the model and the loss."""
         split = float(validation_split)
         xa, ya = self._prepare(X, y, setup.loss, "X")
-        if len(xa) != len(ya):
+        if _length(xa) != _length(ya):
             raise _core.ShapeError(
-                f"X and y have different lengths: {len(xa)} samples but {len(ya)} targets"
+                f"X and y have different lengths: {_length(xa)} samples but {_length(ya)} targets"
             )
         sw = self._sample_weights(xa, ya, class_weight, sample_weight)
         val = None
         if split:
-            cut = int(len(xa) * (1.0 - split))
-            if cut < 1 or cut >= len(xa):
+            n = _length(xa)
+            cut = int(n * (1.0 - split))
+            if cut < 1 or cut >= n:
                 raise ValueError(
                     f"validation_split={split} leaves "
-                    f"{cut} training and {len(xa) - cut} validation samples; both need >= 1"
+                    f"{cut} training and {n - cut} validation samples; both need >= 1"
                 )
-            val = (xa[cut:], ya[cut:])
-            xa, ya = xa[:cut], ya[:cut]
+            val = (_rows(xa, slice(cut, None)), _rows(ya, slice(cut, None)))
+            xa, ya = _rows(xa, slice(None, cut)), _rows(ya, slice(None, cut))
             if sw is not None:
                 sw = np.ascontiguousarray(sw[:cut])
         elif validation_data is not None:
@@ -712,19 +710,19 @@ class Sequential:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
             val = self._prepare(validation_data[0], validation_data[1], setup.loss, "validation X")
         # Everything is checked before the first step, so a bad call changes nothing.
-        self._core.validate(xa, ya, setup.spec, sw)
+        self._core.validate(xa, ya, setup.spec, sw, loss_weights=setup.loss_weights)
         if val is not None:
             try:
-                self._core.validate(val[0], val[1], setup.spec)
+                self._core.validate(val[0], val[1], setup.spec, loss_weights=setup.loss_weights)
             except ValueError as exc:
                 raise type(exc)(f"validation data: {exc}") from None
-        self._input_shape = tuple(xa.shape[1:])
+        self._seen(xa)
         return _FitData(x=xa, y=ya, weights=sw, val=val)
 
     def _fit_loop(self, setup: _FitSetup, data: _FitData) -> History:
         """The epochs, with the callbacks, the scheduler and the History."""
         s, cbs, opt = setup, setup.callbacks, setup.opt
-        steps = -(-len(data.x) // s.batch_size) if s.plan is None else s.plan.steps
+        steps = -(-_length(data.x) // s.batch_size) if s.plan is None else s.plan.steps
         keys = ["loss", *s.metrics]
         if data.val is not None:
             keys += [f"val_{k}" for k in keys]
@@ -768,7 +766,7 @@ class Sequential:
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
             history._append(epoch, logs)
-            progress.finish(len(data.x), logs)
+            progress.finish(_length(data.x), logs)
             if self.stop_training:
                 break
         for cb in cbs:
@@ -810,6 +808,7 @@ class Sequential:
                 sample_weight=data.weights,
                 clip=s.clip,
                 diagnostics=s.diagnostics,
+                loss_weights=s.loss_weights,
                 **(s.plan.epoch_kwargs() if s.plan is not None else {}),
             )
         except BaseException:
@@ -829,7 +828,13 @@ class Sequential:
             logs["accuracy"] = train_acc
         if data.val is not None:
             if s.plan is None:
-                vl, va = self._core.evaluate(data.val[0], data.val[1], s.spec, DEFAULT_EVAL_BATCH)
+                vl, va = self._core.evaluate(
+                    data.val[0],
+                    data.val[1],
+                    s.spec,
+                    DEFAULT_EVAL_BATCH,
+                    loss_weights=s.loss_weights,
+                )
             else:
                 vl, va = s.plan.validate(self, *data.val, s.spec, DEFAULT_EVAL_BATCH)
             logs["val_loss"] = vl
@@ -840,7 +845,7 @@ class Sequential:
         return logs
 
     def _sample_weights(
-        self, xa: np.ndarray, ya: np.ndarray, class_weight: Any, sample_weight: Any
+        self, xa: Any, ya: Any, class_weight: Any, sample_weight: Any
     ) -> np.ndarray | None:
         """Keras's sample_weight times class_weight (by each sample's class),
         as one weight per sample in the model's dtype, or None."""
@@ -851,7 +856,7 @@ class Sequential:
                 raise TypeError(f"sample_weight must hold numbers, got dtype {arr.dtype}")
             weights = arr.astype(np.float64)
         if class_weight is not None:
-            out = self._core.layer_shapes(list(xa.shape[1:]))[-1]
+            out = self._output_shape(xa)
             if ya.ndim == 1 and ya.dtype == np.int64:
                 classes, index = int(np.prod(out)), ya
             elif ya.ndim == 2 and ya.shape[1] > 1:
@@ -919,27 +924,110 @@ class Sequential:
         metrics: Sequence[str] | None = None,
         batch_size: int = DEFAULT_EVAL_BATCH,
         distributed: bool = False,
+        loss_weights: Any = None,
     ) -> dict[str, float]:
         """Mean loss (and metrics) over a dataset in inference mode:
         ``{"loss": ..., "accuracy": ...}``. With ``distributed=True`` every
         rank passes the same data, evaluates its part, and gets the whole
-        result (see :mod:`ferrograd.distributed`)."""
-        loss_fn = losses.get(loss)
+        result (see :mod:`ferrograd.distributed`). ``loss_weights``: as
+        in :meth:`fit`."""
+        loss_fn, spec = self._loss(loss)
         metric_names = self._metrics_for(loss_fn, metrics)
         batch_size = _int_arg("batch_size", batch_size, 1)
+        weights = self._loss_weights(loss_weights)
         xa, ya = self._prepare(X, y, loss_fn, "X")
         acc: float | None
         if distributed:
+            if not isinstance(self, Sequential):
+                raise ValueError("distributed evaluation supports Sequential models only")
             from .distributed import _evaluate
 
-            value, acc = _evaluate(self, xa, ya, loss_fn._spec(), batch_size)
+            value, acc = _evaluate(self, xa, ya, spec, batch_size)
         else:
-            value, acc = self._core.evaluate(xa, ya, loss_fn._spec(), batch_size)
-        self._input_shape = tuple(xa.shape[1:])
+            value, acc = self._core.evaluate(xa, ya, spec, batch_size, loss_weights=weights)
+        self._seen(xa)
         out = {"loss": value}
         if "accuracy" in metric_names and acc is not None:
             out["accuracy"] = acc
         return out
+
+    def _predict(self, X: Any, batch_size: Any, distributed: bool) -> Any:
+        """``predict``: the engine's output, one array or (several outputs) a list."""
+        batch_size = _int_arg("batch_size", batch_size, 1)
+        xa = self._features(X, "X")
+        if distributed:
+            if not isinstance(self, Sequential):
+                raise ValueError("distributed prediction supports Sequential models only")
+            from .distributed import _predict
+
+            out: Any = _predict(self, xa, batch_size)
+        else:
+            out = self._core.predict(xa, batch_size)
+        self._seen(xa)
+        return out
+
+
+class Sequential(BaseModel):
+    """A stack of layers trained by backpropagation in Rust.
+
+    Parameters
+    ----------
+    layers:
+        A list of :mod:`ferrograd.layers` (or the layers as positional arguments).
+    seed:
+        Fixes the initial weights, the shuffling and the dropout masks. With
+        the same seed, data and thread count, training gives identical
+        weights. ``None`` draws a random seed (kept in :attr:`seed`).
+    dtype:
+        ``"float32"`` (default) or ``"float64"``.
+
+    ``state_dict()`` keys and shapes are those of ``torch.nn.Sequential``
+    (``"0.weight"`` of shape ``(out, in)``, ``"0.bias"``), so weights move
+    between the two without conversion.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer] | Layer,
+        *more: Layer,
+        seed: int | None = None,
+        dtype: Any = "float32",
+    ) -> None:
+        self._setup(layers, more, seed, dtype, init=True)
+
+    @classmethod
+    def _uninitialised(cls, layers: Sequence[Layer], seed: int, dtype: Any) -> Sequential:
+        """A model whose parameters are zero, for loading weights into (the
+        weight initialisation of a large model costs more than its load)."""
+        model = cls.__new__(cls)
+        model._setup(layers, (), seed, dtype, init=False)
+        return model
+
+    def _setup(
+        self,
+        layers: Sequence[Layer] | Layer,
+        more: Sequence[Layer],
+        seed: Any,
+        dtype: Any,
+        init: bool,
+    ) -> None:
+        layer_list = [layers, *more] if isinstance(layers, Layer) else list(layers) + list(more)
+        for i, layer in enumerate(layer_list):
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"layer {i} is a {type(layer).__name__}, expected a ferrograd.layers.Layer"
+                )
+        if not layer_list:
+            raise ValueError("Sequential needs at least one layer")
+        if seed is None:
+            seed = secrets.randbits(63)
+        seed = _int_arg("seed", seed, 0)
+        if seed >= 2**64:
+            raise ValueError(f"seed must be < 2**64, got {seed}")
+        self.layers: list[Layer] = layer_list
+        dt = _DTYPES[_dtype_name(dtype)]
+        core = _core.Model([ly._spec() for ly in layer_list], dt.name, seed, init)
+        self._init_core(core, seed, dt)
 
     def predict(
         self, X: Any, batch_size: int = DEFAULT_EVAL_BATCH, distributed: bool = False
@@ -947,17 +1035,8 @@ class Sequential:
         """The model's output for ``X`` in inference mode, computed in batches.
         With ``distributed=True`` every rank passes the same ``X``, computes
         its part, and gets the whole output (see :mod:`ferrograd.distributed`)."""
-        batch_size = _int_arg("batch_size", batch_size, 1)
-        xa = as_features(X, self.dtype, "X")
-        if distributed:
-            from .distributed import _predict
-
-            out = _predict(self, xa, batch_size)
-        else:
-            # A Sequential has one output: one array, never a list.
-            out = cast(np.ndarray, self._core.predict(xa, batch_size))
-        self._input_shape = tuple(xa.shape[1:])
-        return out
+        # A Sequential has one output: one array, never a list.
+        return cast(np.ndarray, self._predict(X, batch_size, distributed))
 
     # ------------------------------------------------------------ display
 
@@ -1012,13 +1091,18 @@ class Sequential:
         return "\n".join(lines)
 
 
-def _unpickle_model(blob: bytes) -> Sequential:
-    model: Sequential = _checkpoints().loads(blob)
+def _unpickle_model(blob: bytes) -> BaseModel:
+    model: BaseModel = _checkpoints().loads(blob)
     return model
 
 
 def gradcheck(
-    model: Sequential, loss: str | losses.Loss, X: Any, y: Any, eps: float = 1e-6
+    model: BaseModel,
+    loss: Any,
+    X: Any,
+    y: Any,
+    eps: float = 1e-6,
+    loss_weights: Any = None,
 ) -> dict[str, float]:
     """Checks backpropagation against central finite differences.
 
@@ -1031,12 +1115,17 @@ def gradcheck(
     float32 differences are too coarse and raise ``ValueError``. The model is
     left unchanged; dropout masks are held fixed during the check. Cost: two
     forward passes per parameter element, so use a small model and batch.
+    A graph :class:`~ferrograd.Model` takes its inputs, targets, losses
+    and ``loss_weights`` as in its ``fit``.
     """
-    if not isinstance(model, Sequential):
-        raise TypeError(f"model must be a ferrograd.Sequential, got {type(model).__name__}")
-    loss_fn = losses.get(loss)
+    if not isinstance(model, BaseModel):
+        raise TypeError(
+            f"model must be a ferrograd.Sequential or Model, got {type(model).__name__}"
+        )
+    loss_fn, spec = model._loss(loss)
+    weights = model._loss_weights(loss_weights)
     xa, ya = model._prepare(X, y, loss_fn, "X")
-    report = model._core.gradcheck(xa, ya, loss_fn._spec(), float(eps))
+    report = model._core.gradcheck(xa, ya, spec, float(eps), loss_weights=weights)
     return {name: rel for name, rel, _abs in report}
 
 

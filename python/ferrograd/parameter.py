@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .model import Sequential
+    from .model import BaseModel
 
 __all__ = ["Parameter"]
 
@@ -23,7 +23,7 @@ class Parameter:
     writes into the model.
     """
 
-    def __init__(self, model: Sequential, index: int, name: str, shape: tuple[int, ...]):
+    def __init__(self, model: BaseModel, index: int, name: str, shape: tuple[int, ...]):
         # The engine's model strongly, the Sequential weakly: a model and its
         # parameters form no reference cycle, so dropping the model frees it.
         self._core = model._core
@@ -34,7 +34,7 @@ class Parameter:
         self.shape = shape
 
     @property
-    def _model(self) -> Sequential:
+    def _model(self) -> BaseModel:
         model = self._ref()
         if model is None:
             raise ReferenceError(f"the model of parameter {self.name!r} was freed")

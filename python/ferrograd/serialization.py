@@ -37,8 +37,9 @@ from ._optimizer import CHECKPOINT_PREFIX as _OPT_PREFIX
 from ._safetensors import file_path as _path
 from ._safetensors import load_file, save_file
 from ._safetensors import read_metadata as read_metadata
+from .functional import Model
 from .lr_scheduler import LRScheduler
-from .model import Sequential
+from .model import BaseModel, Sequential
 from .optim import Optimizer
 
 __all__ = ["save_file", "load_file", "load"]
@@ -58,12 +59,17 @@ def _json_default(v: Any) -> Any:
 
 
 def model_contents(
-    model: Sequential, optimizer: Optimizer | None = None, scheduler: LRScheduler | None = None
+    model: BaseModel, optimizer: Optimizer | None = None, scheduler: LRScheduler | None = None
 ) -> tuple[list[tuple[str, np.ndarray]], dict[str, str]]:
     """The tensors and metadata :meth:`Sequential.save` writes."""
     info: dict[str, Any] = {
         "version": FORMAT_VERSION,
-        "architecture": [json.loads(ly._spec()) for ly in model.layers],
+        # A Sequential's layer list, or a graph Model's graph and name.
+        "architecture": (
+            {"graph": model._graph(), "name": model.name}
+            if isinstance(model, Model)
+            else [json.loads(ly._spec()) for ly in model.layers]
+        ),
         "dtype": model.dtype.name,
         "seed": model.seed,
         "epochs_trained": model.epochs_trained,
@@ -114,10 +120,12 @@ def _model_info(meta: Mapping[str, str], where: str) -> dict[str, Any]:
 
 def model_from_contents(
     tensors: Mapping[str, np.ndarray], meta: Mapping[str, str], where: str
-) -> tuple[Sequential, dict[str, Any]]:
+) -> tuple[BaseModel, dict[str, Any]]:
     """The model a file describes, and its metadata object."""
     info = _model_info(meta, where)
     arch = info.get("architecture")
+    if isinstance(arch, dict) and "graph" in arch:
+        return _graph_model(arch, tensors, info, where), info
     if not isinstance(arch, list) or not arch:
         raise ValueError(f"{where}: the architecture must be a non-empty list of layers")
     try:
@@ -140,6 +148,31 @@ def model_from_contents(
         model = Sequential._uninitialised(layer_list, seed, info.get("dtype", "float32"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
+    _restore(model, tensors, info, where)
+    return model, info
+
+
+def _graph_model(
+    arch: Mapping[str, Any], tensors: Mapping[str, np.ndarray], info: Mapping[str, Any], where: str
+) -> Model:
+    """A graph :class:`~ferrograd.Model` from its file's contents."""
+    try:
+        seed = info.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"the seed must be an int, got {seed!r}")
+        model = Model._from_graph(
+            arch["graph"], arch.get("name"), seed, info.get("dtype", "float32"), init=False
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    _restore(model, tensors, info, where)
+    return model
+
+
+def _restore(
+    model: BaseModel, tensors: Mapping[str, np.ndarray], info: Mapping[str, Any], where: str
+) -> None:
+    """Loads a built model's weights, random state and counters from a file."""
     weights = {k: v for k, v in tensors.items() if not k.startswith(_OPT_PREFIX)}
     model.load_state_dict(weights)
     epochs = info.get("epochs_trained", 0)
@@ -156,11 +189,10 @@ def model_from_contents(
         model._core.set_rng_state(rng)
     model.epochs_trained = epochs
     model.training = bool(info.get("training", False))
-    return model, info
 
 
 def optimizer_from_contents(
-    model: Sequential, tensors: Mapping[str, np.ndarray], info: Mapping[str, Any], where: str
+    model: BaseModel, tensors: Mapping[str, np.ndarray], info: Mapping[str, Any], where: str
 ) -> Optimizer:
     """The optimizer a model file holds, bound to ``model``."""
     data = info.get("optimizer")
@@ -213,7 +245,7 @@ def loads(data: bytes, with_optimizer: bool = False, with_scheduler: bool = Fals
 
 
 def dumps(
-    model: Sequential, optimizer: Optimizer | None = None, scheduler: LRScheduler | None = None
+    model: BaseModel, optimizer: Optimizer | None = None, scheduler: LRScheduler | None = None
 ) -> bytes:
     """The bytes :meth:`Sequential.save` would write."""
     tensors, meta = model_contents(model, optimizer, scheduler)
@@ -221,7 +253,7 @@ def dumps(
 
 
 def _save(
-    model: Sequential,
+    model: BaseModel,
     path: str | os.PathLike[str],
     optimizer: Optimizer | None = None,
     scheduler: LRScheduler | None = None,
