@@ -1,0 +1,368 @@
+"""The functional API: ``fg.Input``, layers called on nodes, merge layers,
+``fg.Model``: training, gradients (float64 finite differences), the same
+weights as the equivalent Sequential, several inputs and outputs, shared
+layers, bad graphs refused when built, files and pickling, torch parity
+of a ResNet block, and the README's snippet."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ferrograd as fg
+from ferrograd import layers as L
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def residual_mlp(dtype="float32", seed=0, width=16):
+    x = fg.Input((8,), dtype=dtype, name="x")
+    h = L.Dense(8, width, name="fc1")(x)
+    h = L.ReLU(name="act")(h)
+    h = L.Dense(width, 8, name="fc2")(h)
+    s = L.Add(name="skip")([x, h])
+    y = L.Dense(8, 1, name="head")(s)
+    return fg.Model(x, y, seed=seed)
+
+
+def toy(n=256, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(dtype)
+    y = (np.sin(x[:, :1]) + x[:, 1:2] * x[:, 2:3]).astype(dtype)
+    return x, y
+
+
+# ---------------------------------------------------------------- nodes and layers
+
+
+def test_input_and_call_shapes():
+    x = fg.Input((1, 6, 6), name="img")
+    assert isinstance(x, fg.Node) and x.shape == (1, 6, 6) and x.is_input
+    c = L.Conv2D(1, 4, 3, padding=1)(x)
+    assert c.shape == (4, 6, 6) and c.inputs == (x,)
+    p = L.MaxPool2D(2)(c)
+    f = L.Flatten()(p)
+    assert p.shape == (4, 3, 3) and f.shape == (36,)
+    assert L.Concatenate(axis=1)([c, c]).shape == (8, 6, 6)
+    assert L.Concatenate(axis=-1)([c, c]).shape == (4, 6, 12)
+    assert L.Concatenate(axis=2)([c, c]).shape == (4, 12, 6)
+
+
+def test_shape_errors_raise_at_the_call_naming_layer_and_shapes():
+    x = fg.Input((4,), name="feat")
+    with pytest.raises(ValueError, match=r'Dense "bad" called on input "feat" \(N, 4\).*5'):
+        L.Dense(5, 3, name="bad")(x)
+    h = L.Dense(4, 3, name="h3")(x)
+    with pytest.raises(fg.ShapeError, match=r'Add "plus" needs inputs of the same shape.*"h3"'):
+        L.Add(name="plus")([x, h])
+    with pytest.raises(ValueError, match="exactly 2 inputs"):
+        L.Subtract()([x, x, x])
+    with pytest.raises(ValueError, match="at least 2 inputs"):
+        L.Multiply()([x])
+    with pytest.raises(fg.ShapeError, match="match except on that axis"):
+        L.Concatenate(axis=1)([fg.Input((2, 3)), fg.Input((2, 4))])
+    with pytest.raises(ValueError, match="out of range"):
+        L.Concatenate(axis=3)([x, h])
+    with pytest.raises(ValueError, match="batch dimension"):
+        L.Concatenate(axis=0)
+    with pytest.raises(TypeError, match="list of nodes"):
+        L.Add()(x)
+    with pytest.raises(TypeError, match="expected a node"):
+        L.Dense(4, 3)(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="different dtypes"):
+        L.Add()([x, fg.Input((4,), dtype="float64")])
+
+
+def test_default_names_follow_keras_scheme():
+    first = L.Tanh()
+    second = L.Tanh()
+    base = first.name
+    assert base.startswith("tanh")
+    n = 0 if base == "tanh" else int(base.rsplit("_", 1)[1])
+    assert second.name == f"tanh_{n + 1}"
+    assert L.Dense(2, 2, name="block.fc").name == "block.fc"  # dots allowed
+    with pytest.raises(ValueError, match="must not be empty"):
+        L.ReLU(name="")
+    with pytest.raises(TypeError, match="name must be a string"):
+        L.ReLU(name=3)
+
+
+# ---------------------------------------------------------------- training and gradients
+
+
+def test_residual_mlp_trains_and_its_gradients_check():
+    model = residual_mlp(seed=1)
+    x, y = toy()
+    before = model.evaluate(x, y, "mse")["loss"]
+    opt = fg.optim.Adam(model.parameters(), lr=1e-2)
+    hist = model.fit(x, y, "mse", opt, epochs=30, batch_size=32, verbose=0)
+    after = model.evaluate(x, y, "mse")["loss"]
+    assert after < 0.2 * before, (before, after)
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert list(model.state_dict()) == [
+        f"{n}.{p}" for n in ("fc1", "fc2", "head") for p in ("weight", "bias")
+    ]
+    m64 = residual_mlp(dtype="float64", seed=2, width=6)
+    x64, y64 = toy(12, seed=3, dtype=np.float64)
+    report = fg.gradcheck(m64, "mse", x64, y64)
+    assert set(report) == {f"{n}.{p}" for n in ("fc1", "fc2", "head") for p in ("weight", "bias")}
+    assert max(report.values()) < 1e-6, report
+
+
+def test_predict_matches_numpy_with_the_state_dict():
+    model = residual_mlp(dtype="float64", seed=3)
+    x, _ = toy(10, dtype=np.float64)
+    w = model.state_dict()
+    h = np.maximum(x @ w["fc1.weight"].T + w["fc1.bias"], 0) @ w["fc2.weight"].T + w["fc2.bias"]
+    ref = (x + h) @ w["head.weight"].T + w["head.bias"]
+    np.testing.assert_allclose(model.predict(x), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.forward(x), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.predict({"x": x}), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_chain_model_equals_sequential_bitwise_after_fit():
+    def layers():
+        return [L.Dense(8, 12), L.ReLU(), L.Dropout(0.2), L.Dense(12, 3)]
+
+    seq = fg.Sequential(layers(), seed=7)
+    x_in = fg.Input((8,))
+    node = x_in
+    for layer in layers():
+        node = layer(node)
+    graph = fg.Model(x_in, node, seed=7)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(100, 8)).astype(np.float32)
+    y = rng.integers(0, 3, size=100)
+    for model in (seq, graph):
+        opt = fg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        model.fit(x, y, "cross_entropy", opt, epochs=3, batch_size=16, verbose=0)
+    a, b = list(seq.state_dict().values()), list(graph.state_dict().values())
+    assert len(a) == len(b) == 4
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    assert list(graph.state_dict())[0].endswith(".weight")
+    np.testing.assert_array_equal(seq.predict(x), graph.predict(x))
+
+
+def test_two_inputs_concatenate():
+    a = fg.Input((3,), name="a", dtype="float64")
+    b = fg.Input((2,), name="b", dtype="float64")
+    h = L.Concatenate(name="cat")([L.Dense(3, 4, name="da")(a), b])
+    out = L.Dense(6, 1, name="out")(L.Tanh()(h))
+    model = fg.Model([a, b], out, seed=0)
+    rng = np.random.default_rng(5)
+    xa, xb = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
+    y = (xa[:, :1] - xb[:, 1:]) * 0.5
+    w = model.state_dict()
+    cat = np.concatenate([xa @ w["da.weight"].T + w["da.bias"], xb], axis=1)
+    ref = np.tanh(cat) @ w["out.weight"].T + w["out.bias"]
+    np.testing.assert_allclose(model.predict([xa, xb]), ref, rtol=1e-12)
+    np.testing.assert_allclose(model.predict({"b": xb, "a": xa}), ref, rtol=1e-12)
+    report = fg.gradcheck(model, "mse", [xa[:8], xb[:8]], y[:8])
+    assert max(report.values()) < 1e-6, report
+    before = model.evaluate([xa, xb], y, "mse")["loss"]
+    model.fit({"a": xa, "b": xb}, y, "mse", "adam", epochs=20, batch_size=8, verbose=0)
+    assert model.evaluate([xa, xb], y, "mse")["loss"] < before
+    with pytest.raises(ValueError, match="missing key"):
+        model.predict({"a": xa})
+    with pytest.raises(ValueError, match="unknown key"):
+        model.predict({"a": xa, "b": xb, "c": xb})
+    with pytest.raises(ValueError, match="expected 2"):
+        model.predict([xa])
+    with pytest.raises(fg.ShapeError, match='input "b" expects samples of shape'):
+        model.predict([xa, xa])
+
+
+def two_heads(dtype="float64", seed=0):
+    x = fg.Input((5,), dtype=dtype, name="x")
+    trunk = L.ReLU()(L.Dense(5, 8, name="trunk")(x))
+    cls = L.Dense(8, 3, name="cls")(trunk)
+    reg = L.Dense(8, 2, name="reg")(trunk)
+    return fg.Model(x, [cls, reg], seed=seed)
+
+
+def test_two_outputs_with_loss_weights():
+    model = two_heads()
+    assert model.output_names == ["cls", "reg"]
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(30, 5))
+    labels, values = rng.integers(0, 3, size=30), rng.normal(size=(30, 2))
+    out = model.predict(x)
+    assert isinstance(out, list) and [o.shape for o in out] == [(30, 3), (30, 2)]
+    losses = ["cross_entropy", "mse"]
+    ce = model.evaluate(x, [labels, values], losses, loss_weights=[1.0, 0.0])["loss"]
+    mse = model.evaluate(x, [labels, values], losses, loss_weights=[0.0, 1.0])["loss"]
+    assert mse == pytest.approx(np.mean((out[1] - values) ** 2))
+    total = model.evaluate(
+        x,
+        {"reg": values, "cls": labels},
+        {"reg": "mse", "cls": fg.losses.CrossEntropy()},
+        loss_weights={"cls": 0.5, "reg": 3.0},
+    )
+    assert total["loss"] == pytest.approx(0.5 * ce + 3.0 * mse)
+    report = fg.gradcheck(model, losses, x[:6], [labels[:6], values[:6]], loss_weights=[0.5, 3.0])
+    assert max(report.values()) < 1e-6, report
+    hist = model.fit(
+        x, [labels, values], losses, "adam", epochs=5, loss_weights=[0.5, 3.0], verbose=0
+    )
+    assert set(hist.history) == {"loss"}  # the total; no per-output losses from the engine
+    assert hist["loss"][-1] < hist["loss"][0]
+    with pytest.raises(ValueError, match="loss_weights: expected 2"):
+        model.evaluate(x, [labels, values], losses, loss_weights=[1.0])
+    with pytest.raises(ValueError, match="one output only"):
+        model.evaluate(x, [labels, values], losses, metrics=["accuracy"])
+    with pytest.raises(ValueError, match="applies to graph models"):
+        fg.Sequential([L.Dense(5, 1)]).evaluate(x, values[:, :1], "mse", loss_weights=[1.0])
+
+
+def test_shared_layer_is_one_set_of_weights():
+    shared = L.Dense(4, 4, name="shared")
+    x = fg.Input((4,), dtype="float64")
+    h = shared(L.Tanh()(shared(x)))
+    model = fg.Model(x, L.Dense(4, 1, name="o")(h), seed=2)
+    assert list(model.state_dict()) == ["shared.weight", "shared.bias", "o.weight", "o.bias"]
+    assert model.layers.count(shared) == 1
+    rng = np.random.default_rng(7)
+    xs, ys = rng.normal(size=(8, 4)), rng.normal(size=(8, 1))
+    w = model.state_dict()
+
+    def lin(v):
+        return v @ w["shared.weight"].T + w["shared.bias"]
+
+    ref = lin(np.tanh(lin(xs))) @ w["o.weight"].T + w["o.bias"]
+    np.testing.assert_allclose(model.predict(xs), ref, rtol=1e-12)
+    report = fg.gradcheck(model, "mse", xs, ys)
+    assert max(report.values()) < 1e-6, report
+
+
+# ---------------------------------------------------------------- bad graphs
+
+
+def test_bad_graphs_are_refused_when_built():
+    x = fg.Input((4,), name="x")
+    other = fg.Input((4,), name="other")
+    h = L.Dense(4, 2)(x)
+    with pytest.raises(ValueError, match=r'output "dense.*" is not reachable from the model'):
+        fg.Model(x, L.Dense(4, 2)(other))
+    mixed = L.Add()([L.Dense(4, 2)(other), h])
+    with pytest.raises(ValueError, match=r'depends on input\(s\) "other".*another fg.Input'):
+        fg.Model(x, mixed)
+    with pytest.raises(ValueError, match='input "other" is not used by any output'):
+        fg.Model([x, other], h)
+    with pytest.raises(ValueError, match="is the input"):
+        fg.Model(x, x)
+    with pytest.raises(ValueError, match="listed twice"):
+        fg.Model([x, x], h)
+    with pytest.raises(ValueError, match="layer output, not an fg.Input"):
+        fg.Model(h, L.ReLU()(h))
+    twin = L.Dense(2, 2, name="twin")(L.Dense(4, 2, name="twin")(x))
+    with pytest.raises(ValueError, match='the name "twin" is used twice'):
+        fg.Model(x, twin)
+    with pytest.raises(ValueError, match='the name "x" is used twice'):
+        fg.Model(x, L.ReLU(name="x")(x))
+    with pytest.raises(TypeError, match="expected a node"):
+        fg.Model(x, [h, "y"])
+    with pytest.raises(ValueError, match="must not be empty"):
+        fg.Model([], h)
+    x64 = fg.Input((4,), dtype="float64", name="x64")
+    with pytest.raises(ValueError, match="different dtypes"):
+        fg.Model([x, x64], [h, L.ReLU()(x64)])
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_save_load_and_pickle_round_trips(tmp_path):
+    model = two_heads(dtype="float32", seed=3)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(20, 5)).astype(np.float32)
+    y = [rng.integers(0, 3, size=20), rng.normal(size=(20, 2)).astype(np.float32)]
+    opt = fg.optim.Adam(model.parameters(), lr=1e-2)
+    model.fit(x, y, ["cross_entropy", "mse"], opt, epochs=2, verbose=0)
+    path = tmp_path / "m.safetensors"
+    model.save(path, optimizer=opt)
+    for other in (
+        fg.load(path),
+        pickle.loads(pickle.dumps(model)),
+        copy.deepcopy(model),
+    ):
+        assert isinstance(other, fg.Model)
+        assert other.output_names == model.output_names and other.name == model.name
+        assert other.epochs_trained == 2
+        for a, b in zip(model.predict(x), other.predict(x)):
+            np.testing.assert_array_equal(a, b)
+    # Training on from the file equals training on.
+    loaded, lopt = fg.load(path, with_optimizer=True)
+    for m, o in ((model, opt), (loaded, lopt)):
+        m.fit(x, y, ["cross_entropy", "mse"], o, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- torch parity
+
+
+def test_resnet_basic_block_matches_torch():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(8)
+            self.proj = nn.Conv2d(3, 8, 1, stride=2, bias=False)
+            self.bnp = nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            h = self.bn2(self.conv2(h))
+            return torch.relu(h + self.bnp(self.proj(x)))
+
+    x_in = fg.Input((3, 8, 8), dtype="float64")
+    h = L.Conv2D(3, 8, 3, stride=2, padding=1, bias=False, name="conv1")(x_in)
+    h = L.ReLU()(L.BatchNorm2D(8, name="bn1")(h))
+    h = L.BatchNorm2D(8, name="bn2")(L.Conv2D(8, 8, 3, padding=1, bias=False, name="conv2")(h))
+    p = L.BatchNorm2D(8, name="bnp")(L.Conv2D(3, 8, 1, stride=2, bias=False, name="proj")(x_in))
+    model = fg.Model(x_in, L.ReLU()(L.Add()([h, p])), seed=0)
+
+    torch.manual_seed(0)
+    block = Block().double()
+    assert set(model.state_dict()) == set(block.state_dict())
+    model.load_state_dict({k: v.detach().numpy() for k, v in block.state_dict().items()})
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(4, 3, 8, 8))
+    grad = rng.normal(size=(4, 8, 4, 4))
+    out = model.forward(x, training=True)
+    model.zero_grad()
+    model.backward(grad)
+    xt = torch.tensor(x)
+    ref = block.train()(xt)
+    ref.backward(torch.tensor(grad))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    grads = dict(block.named_parameters())
+    for name, param in model.named_parameters():
+        np.testing.assert_allclose(
+            param.grad, grads[name].grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name
+        )
+    for name, value in block.state_dict().items():  # running statistics too
+        np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- README
+
+
+def test_readme_graph_models_snippet_runs():
+    text = README.read_text()
+    section = text.split("## Graph models", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
