@@ -7,6 +7,7 @@ of a ResNet block, and the README's snippet."""
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 import re
 from pathlib import Path
@@ -366,3 +367,41 @@ def test_readme_graph_models_snippet_runs():
     assert code is not None
     namespace: dict[str, object] = {}
     exec(compile(code.group(1), "README.md", "exec"), namespace)
+
+
+def test_summary_repr_and_single_output_options():
+    model = residual_mlp(seed=5)
+    text = model.summary(print_fn=None)
+    for row in ("x (Input)", "fc1 (Dense)", "skip (Add)", "head (Dense)", "x, fc2"):
+        assert row in text
+    assert f"Total params: {model.num_params():,}" in text
+    assert "outputs=['head']" in repr(model)
+    x, y = toy(64)
+    labels = (y[:, 0] > 0).astype(np.int64)
+    clf_head = L.Dense(8, 2, name="clf")(fg.Input((8,), name="xin"))
+    clf = fg.Model(clf_head.inputs[0], clf_head, seed=0)
+    hist = clf.fit(x, labels, "cross_entropy", "adam", class_weight={1: 2.0}, verbose=0)
+    assert set(hist.history) == {"loss", "accuracy"}
+    with pytest.raises(ValueError, match="Sequential models only"):
+        model.fit(x, y, "mse", "adam", distributed=True, verbose=0)
+    with pytest.raises(ValueError, match="one output only"):
+        two_heads().fit(
+            x[:, :5].astype(np.float64),
+            [labels, np.zeros((64, 2))],
+            ["cross_entropy", "mse"],
+            "sgd",
+            class_weight={1: 2.0},
+            verbose=0,
+        )
+
+
+def test_a_malformed_graph_in_a_file_is_refused(tmp_path):
+    from ferrograd import serialization
+
+    model = residual_mlp(seed=6)
+    tensors, meta = serialization.model_contents(model)
+    info = json.loads(meta["ferrograd"])
+    info["architecture"]["graph"]["nodes"][0]["layer"] = 99
+    meta["ferrograd"] = json.dumps(info)
+    with pytest.raises(ValueError, match="the graph is malformed"):
+        serialization.model_from_contents(dict(tensors), meta, "bad.safetensors")
