@@ -3,8 +3,9 @@ checked against finite differences (float64), several inputs and outputs
 with loss weights, a chain graph training bitwise like the Sequential of
 the same layers, and bad graphs refused when the model is built.
 
-The Python functional API (``fg.Input``, ``fg.Model``) is not written yet;
-these tests drive ``ferrograd._core.Model(graph=...)`` directly."""
+These tests drive ``ferrograd._core.Model(graph=...)`` directly; the
+Python functional API (``fg.Input``, ``fg.Model``) is tested in
+``tests/test_functional.py``."""
 
 import json
 
