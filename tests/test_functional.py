@@ -405,3 +405,81 @@ def test_a_malformed_graph_in_a_file_is_refused(tmp_path):
     meta["ferrograd"] = json.dumps(info)
     with pytest.raises(ValueError, match="the graph is malformed"):
         serialization.model_from_contents(dict(tensors), meta, "bad.safetensors")
+
+
+# ----------------------------------------------------------- models as blocks
+
+
+def test_sequential_and_model_called_as_blocks_nest_their_names_and_weights():
+    """A Sequential called on a node is a block named as torch's nested
+    modules (``layer1.0.weight``), starting from the block's own weights; a
+    Model called on nodes nests its layers under its name; ``model(x)`` on
+    data is still the forward pass."""
+    block = fg.Sequential([L.Dense(4, 8), L.ReLU(), L.Dense(8, 4)], name="layer1", seed=1)
+    x = fg.Input((4,), name="x")
+    y = L.Dense(4, 2, name="head")(L.Add()([x, block(x)]))
+    model = fg.Model(x, y, seed=0, name="trunk")
+    assert list(model.state_dict()) == [
+        "layer1.0.weight", "layer1.0.bias", "layer1.2.weight", "layer1.2.bias",
+        "head.weight", "head.bias",
+    ]  # fmt: skip
+    for key, value in block.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[f"layer1.{key}"], value)
+    data = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    h = np.maximum(data @ block.state_dict()["0.weight"].T + block.state_dict()["0.bias"], 0)
+    h = h @ block.state_dict()["2.weight"].T + block.state_dict()["2.bias"]
+    sd = model.state_dict()
+    want = (data + h) @ sd["head.weight"].T + sd["head.bias"]
+    np.testing.assert_allclose(model.predict(data), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(block(data), h, rtol=1e-5, atol=1e-6)  # data: forward
+
+    x2 = fg.Input((4,), name="x2")
+    outer = fg.Model(x2, L.ReLU(name="act")(model(x2)), seed=3)
+    assert [k for k in outer.state_dict()][:2] == ["trunk.layer1.0.weight", "trunk.layer1.0.bias"]
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(outer.state_dict()[f"trunk.{key}"], value)
+    np.testing.assert_allclose(outer.predict(data), np.maximum(model.predict(data), 0), rtol=1e-6)
+
+
+def test_block_call_errors_name_the_problem():
+    block = fg.Sequential([L.Dense(4, 2)], name="blk")
+    x = fg.Input((3,), name="x3")
+    with pytest.raises(ValueError, match="Dense"):
+        block(x)  # 3 features into Dense(4, 2): the shape error names the layer
+    x4 = fg.Input((4,), name="x4")
+    inner = fg.Model(x4, block(x4), name="inner")
+    with pytest.raises(ValueError, match='Model "inner" takes 1 input'):
+        inner([x4, x4])
+    with pytest.raises(ValueError, match='input "x4" takes samples of shape'):
+        inner(fg.Input((5,)))
+    with pytest.raises(TypeError, match="training= applies to data"):
+        block(x4, training=True)
+    # One block called twice shares its weights, as one layer called twice.
+    y = fg.Input((4,), name="y")
+    twice = fg.Model(y, L.Add()([block(y), block(y)]))
+    assert list(twice.state_dict()) == ["blk.0.weight", "blk.0.bias"]
+
+
+def test_torch_module_names_reproduced_exactly():
+    """A torch model with nested modules loads into the same architecture
+    written with ferrograd and matching names, and predicts the same."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer1 = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, t):
+            return self.head(t + self.layer1(t))
+
+    net = Net().double()
+    x = fg.Input((4,), dtype="float64")
+    block = fg.Sequential([L.Dense(4, 8), L.ReLU(), L.Dense(8, 4)], name="layer1")
+    model = fg.Model(x, L.Dense(4, 2, name="head")(L.Add()([x, block(x)])))
+    model.load_state_dict({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    data = np.random.default_rng(1).normal(size=(6, 4))
+    want = net(torch.from_numpy(data)).detach().numpy()
+    np.testing.assert_allclose(model.predict(data), want, rtol=1e-12, atol=1e-12)

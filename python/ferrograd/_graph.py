@@ -10,7 +10,10 @@ from its outputs into the engine's graph.
 Layer names: a layer made without ``name=`` is named after its class in
 lower case, numbered from the second one made in the process on: ``dense``,
 ``dense_1``, ``dense_2``, ..., ``conv2d``, ``add``, ... (Keras's scheme).
-Inputs likewise: ``input``, ``input_1``, ...
+Inputs likewise: ``input``, ``input_1``, ... A ``Sequential`` or ``Model``
+called on nodes as a block names its layers under its own name, as torch's
+modules do: ``"{block}.{index}"`` for a ``Sequential`` (``layer1.0``, whose
+weight is ``layer1.0.weight``), ``"{block}.{layer name}"`` for a ``Model``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Node:
     comes from.
     """
 
-    __slots__ = ("layer", "inputs", "shape", "dtype", "name")
+    __slots__ = ("layer", "inputs", "shape", "dtype", "name", "origin")
 
     def __init__(
         self,
@@ -71,8 +74,13 @@ class Node:
         self.inputs = inputs
         self.shape = shape
         self.dtype = dtype
-        #: The input's name, or the producing layer's name.
+        #: The input's name, or the producing layer's name in the graph
+        #: (nested under a block's name when the layer was called as part of
+        #: a ``Sequential`` or ``Model`` block: ``"layer1.0"``).
         self.name = name
+        #: For a layer called as part of a block: the block and the layer's
+        #: name in it, whose weights the new model starts from.
+        self.origin: tuple[Any, str] | None = None
 
     @property
     def is_input(self) -> bool:
@@ -86,6 +94,14 @@ class Node:
     def __repr__(self) -> str:
         kind = "Input" if self.is_input else type(self.layer).__name__
         return f"<Node {self.name!r} ({kind}) shape={_shape_text(self.shape)}>"
+
+
+def holds_nodes(x: Any) -> bool:
+    """Whether ``x`` is a node or a non-empty list or tuple of nodes (what a
+    model called as a block takes), rather than data."""
+    if isinstance(x, Node):
+        return True
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(n, Node) for n in x)
 
 
 def Input(shape: Any, dtype: Any = "float32", name: str | None = None) -> Node:

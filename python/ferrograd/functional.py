@@ -175,13 +175,14 @@ class Model(BaseModel):
         if len(dtypes) > 1:
             raise ValueError(f"Model: inputs of different dtypes {sorted(dtypes)}")
         layers: list[Any] = []
-        seen: set[int] = set()
+        first: dict[int, Node] = {}  # each layer's first node: its name in the graph
         for node in order:
-            if id(node.layer) not in seen:
-                seen.add(id(node.layer))
+            if id(node.layer) not in first:
+                first[id(node.layer)] = node
                 layers.append(node.layer)
+        lnames = [first[id(ly)].name for ly in layers]
         owners: dict[str, str] = {}
-        for what, nm in [*(("input", n.name) for n in ins), *(("layer", ly.name) for ly in layers)]:
+        for what, nm in [*(("input", n.name) for n in ins), *(("layer", nm) for nm in lnames)]:
             if nm in owners:
                 raise ValueError(
                     f'Model: the name "{nm}" is used twice ({owners[nm]} and {what}); '
@@ -193,7 +194,9 @@ class Model(BaseModel):
         index = {id(ly): i for i, ly in enumerate(layers)}
         graph = {
             "inputs": [{"name": n.name, "shape": list(n.shape)} for n in ins],
-            "layers": [{"name": ly.name, "spec": json.loads(ly._spec())} for ly in layers],
+            "layers": [
+                {"name": nm, "spec": json.loads(ly._spec())} for nm, ly in zip(lnames, layers)
+            ],
             "nodes": [
                 {"layer": index[id(n.layer)], "inputs": [value[id(x)] for x in n.inputs]}
                 for n in order
@@ -208,6 +211,7 @@ class Model(BaseModel):
         dtype = _DTYPES[dtypes.pop()]
         core = _core.Model([], dtype.name, seed, init, graph=json.dumps(graph))
         self._init_core(core, seed, dtype)
+        self._copy_block_weights([first[id(ly)] for ly in layers])
         #: The model's name.
         self.name = (
             _graph.default_name("model") if name is None else (_graph.check_name(name, "Model"))
@@ -226,6 +230,50 @@ class Model(BaseModel):
             nm if names.count(nm) == 1 else f"{nm}_{names[:k].count(nm)}"
             for k, nm in enumerate(names)
         ]
+
+    def _copy_block_weights(self, nodes: list[Node]) -> None:
+        """Starts the layers called as part of a block (a ``Sequential`` or
+        ``Model`` called on nodes) from the block's current weights."""
+        blocks = [n for n in nodes if n.origin is not None]
+        if not blocks:
+            return
+        state = self.state_dict()
+        sources: dict[int, Any] = {}
+        for node in blocks:
+            block, local = node.origin  # type: ignore[misc]
+            theirs = sources.setdefault(id(block), block.state_dict())
+            for key, value in theirs.items():
+                if key.startswith(local + "."):
+                    state[node.name + key[len(local) :]] = value
+        self.load_state_dict(state)
+
+    def _call_block(self, nodes: Any) -> Node | list[Node]:
+        """``model(nodes)``: the whole model as a block of another graph model:
+        its layers are applied to ``nodes`` (one per input, in order) and
+        appear in the new model under ``"{this model's name}.{layer name}"``
+        (``state_dict`` keys ``"encoder.dense.weight"``), starting from this
+        model's current weights. Returns the output node (a list for
+        several outputs)."""
+        given = _node_list(nodes, "inputs")
+        if len(given) != len(self.inputs):
+            raise ValueError(
+                f'Model "{self.name}" takes {len(self.inputs)} input(s), got {len(given)}'
+            )
+        for inner, outer in zip(self.inputs, given):
+            if inner.shape != outer.shape:
+                raise ValueError(
+                    f'Model "{self.name}": input "{inner.name}" takes samples of shape '
+                    f"{inner.shape}, got {outer._describe()}"
+                )
+        made: dict[int, Node] = {id(i): o for i, o in zip(self.inputs, given)}
+        for node in self._nodes:
+            args = [made[id(x)] for x in node.inputs]
+            out = node.layer(args) if isinstance(node.layer, _layers.Merge) else node.layer(*args)
+            out.name = f"{self.name}.{node.name}"
+            out.origin = (self, node.name)
+            made[id(node)] = out
+        outs = [made[id(o)] for o in self.outputs]
+        return outs[0] if len(outs) == 1 else outs
 
     @classmethod
     def _from_graph(cls, graph: Any, name: Any, seed: int, dtype: Any, init: bool) -> Model:
@@ -380,8 +428,6 @@ class Model(BaseModel):
             training = self.training
         xa = self._features(x, "x")[0]
         return self._core.forward(xa, bool(training))
-
-    __call__ = forward
 
     # ------------------------------------------------------------ display
 

@@ -13,7 +13,7 @@ from typing import IO, Any, Callable, TypeVar, cast
 
 import numpy as np
 
-from . import _core, _parallel, losses
+from . import _core, _graph, _parallel, losses
 from . import optim as _optim
 from ._data import as_features, as_target, untorch
 from ._optimizer import CHECKPOINT_PREFIX
@@ -395,7 +395,19 @@ class BaseModel:
         self._seen(xa)
         return out
 
-    __call__ = forward
+    def __call__(self, x: Any, training: bool | None = None) -> Any:
+        """``model(x)`` is :meth:`forward` on data, as torch's modules; on
+        nodes of a graph model (:func:`ferrograd.Input` or layer outputs) it
+        calls the whole model as a block of the graph being built (see
+        ``_call_block``) and returns node(s)."""
+        if _graph.holds_nodes(x):
+            if training is not None:
+                raise TypeError("training= applies to data, not to a model called on nodes")
+            return self._call_block(x)
+        return self.forward(x, training)
+
+    def _call_block(self, nodes: Any) -> Any:
+        raise NotImplementedError
 
     def backward(self, grad: Any) -> None:
         """Backpropagates ``grad`` (dloss/doutput of the last training-mode
@@ -986,14 +998,39 @@ class Sequential(BaseModel):
     between the two without conversion.
     """
 
+    #: The model's name, under which its layers appear when it is called on
+    #: nodes of a graph model as a block (``fg.Sequential([...],
+    #: name="layer1")`` gives ``layer1.0.weight``). Default ``sequential``,
+    #: ``sequential_1``, ...
+    name = "sequential"
+
     def __init__(
         self,
         layers: Sequence[Layer] | Layer,
         *more: Layer,
         seed: int | None = None,
         dtype: Any = "float32",
+        name: str | None = None,
     ) -> None:
         self._setup(layers, more, seed, dtype, init=True)
+        self.name = (
+            _graph.default_name("sequential")
+            if name is None
+            else _graph.check_name(name, "Sequential")
+        )
+
+    def _call_block(self, node: Any) -> _graph.Node:
+        """``model(node)``: the stack as a block of a graph model: its layers
+        are applied in order and appear in the new model as
+        ``"{name}.{index}"`` (``state_dict`` keys ``"layer1.0.weight"``, as
+        torch's nested modules), starting from this model's current weights."""
+        if not isinstance(node, _graph.Node):
+            raise TypeError(f'Sequential "{self.name}" takes one node, got {type(node).__name__}')
+        for i, layer in enumerate(self.layers):
+            node = layer(node)
+            node.name = f"{self.name}.{i}"
+            node.origin = (self, str(i))
+        return node
 
     @classmethod
     def _uninitialised(cls, layers: Sequence[Layer], seed: int, dtype: Any) -> Sequential:
