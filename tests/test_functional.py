@@ -211,7 +211,7 @@ def test_two_outputs_with_loss_weights():
     hist = model.fit(
         x, [labels, values], losses, "adam", epochs=5, loss_weights=[0.5, 3.0], verbose=0
     )
-    assert set(hist.history) == {"loss"}  # the total; no per-output losses from the engine
+    assert set(hist.history) == {"loss", "cls_loss", "cls_accuracy", "reg_loss"}  # Keras's names
     assert hist["loss"][-1] < hist["loss"][0]
     with pytest.raises(ValueError, match="loss_weights: expected 2"):
         model.evaluate(x, [labels, values], losses, loss_weights=[1.0])
@@ -483,3 +483,33 @@ def test_torch_module_names_reproduced_exactly():
     data = np.random.default_rng(1).normal(size=(6, 4))
     want = net(torch.from_numpy(data)).detach().numpy()
     np.testing.assert_allclose(model.predict(data), want, rtol=1e-12, atol=1e-12)
+
+
+def test_logs_report_each_outputs_own_loss_as_keras_names_it():
+    """With several outputs, ``loss`` is the weighted total and each output
+    adds ``{name}_loss`` (unweighted) and, for classification,
+    ``{name}_accuracy``; validation likewise with ``val_``; evaluate too."""
+    x = fg.Input((4,), name="x")
+    h = L.ReLU()(L.Dense(4, 8, name="trunk")(x))
+    cls, reg = L.Dense(8, 3, name="cls")(h), L.Dense(8, 1, name="reg")(h)
+    model = fg.Model(x, [cls, reg], seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4)).astype(np.float32)
+    y = {"cls": (X[:, 0] > 0).astype(np.int64), "reg": X[:, 1:2]}
+    seen = []
+    cb = fg.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(dict(logs)))
+    hist = model.fit(X, y, {"cls": "cross_entropy", "reg": "mse"}, "adam", epochs=2,
+                     batch_size=16, loss_weights=[1.0, 0.5], validation_data=(X, y),
+                     verbose=0, callbacks=[cb])  # fmt: skip
+    for key in ("loss", "cls_loss", "cls_accuracy", "reg_loss", "val_loss", "val_cls_loss",
+                "val_cls_accuracy", "val_reg_loss"):  # fmt: skip
+        assert len(hist[key]) == 2 and key in seen[-1], key
+    assert "reg_accuracy" not in seen[-1]
+    ev = model.evaluate(X, y, {"cls": "cross_entropy", "reg": "mse"}, loss_weights=[1.0, 0.5])
+    assert ev["loss"] == pytest.approx(ev["cls_loss"] + 0.5 * ev["reg_loss"], rel=1e-5)
+    assert ev == pytest.approx(
+        {k[4:]: v[-1] for k, v in hist.history.items() if k.startswith("val_")}
+    )
+    probs, score = model.predict(X)
+    assert ev["reg_loss"] == pytest.approx(float(np.mean((score - y["reg"]) ** 2)), rel=1e-5)
+    assert ev["cls_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == y["cls"])))

@@ -86,12 +86,15 @@ def test_graph_predict_and_weighted_loss():
     out = m.predict(x, 2)
     assert isinstance(out, list) and [o.shape for o in out] == [(5, 4), (5, 2)]
     y = [np.arange(5) % 4, rng.normal(size=(5, 2))]
-    one, _ = m.evaluate(x, y, '["cross_entropy", "mse"]', 5, loss_weights=[1.0, 0.0])
-    two, _ = m.evaluate(x, y, '["cross_entropy", "mse"]', 5, loss_weights=[0.0, 1.0])
-    both, _ = m.evaluate(x, y, '["cross_entropy", "mse"]', 5, loss_weights=[0.5, 3.0])
+    one, _, _ = m.evaluate(x, y, '["cross_entropy", "mse"]', 5, loss_weights=[1.0, 0.0])
+    two, _, _ = m.evaluate(x, y, '["cross_entropy", "mse"]', 5, loss_weights=[0.0, 1.0])
+    both, _, outputs = m.evaluate(x, y, '["cross_entropy", "mse"]', 5, loss_weights=[0.5, 3.0])
     assert both == pytest.approx(0.5 * one + 3.0 * two)
     mse = np.mean((out[1] - y[1]) ** 2)
     assert two == pytest.approx(mse)
+    # Each output's own (unweighted) loss, and accuracy for the classifier only.
+    assert outputs[0][0] == pytest.approx(one) and outputs[1] == (pytest.approx(mse), None)
+    assert outputs[0][1] == pytest.approx(np.mean(out[0].argmax(axis=1) == y[0]))
 
 
 def test_chain_graph_trains_like_sequential():

@@ -76,7 +76,7 @@ class Model:
         batch_size: int,
         sample_weight: np.ndarray | None = None,
         loss_weights: list[float] | None = None,
-    ) -> tuple[float, float | None]: ...
+    ) -> tuple[float, float | None, list[tuple[float, float | None]]]: ...
     def evaluate_totals(
         self,
         x: np.ndarray,
@@ -114,7 +114,9 @@ class Model:
         loss_weights: list[float] | None = None,
         parallel: tuple[str, int, int, int] | None = None,
         reduce: Callable[[memoryview], Any] | None = None,
-    ) -> tuple[float, float | None, tuple[float, float, int, int]]: ...
+    ) -> tuple[
+        float, float | None, tuple[float, float, int, int], list[tuple[float, float | None]]
+    ]: ...
     def last_diagnostics(self) -> dict[str, Any] | None: ...
     def diagnose(
         self,

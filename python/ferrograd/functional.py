@@ -154,9 +154,11 @@ class Model(BaseModel):
     (one array alone for a single input); targets likewise per output (by
     :attr:`output_names`). ``loss``: one loss for every output, a list, or a
     dict by output name; ``loss_weights``: the outputs' weights in the
-    total loss (list or dict). The epoch logs hold the total ``loss`` (the
-    engine does not report per-output losses yet); ``accuracy`` is logged
-    for a single classification output only.
+    total loss (list or dict). The epoch logs and ``evaluate`` report the
+    weighted total as ``loss`` and, with several outputs, each output's own
+    loss as ``{name}_loss`` and, for a classification output,
+    ``{name}_accuracy`` (Keras's names; ``val_`` before them for the
+    validation data); a single classification output logs ``accuracy``.
     """
 
     def __init__(
@@ -384,6 +386,11 @@ class Model(BaseModel):
         if metrics:
             raise ValueError("metrics are supported for models with one output only")
         return ()
+
+    def _per_output(self, loss: Any) -> list[tuple[str, bool]]:
+        if len(self.outputs) == 1:
+            return []
+        return [(name, fn.name != "mse") for name, fn in zip(self.output_names, loss)]
 
     def _output_shape(self, xa: Any) -> list[int]:
         return list(self.outputs[0].shape)

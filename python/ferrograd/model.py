@@ -736,6 +736,8 @@ class BaseModel:
         s, cbs, opt = setup, setup.callbacks, setup.opt
         steps = -(-_length(data.x) // s.batch_size) if s.plan is None else s.plan.steps
         keys = ["loss", *s.metrics]
+        for name, acc in self._per_output(s.loss):
+            keys += [f"{name}_loss", f"{name}_accuracy"] if acc else [f"{name}_loss"]
         if data.val is not None:
             keys += [f"val_{k}" for k in keys]
         if s.scheduler is not None:
@@ -804,7 +806,7 @@ class BaseModel:
         report = self._reporter(progress, batch_cbs, s.metrics)
         steps_before = opt.steps
         try:
-            train_loss, train_acc, totals = self._core.train_epoch(
+            train_loss, train_acc, totals, outputs = self._core.train_epoch(
                 data.x,
                 data.y,
                 s.spec,
@@ -838,9 +840,10 @@ class BaseModel:
         logs = {"loss": train_loss}
         if "accuracy" in s.metrics and train_acc is not None:
             logs["accuracy"] = train_acc
+        logs.update(self._output_logs(s.loss, outputs, ""))
         if data.val is not None:
             if s.plan is None:
-                vl, va = self._core.evaluate(
+                vl, va, val_outputs = self._core.evaluate(
                     data.val[0],
                     data.val[1],
                     s.spec,
@@ -849,9 +852,11 @@ class BaseModel:
                 )
             else:
                 vl, va = s.plan.validate(self, *data.val, s.spec, DEFAULT_EVAL_BATCH)
+                val_outputs = []
             logs["val_loss"] = vl
             if "accuracy" in s.metrics and va is not None:
                 logs["val_accuracy"] = va
+            logs.update(self._output_logs(s.loss, val_outputs, "val_"))
         if scheduler is not None:
             logs["learning_rate"] = epoch_lr
         return logs
@@ -955,13 +960,35 @@ class BaseModel:
             from .distributed import _evaluate
 
             value, acc = _evaluate(self, xa, ya, spec, batch_size)
+            outputs: list[tuple[float, float | None]] = []
         else:
-            value, acc = self._core.evaluate(xa, ya, spec, batch_size, loss_weights=weights)
+            value, acc, outputs = self._core.evaluate(
+                xa, ya, spec, batch_size, loss_weights=weights
+            )
         self._seen(xa)
         out = {"loss": value}
         if "accuracy" in metric_names and acc is not None:
             out["accuracy"] = acc
+        out.update(self._output_logs(loss_fn, outputs, ""))
         return out
+
+    def _per_output(self, loss: Any) -> list[tuple[str, bool]]:
+        """``(name, with accuracy)`` of each output whose own loss the logs
+        report (as Keras: ``{name}_loss``, ``{name}_accuracy``): none for a
+        model with one output, whose ``loss`` is that output's."""
+        return []
+
+    def _output_logs(
+        self, loss: Any, outputs: list[tuple[float, float | None]], prefix: str
+    ) -> dict[str, float]:
+        """The per-output entries of the logs from the engine's per-output
+        ``(loss, accuracy or None)``."""
+        logs: dict[str, float] = {}
+        for (name, with_acc), (value, acc) in zip(self._per_output(loss), outputs):
+            logs[f"{prefix}{name}_loss"] = value
+            if with_acc and acc is not None:
+                logs[f"{prefix}{name}_accuracy"] = acc
+        return logs
 
     def _predict(self, X: Any, batch_size: Any, distributed: bool) -> Any:
         """``predict``: the engine's output, one array or (several outputs) a list."""

@@ -28,6 +28,17 @@ pub type RawTotals = (f64, f64, u64, u64);
 
 /// The raw totals of a one-output model's loss (data-parallel training and
 /// evaluation take models with one output).
+/// Each output's `(mean loss, accuracy or None)` (its own loss, unweighted).
+pub type OutputTotals = Vec<(f64, Option<f64>)>;
+
+fn output_totals(t: &Totals, loss: &Losses) -> OutputTotals {
+    t.outputs
+        .iter()
+        .enumerate()
+        .map(|(k, o)| (o.mean(), loss.spec(k).kind.has_accuracy().then(|| o.accuracy())))
+        .collect()
+}
+
 fn raw_totals(t: &Totals) -> RawTotals {
     t.outputs.first().map_or((0.0, 0.0, 0, 0), |t| (t.loss_sum, t.denom, t.correct, t.acc_units))
 }
@@ -176,7 +187,7 @@ fn train_impl<T: Element + Float>(
     opts: &EpochOptions,
     callback: Option<Py<PyAny>>,
     reduce: Option<Py<PyAny>>,
-) -> PyResult<(f64, Option<f64>, RawTotals)> {
+) -> PyResult<(f64, Option<f64>, RawTotals, OutputTotals)> {
     let loss = opts.loss.spec(0).kind;
     let xa = input_arrays(x)?;
     let (feats, n, shapes) = batches(&xa)?;
@@ -290,7 +301,7 @@ fn train_impl<T: Element + Float>(
     match result {
         Ok(Ok(Ok(Ok(t)))) => {
             let (mean, acc) = totals_tuple(&t, loss);
-            Ok((mean, acc, raw_totals(&t)))
+            Ok((mean, acc, raw_totals(&t), output_totals(&t, &opts.loss)))
         }
         Ok(Ok(Ok(Err(e)))) | Ok(Ok(Err(e))) => Err(to_py(e)),
         Ok(Err(p)) | Err(p) => Err(panic_err(p)),
@@ -509,7 +520,8 @@ impl PyModel {
         with_net!(&mut *self.lock()?, m, _T, predict_impl(py, m, x, batch_size))
     }
 
-    /// `(mean loss, accuracy or None)` over a dataset; `loss` is a name or a
+    /// `(mean loss, accuracy or None, outputs)` over a dataset, `outputs`
+    /// each output's own `(loss, accuracy or None)`; `loss` is a name or a
     /// JSON configuration.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, y, loss, batch_size, sample_weight=None, loss_weights=None))]
@@ -522,12 +534,13 @@ impl PyModel {
         batch_size: usize,
         sample_weight: Option<&Bound<'_, PyAny>>,
         loss_weights: Option<Vec<f64>>,
-    ) -> PyResult<(f64, Option<f64>)> {
+    ) -> PyResult<(f64, Option<f64>, OutputTotals)> {
         let loss = parse_losses(loss, loss_weights)?;
         with_net!(&mut *self.lock()?, m, _T, {
             with_data(m, x, y, sample_weight, |m, data| {
                 let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
-                Ok(totals_tuple(&t, loss.spec(0).kind))
+                let (mean, acc) = totals_tuple(&t, loss.spec(0).kind);
+                Ok((mean, acc, output_totals(&t, &loss)))
             })
         })
     }
@@ -561,7 +574,8 @@ impl PyModel {
     /// Data-parallel: `parallel` is `("split", rank, ranks, 0)` or
     /// `("shard", rank, ranks, steps)`, and `reduce(view)` is called once per
     /// step on a memoryview of the flat gradient buffer to sum it in place
-    /// across processes. Returns `(loss, accuracy or None, raw totals)`.
+    /// across processes. Returns `(loss, accuracy or None, raw totals,
+    /// outputs)`, `outputs` each output's own `(loss, accuracy or None)`.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, y, loss, optimizer, *, batch_size, shuffle, epoch, check=true, callback=None, lrs=None, momenta=None, every_step=false, sample_weight=None, clip=None, diagnostics=false, loss_weights=None, parallel=None, reduce=None))]
     fn train_epoch(
@@ -584,7 +598,7 @@ impl PyModel {
         loss_weights: Option<Vec<f64>>,
         parallel: Option<(String, usize, usize, usize)>,
         reduce: Option<Py<PyAny>>,
-    ) -> PyResult<(f64, Option<f64>, RawTotals)> {
+    ) -> PyResult<(f64, Option<f64>, RawTotals, OutputTotals)> {
         let py = slf.py();
         let clip = clip.map(|(max_norm, p)| ClipNorm::new(max_norm, p)).transpose().map_err(to_py)?;
         let parallel = match parallel {
