@@ -513,3 +513,35 @@ def test_logs_report_each_outputs_own_loss_as_keras_names_it():
     probs, score = model.predict(X)
     assert ev["reg_loss"] == pytest.approx(float(np.mean((score - y["reg"]) ** 2)), rel=1e-5)
     assert ev["cls_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == y["cls"])))
+
+
+def test_step_api_with_several_inputs_and_outputs_equals_fit():
+    """forward takes one array per input and returns one per output;
+    backward takes one gradient per output (list or dict); a hand-written
+    loop of SGD steps gives fit's weights."""
+
+    def build():
+        a, b = fg.Input((3,), name="a", dtype="float64"), fg.Input((2,), name="b", dtype="float64")
+        h = L.Tanh()(L.Dense(5, 6, name="trunk")(L.Concatenate()([a, b])))
+        return fg.Model([a, b], [L.Dense(6, 2, name="p")(h), L.Dense(6, 1, name="q")(h)], seed=4)
+
+    rng = np.random.default_rng(3)
+    xa, xb = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    yp, yq = rng.normal(size=(8, 2)), rng.normal(size=(8, 1))
+    fitted = build()
+    fitted.fit({"a": xa, "b": xb}, [yp, yq], "mse", fg.optim.SGD(fitted.parameters(), lr=0.1),
+               epochs=1, batch_size=8, shuffle=False, verbose=0)  # fmt: skip
+    model = build()
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    mse = fg.losses.MSE()
+    out_p, out_q = model.forward([xa, xb], training=True)
+    mse(out_p, yp)
+    gp = mse.backward()
+    mse(out_q, yq)
+    model.zero_grad()
+    model.backward({"p": gp, "q": mse.backward()})
+    opt.step()
+    for key, value in fitted.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="grad \\(one per output\\): expected 2"):
+        model.backward([gp])

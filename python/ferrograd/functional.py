@@ -422,19 +422,25 @@ class Model(BaseModel):
         output order for several outputs."""
         return self._predict(X, batch_size, distributed)
 
-    def forward(self, x: Any, training: bool | None = None) -> np.ndarray:
-        """The output for ``x`` (see :meth:`Sequential.forward`); for models
-        with one input and one output (use :meth:`predict` and :meth:`fit`
-        for others)."""
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise ValueError(
-                "forward/backward take models with one input and one output; "
-                "use predict or fit for this one"
-            )
+    def forward(self, x: Any, training: bool | None = None) -> Any:
+        """The outputs for ``x`` (one array per input, as a list or a dict
+        by input name): one array, or a list in output order for several
+        outputs (see :meth:`Sequential.forward`). A training-mode pass is
+        kept for :meth:`backward`, which then takes one gradient per output
+        (a list, or a dict by output name)."""
         if training is None:
             training = self.training
-        xa = self._features(x, "x")[0]
-        return self._core.forward(xa, bool(training))
+        xa = self._features(x, "x")
+        return self._core.forward(xa if len(xa) > 1 else xa[0], bool(training))
+
+    def backward(self, grad: Any) -> None:
+        """Backpropagates the gradients of the loss with respect to the
+        outputs of the last training-mode :meth:`forward` (one array, or
+        one per output as a list or a dict by output name), adding into
+        every parameter's gradient."""
+        items = self._by_name(grad, self.output_names, "grad (one per output)", True)
+        gs = [np.ascontiguousarray(np.asarray(g), dtype=self.dtype) for g in items]
+        self._core.backward(gs if len(gs) > 1 else gs[0])
 
     # ------------------------------------------------------------ display
 

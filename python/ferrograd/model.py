@@ -393,7 +393,7 @@ class BaseModel:
         xa = self._features(x, "x")
         out = self._core.forward(xa, bool(training))
         self._seen(xa)
-        return out
+        return cast(np.ndarray, out)  # one input, one output
 
     def __call__(self, x: Any, training: bool | None = None) -> Any:
         """``model(x)`` is :meth:`forward` on data, as torch's modules; on

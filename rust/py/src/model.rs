@@ -483,30 +483,48 @@ impl PyModel {
         x: &Bound<'py, PyAny>,
         training: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let xa = in_array(x, "x")?;
-        let (f, n, shape) = xa.batch("x")?;
+        let xa = input_arrays(x)?;
+        let (feats, n, shapes) = batches(&xa)?;
         with_net!(&mut *self.lock()?, m, _T, {
-            let out_shape = guarded(|| m.output_shape(&shape))?;
-            let out = compute(py, || m.forward(&f, n, &shape, training))?;
-            let mut dims = vec![n];
-            dims.extend_from_slice(&out_shape);
-            new_array(py, out, &dims)
+            let out_shapes = guarded(|| m.output_shapes(&shapes))?;
+            let inputs: Vec<(Features<'_>, &[usize])> =
+                feats.iter().zip(&shapes).map(|(f, s)| (*f, s.as_slice())).collect();
+            compute(py, || m.forward_inputs(&inputs, n, training))?;
+            let mut outs = Vec::with_capacity(out_shapes.len());
+            for (k, s) in out_shapes.iter().enumerate() {
+                let mut dims = vec![n];
+                dims.extend_from_slice(s);
+                outs.push(new_array(py, m.output(k), &dims)?);
+            }
+            if outs.len() == 1 {
+                return Ok(outs.swap_remove(0));
+            }
+            Ok(PyList::new(py, outs)?.into_any())
         })
     }
 
-    /// Backward pass from dL/d(output); gradients accumulate.
+    /// Backward pass from dL/d(output) (a list, one per output, for several
+    /// outputs); gradients accumulate.
     fn backward(&self, py: Python<'_>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
         with_net!(&mut *self.lock()?, m, T, {
-            let g = grad.cast::<PyArrayDyn<T>>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "the gradient must be a {} array like the model output",
-                    T::NAME
-                ))
-            })?;
-            let g = g.readonly();
-            let s = g.as_slice().map_err(|_| slice_err("the gradient"))?;
-            let shape = g.shape().to_vec();
-            compute(py, || m.backward(s, &shape))
+            let arrays = items(grad)
+                .iter()
+                .map(|g| {
+                    g.cast::<PyArrayDyn<T>>().map(|a| a.readonly()).map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "the gradient must be a {} array like the model output",
+                            T::NAME
+                        ))
+                    })
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            let shapes: Vec<Vec<usize>> = arrays.iter().map(|a| a.shape().to_vec()).collect();
+            let douts = arrays
+                .iter()
+                .zip(&shapes)
+                .map(|(a, s)| Ok((a.as_slice().map_err(|_| slice_err("the gradient"))?, s.as_slice())))
+                .collect::<PyResult<Vec<(&[T], &[usize])>>>()?;
+            compute(py, || m.backward_outputs(&douts))
         })
     }
 
