@@ -545,3 +545,22 @@ def test_step_api_with_several_inputs_and_outputs_equals_fit():
         np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="grad \\(one per output\\): expected 2"):
         model.backward([gp])
+
+
+def test_gradient_flow_and_fit_diagnostics_on_a_graph():
+    """The diagnostics name a graph's parameters and layer calls by their
+    graph names, blocks included."""
+    block = fg.Sequential([L.Dense(8, 8), L.ReLU()], name="blk")
+    x = fg.Input((4,), name="x")
+    h = L.ReLU(name="act")(L.Dense(4, 8, name="inp")(x))
+    y = L.Dense(8, 3, name="out")(L.Add()([h, block(h)]))
+    model = fg.Model(x, y, seed=0)
+    rng = np.random.default_rng(0)
+    X, labels = rng.normal(size=(64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    report = fg.diagnostics.gradient_flow(model, X, labels, "cross_entropy")
+    assert set(report.grad_norm) == set(model.state_dict())
+    assert report.layers["blk.0"] == "Dense" and report.layers["act"] == "ReLU"
+    assert set(report.dead_fraction) == {"act", "blk.1"}
+    assert "blk.0.weight  Dense" in str(report)
+    hist = model.fit(X, labels, "cross_entropy", "adam", epochs=1, diagnostics=True, verbose=0)
+    assert set(hist.diagnostics["grad_norm"]) == set(model.state_dict())

@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import losses
-from .model import Sequential
+from .model import BaseModel
 
 __all__ = [
     "gradient_flow",
@@ -110,7 +110,7 @@ class GradientFlowReport:
         for name, g in self.grad_norm.items():
             w = self.weight_norm.get(name, math.nan)
             ratio = f"{g / w:.3e}" if w else "-"
-            layer = self.layers.get(name.split(".")[0], "")
+            layer = self.layers.get(name.rsplit(".", 1)[0], "")
             rows.append((name, layer, f"{g:.3e}", f"{w:.3e}", ratio))
         for key, what in ((self.dead_fraction, "dead"), (self.saturated_fraction, "saturated")):
             for layer, f in key.items():
@@ -179,7 +179,7 @@ def _verdict(r: GradientFlowReport) -> str:
 
 
 def gradient_flow(
-    model: Sequential,
+    model: BaseModel,
     X: Any,
     y: Any,
     loss: str | losses.Loss,
@@ -193,15 +193,18 @@ def gradient_flow(
     stay as they were. ``print(report)`` shows the table and the verdict;
     :func:`ferrograd.plot.gradient_flow` draws it.
     """
-    if not isinstance(model, Sequential):
-        raise TypeError(f"model must be a ferrograd.Sequential, got {type(model).__name__}")
-    loss_fn = losses.get(loss)
+    if not isinstance(model, BaseModel):
+        raise TypeError(
+            f"model must be a ferrograd.Sequential or Model, got {type(model).__name__}"
+        )
+    loss_fn, spec = model._loss(loss)
     xa, ya = model._prepare(X, y, loss_fn, "X")
     sw = model._sample_weights(xa, ya, None, sample_weight)
-    d = model._core.diagnose(xa, ya, loss_fn._spec(), sw)
-    layers = {str(i): type(layer).__name__ for i, layer in enumerate(model.layers)}
+    d = model._core.diagnose(xa, ya, spec, sw)
+    units = model._layer_calls()  # (name, type) of each layer (call), as the engine counts them
+    layers = dict(units)
     grad = {name: g for name, g, _w, _r in d["params"]}
     weight = {name: w for name, _g, w, _r in d["params"]}
-    dead = {str(i): f for i, kind, f in d["activations"] if kind == "dead"}
-    sat = {str(i): f for i, kind, f in d["activations"] if kind == "saturated"}
+    dead = {units[i][0]: f for i, kind, f in d["activations"] if kind == "dead"}
+    sat = {units[i][0]: f for i, kind, f in d["activations"] if kind == "saturated"}
     return GradientFlowReport(grad, weight, dead, sat, layers)

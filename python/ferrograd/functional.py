@@ -387,6 +387,9 @@ class Model(BaseModel):
             raise ValueError("metrics are supported for models with one output only")
         return ()
 
+    def _layer_calls(self) -> list[tuple[str, str]]:
+        return [(node.name, type(node.layer).__name__) for node in self._nodes]
+
     def _per_output(self, loss: Any) -> list[tuple[str, bool]]:
         if len(self.outputs) == 1:
             return []

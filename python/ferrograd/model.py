@@ -972,6 +972,11 @@ class BaseModel:
         out.update(self._output_logs(loss_fn, outputs, ""))
         return out
 
+    def _layer_calls(self) -> list[tuple[str, str]]:
+        """``(name, type)`` of each layer call in the engine's order: the
+        ``state_dict`` prefix of its parameters and the layer's class."""
+        return [(str(i), type(layer).__name__) for i, layer in enumerate(self.layers)]
+
     def _per_output(self, loss: Any) -> list[tuple[str, bool]]:
         """``(name, with accuracy)`` of each output whose own loss the logs
         report (as Keras: ``{name}_loss``, ``{name}_accuracy``): none for a
