@@ -47,7 +47,15 @@ CONFIGS = {
     "medium": ([512, 512], 128, "adam"),
     "large": ([1024, 1024], 256, "adam"),
     "cnn": ("cnn", 64, "adam"),
+    "resnet": ("resnet", 64, "adam"),
 }
+# Configurations on (N, 1, 28, 28) images (the first CNN_SAMPLES training
+# images; inference timed on the test set).
+IMAGES = ("cnn", "resnet")
+# The small ResNet: stem conv3x3(16)-BN-ReLU, three stages of two BasicBlocks
+# (16; 32 stride 2; 64 stride 2), a 1x1 stride-2 conv + BN projection where the
+# shape changes, global average pooling, Dense(64, 10).
+RESNET_STAGES = ((16, 1), (32, 2), (64, 2))
 CNN_SAMPLES = 12_000
 INFER_BATCH = 1024
 # Frameworks with a CNN runner.
@@ -65,6 +73,30 @@ def cnn_flops_per_sample() -> int:
     return 2 * conv1 + 3 * conv2 + 3 * dense
 
 
+def resnet_convs() -> list[tuple[int, int, int, int]]:
+    """(in channels, out channels, kernel, output side) of every convolution
+    of the small ResNet, in order."""
+    convs, side, cin = [(1, 16, 3, 28)], 28, 16
+    for cout, stride in RESNET_STAGES:
+        for block in range(2):
+            s = stride if block == 0 else 1
+            side_out = side // s
+            convs.append((cin, cout, 3, side_out))
+            convs.append((cout, cout, 3, side_out))
+            if s != 1 or cin != cout:
+                convs.append((cin, cout, 1, side_out))
+            cin, side = cout, side_out
+    return convs
+
+
+def resnet_infer_flops_per_sample() -> int:
+    return sum(2 * a * b * k * k * o * o for a, b, k, o in resnet_convs()) + 2 * 64 * 10
+
+
+def infer_flops_per_sample(hidden) -> int:
+    return resnet_infer_flops_per_sample() if hidden == "resnet" else cnn_infer_flops_per_sample()
+
+
 def cnn_infer_flops_per_sample() -> int:
     return 2 * 32 * 25 * 28 * 28 + 2 * 64 * 800 * 14 * 14 + 2 * 3136 * 256 + 2 * 256 * 10
 
@@ -74,6 +106,8 @@ def train_flops_per_sample(hidden) -> int:
     except for the first layer (its input needs no gradient)."""
     if hidden == "cnn":
         return cnn_flops_per_sample()
+    if hidden == "resnet":  # forward, weight and input gradients; the stem needs no input gradient
+        return 3 * resnet_infer_flops_per_sample() - 2 * 16 * 9 * 28 * 28
     sizes = [784, *hidden, 10]
     total = 0
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -137,6 +171,31 @@ def ferrograd_cnn(raw: bool):
     ]
 
 
+def ferrograd_resnet():
+    """The small ResNet as a ferrograd graph model (functional API)."""
+    import ferrograd as fg
+    from ferrograd import layers as L
+
+    def conv_bn(x, cin, cout, k, stride):
+        pad = k // 2
+        x = L.Conv2D(cin, cout, k, stride=stride, padding=pad, bias=False)(x)
+        return L.BatchNorm2D(cout)(x)
+
+    x = fg.Input((1, 28, 28))
+    h = L.ReLU()(conv_bn(x, 1, 16, 3, 1))
+    cin = 16
+    for cout, stride in RESNET_STAGES:
+        for block in range(2):
+            s = stride if block == 0 else 1
+            y = L.ReLU()(conv_bn(h, cin, cout, 3, s))
+            y = conv_bn(y, cout, cout, 3, 1)
+            short = conv_bn(h, cin, cout, 1, s) if s != 1 or cin != cout else h
+            h = L.ReLU()(L.Add()([y, short]))
+            cin = cout
+    out = L.Dense(64, 10)(L.GlobalAvgPool2D()(h))
+    return fg.Model(x, out, seed=0)
+
+
 def ferrograd_model(hidden, opt_name, raw=False):
     """A fresh ferrograd model of a configuration (seed 0) and its optimizer.
     With ``raw``, a ``Rescaling(1/255)`` first: uint8 pixels in, scaled per
@@ -146,6 +205,8 @@ def ferrograd_model(hidden, opt_name, raw=False):
 
     if hidden == "cnn":
         model = fg.Sequential(ferrograd_cnn(raw), seed=0)
+    elif hidden == "resnet":
+        model = ferrograd_resnet()
     else:
         stack, width = ([L.Rescaling(1 / 255)] if raw else []), 784
         for h in hidden:
@@ -168,7 +229,7 @@ def run_ferrograd(hidden, batch, opt_name, data, threads, raw=False, diagnostics
         fg.set_num_threads(threads)
     xt, yt, xs, ys = data
     extra = {"diagnostics": True} if diagnostics else {}  # builds before diagnostics lack it
-    if hidden == "cnn":
+    if hidden in IMAGES:
         model, opt = ferrograd_model(hidden, opt_name, raw)
         start = time.perf_counter()
         model.fit(xt, yt, "cross_entropy", opt, epochs=1, batch_size=batch, verbose=0, **extra)
@@ -243,7 +304,39 @@ def torch_model(hidden, opt_name):
     import torch
 
     nn = torch.nn
-    if hidden == "cnn":
+    if hidden == "resnet":
+
+        class Block(nn.Module):
+            def __init__(self, cin, cout, stride):
+                super().__init__()
+                self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+                self.bn1 = nn.BatchNorm2d(cout)
+                self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(cout)
+                self.short = nn.Identity()
+                if stride != 1 or cin != cout:
+                    self.short = nn.Sequential(
+                        nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                    )
+
+            def forward(self, x):
+                y = torch.relu(self.bn1(self.conv1(x)))
+                return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+        blocks, cin = [], 16
+        for cout, stride in RESNET_STAGES:
+            blocks += [Block(cin, cout, stride), Block(cout, cout, 1)]
+            cin = cout
+        model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            *blocks,
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
+    elif hidden == "cnn":
         model = nn.Sequential(
             nn.Conv2d(1, 32, 5, padding=2),
             nn.ReLU(),
@@ -281,7 +374,7 @@ def run_torch(hidden, batch, opt_name, data, threads):
     xt, yt, xs, ys = (torch.from_numpy(a) for a in data)
     model, opt = torch_model(hidden, opt_name)
     lossf = torch.nn.CrossEntropyLoss()
-    if hidden == "cnn":
+    if hidden in IMAGES:
         perm = torch.from_numpy(np.random.default_rng(0).permutation(len(xt)))
         start = time.perf_counter()
         for i in range(0, len(xt), batch):
@@ -373,7 +466,7 @@ def worker(fw: str, config: str, threads: int) -> None:
     import resource
 
     hidden, batch, opt_name = CONFIGS[config]
-    data = load_data(raw=fw == "ferrograd-u8", images=hidden == "cnn")
+    data = load_data(raw=fw == "ferrograd-u8", images=hidden in IMAGES)
     elapsed, acc, import_s, *infer = RUNNERS[fw](hidden, batch, opt_name, data, threads)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"elapsed": elapsed, "acc": acc, "import_s": import_s, "rss_mb": rss_mb}
@@ -459,7 +552,7 @@ def main() -> None:
     for rep in range(args.repeats):
         for config in configs:
             for fw in fws:  # interleaved: every framework once per round
-                if config == "cnn" and fw not in CNN_FRAMEWORKS:
+                if config in IMAGES and fw not in CNN_FRAMEWORKS:
                     continue
                 base = fw == "ferrograd-base"
                 cmd = [
@@ -494,8 +587,8 @@ def main() -> None:
     for config in configs:
         hidden, batch, opt_name = CONFIGS[config]
         flops = train_flops_per_sample(hidden)
-        if hidden == "cnn":
-            name = f"CNN b{batch} {opt_name}"
+        if hidden in IMAGES:
+            name = f"{'ResNet' if hidden == 'resnet' else 'CNN'} b{batch} {opt_name}"
         else:
             name = f"784-{'-'.join(map(str, hidden))}-10 b{batch} {opt_name}"
         speeds = {
@@ -527,18 +620,19 @@ def main() -> None:
                     "runs": rs,
                 }
             )
-    if "cnn" in configs:
-        print(f"\nCNN inference: predict on 10,000 images, batch {INFER_BATCH} (median):")
+    for config in (c for c in configs if c in IMAGES):
+        title = "ResNet" if config == "resnet" else "CNN"
+        print(f"\n{title} inference: predict on 10,000 images, batch {INFER_BATCH} (median):")
         print("| framework | images/s | vs ferrograd | GFLOPS | % roofline |")
         print("|---|---|---|---|---|")
         rates = {
-            fw: statistics.median(10000 / r["infer"] for r in results[("cnn", fw)])
+            fw: statistics.median(10000 / r["infer"] for r in results[(config, fw)])
             for fw in fws
-            if ("cnn", fw) in results
+            if (config, fw) in results
         }
         ours = rates.get("ferrograd")
         for fw, rate in rates.items():
-            gf = rate * cnn_infer_flops_per_sample() / 1e9
+            gf = rate * infer_flops_per_sample(CONFIGS[config][0]) / 1e9
             ratio = (
                 f"{ours / rate:.2f}x" if ours and fw not in ("ferrograd", "ferrograd-u8") else "-"
             )
