@@ -564,3 +564,58 @@ def test_gradient_flow_and_fit_diagnostics_on_a_graph():
     assert "blk.0.weight  Dense" in str(report)
     hist = model.fit(X, labels, "cross_entropy", "adam", epochs=1, diagnostics=True, verbose=0)
     assert set(hist.diagnostics["grad_norm"]) == set(model.state_dict())
+
+
+def small_unet(dtype="float64"):
+    """Down, up and a skip concatenation: conv -> pool -> conv -> transposed
+    conv -> concat with the first conv's output -> 1x1 conv."""
+    x = fg.Input((1, 8, 8), dtype=dtype, name="x")
+    e1 = L.ReLU(name="act1")(L.Conv2D(1, 4, 3, padding=1, name="enc")(x))
+    m = L.ReLU(name="act2")(
+        L.Conv2D(4, 8, 3, padding=1, name="mid")(L.MaxPool2D(2, name="pool")(e1))
+    )
+    up = L.ConvTranspose2D(8, 4, 2, stride=2, name="up")(m)
+    y = L.Conv2D(8, 2, 1, name="head")(L.Concatenate(axis=1, name="cat")([up, e1]))
+    return fg.Model(x, y, seed=5)
+
+
+def test_small_unet_gradcheck():
+    model = small_unet()
+    rng = np.random.default_rng(4)
+    x, t = rng.normal(size=(3, 1, 8, 8)), rng.normal(size=(3, 2, 8, 8))
+    report = fg.gradcheck(model, "mse", x, t)
+    assert set(report) == set(model.state_dict()) and max(report.values()) < 1e-6, report
+
+
+def test_small_unet_matches_torch():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class UNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Conv2d(1, 4, 3, padding=1)
+            self.mid = nn.Conv2d(4, 8, 3, padding=1)
+            self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, t):
+            e1 = torch.relu(self.enc(t))
+            m = torch.relu(self.mid(nn.functional.max_pool2d(e1, 2)))
+            return self.head(torch.cat([self.up(m), e1], dim=1))
+
+    net = UNet().double()
+    model = small_unet()
+    model.load_state_dict({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    rng = np.random.default_rng(5)
+    x, t = rng.normal(size=(3, 1, 8, 8)), rng.normal(size=(3, 2, 8, 8))
+    out = net(torch.from_numpy(x))
+    torch.nn.functional.mse_loss(out, torch.from_numpy(t)).backward()
+    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    mse = fg.losses.MSE()
+    model.zero_grad()
+    mse(model.forward(x, training=True), t)
+    model.backward(mse.backward())
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12)
