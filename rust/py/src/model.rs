@@ -189,123 +189,96 @@ fn train_impl<T: Element + Float>(
     reduce: Option<Py<PyAny>>,
 ) -> PyResult<(f64, Option<f64>, RawTotals, OutputTotals)> {
     let loss = opts.loss.spec(0).kind;
-    let xa = input_arrays(x)?;
-    let (feats, n, shapes) = batches(&xa)?;
-    let out_shapes = m.output_shapes(&shapes).map_err(to_py)?;
-    if opts.parallel.is_some() && out_shapes.len() != 1 {
-        return Err(PyValueError::new_err(format!(
-            "data-parallel training takes a model with one output, this one has {}",
-            out_shapes.len()
-        )));
-    }
-    let ya = items(y).iter().map(target_array::<T>).collect::<PyResult<Vec<TargetArray<'_, T>>>>()?;
-    if ya.len() != out_shapes.len() {
-        return Err(PyValueError::new_err(format!(
-            "the model has {} outputs, got {} target arrays",
-            out_shapes.len(),
-            ya.len()
-        )));
-    }
-    let targets =
-        ya.iter().zip(&out_shapes).map(|(a, s)| a.target(n, s)).collect::<PyResult<Vec<Target<'_, T>>>>()?;
-    let wa = sample_weights::<T>(w)?;
-    let weights = match &wa {
-        Some(a) => Some(a.as_slice().map_err(|_| slice_err("sample_weight"))?),
-        None => None,
-    };
-    let more_x: Vec<(Features<'_>, &[usize])> =
-        feats.iter().zip(&shapes).skip(1).map(|(f, s)| (*f, s.as_slice())).collect();
-    let data = Data {
-        x: feats[0],
-        n,
-        shape: &shapes[0],
-        y: targets[0],
-        weights,
-        more_x: &more_x,
-        more_y: &targets[1..],
-    };
-    let every_step = opts.every_step;
-    let (tx, rx) = mpsc::channel::<ferrograd::Progress>();
-    // With `every_step`, the worker waits after each report until this
-    // thread has run the callback (so a callback sees every step in order
-    // and can stop the epoch before the next one).
-    let (ack_tx, ack_rx) = mpsc::channel::<()>();
-    let hook = reduce.as_ref().map(crate::distributed::ReduceHook::new);
-    let hook = hook.as_ref();
-    let (py_err, result) = py.detach(move || {
-        let stop = AtomicBool::new(false);
-        // Set when a callback asked to stop training: the epoch ends early,
-        // without an error.
-        let finish = AtomicBool::new(false);
-        let mut py_err: Option<PyErr> = None;
-        let result = std::thread::scope(|s| {
-            let (stop, finish) = (&stop, &finish);
-            let worker = s.spawn(move || {
-                let tx = tx;
-                catch_unwind(AssertUnwindSafe(move || {
-                    threads::install(move || {
-                        let mut reduce = hook.map(|h| move |g: &mut [T]| h.call(g));
-                        let reduce = reduce.as_mut().map(|r| r as ferrograd::GradHook<'_, T>);
-                        let progress = &mut |p: &ferrograd::Progress| {
-                            let sent = tx.send(p.clone()).is_ok();
-                            if every_step && sent {
-                                let _ = ack_rx.recv();
+    with_data(m, x, y, w, |m, data| {
+        if opts.parallel.is_some() && !data.more_y.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "data-parallel training takes a model with one output, this one has {}",
+                data.more_y.len() + 1
+            )));
+        }
+        let every_step = opts.every_step;
+        let (tx, rx) = mpsc::channel::<ferrograd::Progress>();
+        // With `every_step`, the worker waits after each report until this
+        // thread has run the callback (so a callback sees every step in order
+        // and can stop the epoch before the next one).
+        let (ack_tx, ack_rx) = mpsc::channel::<()>();
+        let hook = reduce.as_ref().map(crate::distributed::ReduceHook::new);
+        let hook = hook.as_ref();
+        let (py_err, result) = py.detach(move || {
+            let stop = AtomicBool::new(false);
+            // Set when a callback asked to stop training: the epoch ends early,
+            // without an error.
+            let finish = AtomicBool::new(false);
+            let mut py_err: Option<PyErr> = None;
+            let result = std::thread::scope(|s| {
+                let (stop, finish) = (&stop, &finish);
+                let worker = s.spawn(move || {
+                    let tx = tx;
+                    catch_unwind(AssertUnwindSafe(move || {
+                        threads::install(move || {
+                            let mut reduce = hook.map(|h| move |g: &mut [T]| h.call(g));
+                            let reduce = reduce.as_mut().map(|r| r as ferrograd::GradHook<'_, T>);
+                            let progress = &mut |p: &ferrograd::Progress| {
+                                let sent = tx.send(p.clone()).is_ok();
+                                if every_step && sent {
+                                    let _ = ack_rx.recv();
+                                }
+                                if stop.load(Ordering::Relaxed) {
+                                    Err(Error::interrupted("training interrupted"))
+                                } else if finish.load(Ordering::Relaxed) {
+                                    Ok(Flow::Stop)
+                                } else {
+                                    Ok(Flow::Continue)
+                                }
+                            };
+                            m.train_epoch_reduced(data, opt, opts, progress, reduce)
+                        })
+                    }))
+                });
+                loop {
+                    let msg = rx.recv_timeout(Duration::from_millis(50));
+                    let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
+                    if py_err.is_none() {
+                        let r = Python::attach(|py| -> PyResult<()> {
+                            py.check_signals()?;
+                            if let (Ok(p), Some(cb)) = (&msg, &callback) {
+                                let (lm, acc) = totals_tuple(&p.totals, loss);
+                                let verdict = cb.call1(py, (p.step, p.steps, p.samples, lm, acc))?;
+                                // A callback returning True asks the epoch to end.
+                                if verdict.extract::<bool>(py).unwrap_or(false) {
+                                    finish.store(true, Ordering::Relaxed);
+                                }
                             }
-                            if stop.load(Ordering::Relaxed) {
-                                Err(Error::interrupted("training interrupted"))
-                            } else if finish.load(Ordering::Relaxed) {
-                                Ok(Flow::Stop)
-                            } else {
-                                Ok(Flow::Continue)
-                            }
-                        };
-                        m.train_epoch_reduced(data, opt, opts, progress, reduce)
-                    })
-                }))
-            });
-            loop {
-                let msg = rx.recv_timeout(Duration::from_millis(50));
-                let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
-                if py_err.is_none() {
-                    let r = Python::attach(|py| -> PyResult<()> {
-                        py.check_signals()?;
-                        if let (Ok(p), Some(cb)) = (&msg, &callback) {
-                            let (lm, acc) = totals_tuple(&p.totals, loss);
-                            let verdict = cb.call1(py, (p.step, p.steps, p.samples, lm, acc))?;
-                            // A callback returning True asks the epoch to end.
-                            if verdict.extract::<bool>(py).unwrap_or(false) {
-                                finish.store(true, Ordering::Relaxed);
-                            }
+                            Ok(())
+                        });
+                        if let Err(e) = r {
+                            py_err = Some(e);
+                            stop.store(true, Ordering::Relaxed);
                         }
-                        Ok(())
-                    });
-                    if let Err(e) = r {
-                        py_err = Some(e);
-                        stop.store(true, Ordering::Relaxed);
+                    }
+                    if msg.is_ok() && every_step {
+                        let _ = ack_tx.send(());
+                    }
+                    if disconnected {
+                        break;
                     }
                 }
-                if msg.is_ok() && every_step {
-                    let _ = ack_tx.send(());
-                }
-                if disconnected {
-                    break;
-                }
-            }
-            worker.join()
+                worker.join()
+            });
+            (py_err, result)
         });
-        (py_err, result)
-    });
-    if let Some(e) = py_err.or_else(|| hook.and_then(|h| h.take_err())) {
-        return Err(e);
-    }
-    match result {
-        Ok(Ok(Ok(Ok(t)))) => {
-            let (mean, acc) = totals_tuple(&t, loss);
-            Ok((mean, acc, raw_totals(&t), output_totals(&t, &opts.loss)))
+        if let Some(e) = py_err.or_else(|| hook.and_then(|h| h.take_err())) {
+            return Err(e);
         }
-        Ok(Ok(Ok(Err(e)))) | Ok(Ok(Err(e))) => Err(to_py(e)),
-        Ok(Err(p)) | Err(p) => Err(panic_err(p)),
-    }
+        match result {
+            Ok(Ok(Ok(Ok(t)))) => {
+                let (mean, acc) = totals_tuple(&t, loss);
+                Ok((mean, acc, raw_totals(&t), output_totals(&t, &opts.loss)))
+            }
+            Ok(Ok(Ok(Err(e)))) | Ok(Ok(Err(e))) => Err(to_py(e)),
+            Ok(Err(p)) | Err(p) => Err(panic_err(p)),
+        }
+    })
 }
 
 /// A model with initialised weights, or zero ones (`init` false) to load into.
@@ -554,13 +527,9 @@ impl PyModel {
         loss_weights: Option<Vec<f64>>,
     ) -> PyResult<(f64, Option<f64>, OutputTotals)> {
         let loss = parse_losses(loss, loss_weights)?;
-        with_net!(&mut *self.lock()?, m, _T, {
-            with_data(m, x, y, sample_weight, |m, data| {
-                let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
-                let (mean, acc) = totals_tuple(&t, loss.spec(0).kind);
-                Ok((mean, acc, output_totals(&t, &loss)))
-            })
-        })
+        let t = self.evaluate_impl(py, x, y, &loss, batch_size, sample_weight)?;
+        let (mean, acc) = totals_tuple(&t, loss.spec(0).kind);
+        Ok((mean, acc, output_totals(&t, &loss)))
     }
 
     /// `(loss sum, its denominator, correct, accuracy's denominator)` over
@@ -577,12 +546,7 @@ impl PyModel {
         sample_weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<RawTotals> {
         let loss = parse_losses(loss, None)?;
-        with_net!(&mut *self.lock()?, m, _T, {
-            with_data(m, x, y, sample_weight, |m, data| {
-                let t = compute(py, || m.evaluate(data, &loss, batch_size))?;
-                Ok(raw_totals(&t))
-            })
-        })
+        Ok(raw_totals(&self.evaluate_impl(py, x, y, &loss, batch_size, sample_weight)?))
     }
 
     /// One training epoch; `callback(step, steps, samples, loss, acc)` is
@@ -776,4 +740,22 @@ fn diagnostics_dict<'py>(py: Python<'py>, d: &Diagnostics) -> PyResult<Bound<'py
         .collect();
     out.set_item("activations", acts)?;
     Ok(out)
+}
+
+impl PyModel {
+    /// The loss totals over a dataset in evaluation mode (the body of
+    /// `evaluate` and `evaluate_totals`).
+    fn evaluate_impl(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        loss: &Losses,
+        batch_size: usize,
+        sample_weight: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Totals> {
+        with_net!(&mut *self.lock()?, m, _T, {
+            with_data(m, x, y, sample_weight, |m, data| compute(py, || m.evaluate(data, loss, batch_size)))
+        })
+    }
 }
